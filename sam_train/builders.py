@@ -1,0 +1,94 @@
+"""Config -> objects. Each ``*_kwargs`` helper maps one config node to a library's arguments.
+
+Only this module and ``train.py`` read the config; everything they build is plain torch/timm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm.optim
+import timm.scheduler
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim import Optimizer
+
+from sam_train.sam import SAM
+
+
+def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Arguments for ``timm.optim.create_optimizer_v2``."""
+    kwargs: dict[str, Any] = {
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "filter_bias_and_bn": cfg.filter_bias_and_bn,
+    }
+    if cfg.name == "sgd":  # timm: "sgd" is Nesterov SGD, "momentum" is plain momentum SGD
+        kwargs.update(opt="sgd" if cfg.nesterov else "momentum", momentum=cfg.momentum)
+    else:
+        kwargs.update(opt=cfg.name, betas=tuple(cfg.betas), eps=cfg.eps)
+    return kwargs
+
+
+def sam_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return {"rho": cfg.rho, "adaptive": cfg.adaptive, "eta": cfg.eta}
+
+
+def build_optimizer(model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig) -> Optimizer:
+    """timm's optimizer (its weight-decay grouping), wrapped in SAM unless ``sam=none``."""
+    base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
+    if sam_cfg.name == "none":
+        return base
+    return SAM.wrap(base, **sam_kwargs(sam_cfg))
+
+
+def scheduler_kwargs(cfg: DictConfig, epochs: int, updates_per_epoch: int) -> dict[str, Any]:
+    """Arguments for ``timm.scheduler.create_scheduler_v2``, stepping per update."""
+    return {
+        "sched": cfg.name,
+        "num_epochs": epochs,
+        "decay_milestones": list(cfg.milestones),
+        "decay_rate": cfg.decay_rate,
+        "min_lr": cfg.min_lr,
+        "warmup_lr": cfg.warmup_lr,
+        "warmup_epochs": cfg.warmup_epochs,
+        "step_on_epochs": False,
+        "updates_per_epoch": updates_per_epoch,
+    }
+
+
+def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_per_epoch: int):
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, **scheduler_kwargs(cfg, epochs, updates_per_epoch)
+    )
+    return scheduler
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an explicit CUDA request without a GPU is an error."""
+    from sam_train.config import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.device={name} but CUDA is not available; use trainer.device=cpu"
+        )
+    return device
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as ``{"a.b": value}`` (for TensorBoard's HParams)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat

@@ -1,0 +1,74 @@
+"""A small CNN for scikit-learn's 8x8 digits: the quickstart's model (about 0.1M parameters)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from sam_train.models._registry import cifar_cfg
+
+
+def _conv_bn(in_chs: int, out_chs: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU stages, one 2x pooling, global average pool, dropout, linear."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        width: int = 32,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_features = 4 * width
+        self.features = nn.Sequential(
+            _conv_bn(in_chans, width),
+            _conv_bn(width, 2 * width),
+            nn.MaxPool2d(2),
+            _conv_bn(2 * width, 4 * width),
+        )
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean((2, 3)))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "digits_cnn": cifar_cfg(
+            input_size=(1, 8, 8), mean=(0.5,), std=(0.5,), first_conv="features.0.0"
+        )
+    }
+)
+
+
+@register_model
+def digits_cnn(pretrained: bool = False, **kwargs: Any) -> SmallCNN:
+    """The quickstart CNN for 8x8 single-channel digits."""
+    return build_model_with_cfg(SmallCNN, "digits_cnn", pretrained, **kwargs)

@@ -1,0 +1,134 @@
+"""Wide Residual Networks for 32x32 inputs (Zagoruyko & Komodakis, BMVC 2016).
+
+Pre-activation basic blocks, widths 16k/32k/64k in three stages of (depth - 4) / 6 blocks: the
+architecture of the SAM paper's CIFAR tables (WRN-28-10: 36.5M parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from sam_train.models._registry import cifar_cfg
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int, drop_rate: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_chs)
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, stride=1, padding=1, bias=False)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.shortcut = (
+            nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+            if stride != 1 or in_chs != out_chs
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        out = self.conv1(pre)
+        out = self.conv2(self.drop(torch.relu(self.bn2(out))))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen for small images, with timm's classifier interface."""
+
+    def __init__(
+        self,
+        depth: int = 28,
+        widen_factor: int = 10,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+        blocks = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.num_classes = num_classes
+        self.num_features = widths[-1]
+        self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        stages = []
+        for i, stride in enumerate((1, 2, 2)):
+            layers = [
+                _BasicBlock(
+                    widths[i] if b == 0 else widths[i + 1],
+                    widths[i + 1],
+                    stride if b == 0 else 1,
+                    drop_rate,
+                )
+                for b in range(blocks)
+            ]
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.BatchNorm2d(widths[-1])
+        self.global_pool = global_pool
+        self.fc = nn.Linear(widths[-1], num_classes) if num_classes else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.norm(self.stages(self.stem(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create(variant: str, depth: int, widen_factor: int, pretrained: bool, **kwargs: Any):
+    return build_model_with_cfg(
+        WideResNet, variant, pretrained, depth=depth, widen_factor=widen_factor, **kwargs
+    )
+
+
+default_cfgs = generate_default_cfgs(
+    {"wrn28_10": cifar_cfg(), "wrn16_8": cifar_cfg(), "wrn16_4": cifar_cfg()}
+)
+
+
+@register_model
+def wrn28_10(pretrained: bool = False, **kwargs: Any) -> WideResNet:
+    """WRN-28-10, the SAM paper's main CIFAR model (36.5M parameters)."""
+    return _create("wrn28_10", 28, 10, pretrained, **kwargs)
+
+
+@register_model
+def wrn16_8(pretrained: bool = False, **kwargs: Any) -> WideResNet:
+    """WRN-16-8 (11.0M parameters)."""
+    return _create("wrn16_8", 16, 8, pretrained, **kwargs)
+
+
+@register_model
+def wrn16_4(pretrained: bool = False, **kwargs: Any) -> WideResNet:
+    """WRN-16-4 (2.7M parameters): the CPU benchmark's CIFAR-sized model."""
+    return _create("wrn16_4", 16, 4, pretrained, **kwargs)
