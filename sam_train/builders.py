@@ -67,7 +67,7 @@ def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an explicit CUDA request without a GPU is an error."""
-    from sam_train.config import ConfigError
+    from sam_train.errors import ConfigError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

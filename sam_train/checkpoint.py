@@ -9,12 +9,10 @@ from typing import Any
 
 import torch
 
+from sam_train.errors import CheckpointError
+
 FORMAT_VERSION = 1
 _MAGIC = "sam-train-checkpoint"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

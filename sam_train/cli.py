@@ -14,11 +14,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from sam_train.checkpoint import CheckpointError
-from sam_train.config import ConfigError, register_configs
-from sam_train.data import DatasetError
+from sam_train.config import register_configs, validate
+from sam_train.errors import SamTrainError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
 EXIT_USER_ERROR = 2
 
 
@@ -36,11 +34,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _run(cfg: DictConfig) -> float | None:
-    from sam_train.train import train  # import torch only once the config is valid
-
     try:
+        validate(cfg)
+        from sam_train.train import train  # torch, timm and torchvision only for a valid config
+
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except USER_ERRORS as err:
+    except SamTrainError as err:
         logging.getLogger("sam_train").error("%s", err)
         print(f"sam-train: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -15,15 +15,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from sam_train.errors import ConfigError
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
 SAM_VARIANTS = ("none", "sam")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """A configuration value a user can fix; the CLI prints it as one line and exits 2."""
 
 
 @dataclass

@@ -119,7 +119,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     )
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
-        from sam_train.config import ConfigError
+        from sam_train.errors import ConfigError
 
         raise ConfigError(
             f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(data.train)} "

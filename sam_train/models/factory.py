@@ -8,7 +8,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from sam_train.config import ConfigError
+from sam_train.errors import ConfigError
 
 
 def create_model(

@@ -1,0 +1,20 @@
+"""Errors a user can fix. Kept free of heavy imports so the CLI reports them fast.
+
+The CLI prints any ``SamTrainError`` as one line on stderr and exits with code 2.
+"""
+
+
+class SamTrainError(Exception):
+    """Base of every error caused by input (config, data, checkpoint) rather than a bug."""
+
+
+class ConfigError(SamTrainError, ValueError):
+    """A configuration value to change; the message names the key."""
+
+
+class DatasetError(SamTrainError, RuntimeError):
+    """Data missing or malformed; the message names the path and the files expected."""
+
+
+class CheckpointError(SamTrainError, RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""

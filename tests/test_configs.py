@@ -1,0 +1,81 @@
+"""Every config composes against the schema; bad values fail with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from sam_train.cli import config_dir
+from sam_train.config import ConfigError, validate
+
+CONFIGS = Path(config_dir())
+GROUP_OPTIONS = [
+    (group.name, option.stem)
+    for group in sorted(CONFIGS.iterdir())
+    if group.is_dir() and group.name != "experiment"
+    for option in sorted(group.glob("*.yaml"))
+]
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONFIGS / "experiment").with_suffix(""))
+    for p in CONFIGS.glob("experiment/**/*.yaml")
+)
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_resolves(experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    validate(cfg)
+
+
+def test_quickstart_is_listed():
+    assert "quickstart" in EXPERIMENTS
+
+
+def test_paper_style_command_composes():
+    cfg = compose_config(["dataset=cifar100", "model=wrn28_10", "sam.rho=0.05"])
+    assert (cfg.dataset.num_classes, cfg.model.name, cfg.sam.rho) == (100, "wrn28_10", 0.05)
+
+
+def test_model_kwargs_accept_new_keys_without_plus():
+    cfg = compose_config(["model.name=resnet18", "model.kwargs.drop_rate=0.1"])
+    assert cfg.model.kwargs.drop_rate == 0.1
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["trainer.epochz=3", "trainer.epochs=abc", "dataset=foo", "sam.rhoo=0.1", "model.kwargz.a=1"],
+)
+def test_misspelt_keys_and_wrong_types_fail_at_composition(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_config([override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sam.rho=-0.1", "sam.rho must be >= 0"),
+        ("sam.name=bogus", "sam.name='bogus' is not one of"),
+        ("optimizer.lr=0", "optimizer.lr must be > 0"),
+        ("dataset.label_noise=1.5", "dataset.label_noise must be in [0, 1]"),
+        ("trainer.amp=fp8", "trainer.amp='fp8' is not one of"),
+        ("trainer.accum_steps=3", "must be divisible by trainer.accum_steps=3"),
+        ("trainer.epochs=0", "trainer.epochs must be > 0"),
+    ],
+)
+def test_bad_values_raise_one_clear_config_error(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config([override]))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
