@@ -78,3 +78,88 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: no such checkpoint file")
     return path
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states (data order is seeded by epoch)."""
+    import random
+
+    import numpy as np
+
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load weights, naming the keys that do not match the configured model."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        for key in set(own) & set(state)
+        if state[key].shape != own[key].shape
+    )
+    problems = [
+        f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the configured model ({'; '.join(problems)})"
+        )
+    model.load_state_dict(state)
+
+
+class CheckpointWriter:
+    """Writes ``last.pt``, ``best.pt`` and a bounded history under ``<run>/checkpoints``.
+
+    Only rank 0 constructs one. A failed write (full disk) raises CheckpointError and leaves
+    the previous files intact.
+    """
+
+    def __init__(self, run_dir: Path, *, keep_last: int = 0) -> None:
+        self.folder = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    def _write(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            save_checkpoint(state, path)
+        except OSError as err:
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {err}; the previous checkpoint is intact"
+            ) from err
+
+    def save(self, state: dict[str, Any], *, is_best: bool = False) -> None:
+        self._write(state, self.last)
+        if is_best:
+            self._write(state, self.folder / "best.pt")
+        if self.keep_last > 0:
+            history = self.folder / f"step_{state['global_step']:09d}.pt"
+            history.unlink(missing_ok=True)
+            os.link(self.last, history)  # same bytes, no second write
+            for old in sorted(self.folder.glob("step_*.pt"))[: -self.keep_last]:
+                old.unlink()

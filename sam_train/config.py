@@ -22,6 +22,7 @@ SAM_VARIANTS = ("none", "sam")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
+BEST_METRICS = ("test/acc1", "test/acc5", "test/loss")
 
 
 @dataclass
@@ -88,13 +89,17 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     channels_last: bool = False
     compile: bool = False
+    skip_nonfinite: bool = True  # skip steps with a non-finite gradient (one host sync a step)
+    max_bad_steps: int = 10  # consecutive skipped steps that stop the run
 
 
 @dataclass
 class CheckpointConfig:
     save_last: bool = True
     save_best: bool = True
-    best_metric: str = "test/acc1"
+    best_metric: str = "test/acc1"  # test/acc1 | test/acc5 (higher is better) | test/loss
+    every_n_steps: int = 0  # also save mid-epoch every N optimizer steps (0: epoch ends only)
+    keep_last: int = 0  # keep this many step_*.pt snapshots besides last.pt (0: none)
 
 
 @dataclass
@@ -164,6 +169,10 @@ def validate(cfg: Any) -> None:
     _positive(cfg.trainer.accum_steps, "trainer.accum_steps")
     _positive(cfg.trainer.num_workers, "trainer.num_workers", allow_zero=True)
     _positive(cfg.trainer.label_smoothing, "trainer.label_smoothing", allow_zero=True)
+    _positive(cfg.trainer.max_bad_steps, "trainer.max_bad_steps")
+    _positive(cfg.checkpoint.every_n_steps, "checkpoint.every_n_steps", allow_zero=True)
+    _positive(cfg.checkpoint.keep_last, "checkpoint.keep_last", allow_zero=True)
+    _one_of(cfg.checkpoint.best_metric, BEST_METRICS, "checkpoint.best_metric")
     if cfg.trainer.clip_grad_norm is not None:
         _positive(cfg.trainer.clip_grad_norm, "trainer.clip_grad_norm")
     if cfg.trainer.batch_size % cfg.trainer.accum_steps:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from sam_train.distributed import all_reduce_sum
+from sam_train.errors import NonFiniteError
 from sam_train.logger import RunLogger
 from sam_train.sam import SAM, RunningStatsGuard
 
@@ -83,6 +84,10 @@ class Engine:
     logger: RunLogger | None = None
     log_every: int = 50
     global_step: int = 0
+    skip_nonfinite: bool = True
+    max_bad_steps: int = 10
+    skipped_steps: int = 0
+    _bad_streak: int = 0
     _stats_guard: RunningStatsGuard = field(init=False)
 
     def __post_init__(self) -> None:
@@ -196,22 +201,53 @@ class Engine:
         return self.base_optimizer.param_groups
 
     def _apply_gradients(self) -> None:
-        """Unscale (fp16), clip, base-optimizer step, scheduler update, zero the gradients."""
+        """Unscale (fp16), clip, base-optimizer step, scheduler update, zero the gradients.
+
+        A non-finite gradient never reaches the weights: with fp16 the GradScaler skips the
+        step; otherwise (``skip_nonfinite``) the step is skipped here, at the cost of one host
+        sync per step. Either way the skip is counted, and ``max_bad_steps`` in a row stop the
+        run with NonFiniteError.
+        """
         base = self.base_optimizer
+        grads = [p.grad for g in base.param_groups for p in g["params"] if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(base)
+        norm = None
         if self.clip_grad_norm is not None:
-            params = [p for g in base.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_grad_norm, foreach=True)
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(base)
             self.scaler.update()
-        else:
+            self._count_step(finite=self.scaler.get_scale() >= scale)
+        elif not self.skip_nonfinite:
             base.step()
+        else:
+            if norm is None and grads:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            finite = norm is None or bool(torch.isfinite(norm))
+            if finite:
+                base.step()
+            self._count_step(finite)
         base.zero_grad(set_to_none=True)
         self.global_step += 1
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.global_step)
+
+    def _count_step(self, finite: bool) -> None:
+        if finite:
+            self._bad_streak = 0
+            return
+        self.skipped_steps += 1
+        self._bad_streak += 1
+        if self.logger is not None:
+            self.logger.scalars({"train/skipped_steps": self.skipped_steps}, self.global_step)
+        if self._bad_streak >= self.max_bad_steps:
+            raise NonFiniteError(
+                f"{self._bad_streak} consecutive steps had a non-finite loss or gradient "
+                f"(up to step {self.global_step + 1}); lower the learning rate or rho, or "
+                "raise trainer.max_bad_steps"
+            )
 
     # ------------------------------------------------------------------ loops
     def train_one_epoch(
@@ -221,9 +257,15 @@ class Engine:
         epoch: int,
         epochs: int,
         steps_per_epoch: int,
-        on_step: Callable[[Engine], None] | None = None,
+        start_step: int = 0,
+        on_step: Callable[[int], None] | None = None,
     ) -> EpochStats:
-        """Train for one pass over ``loader``; log every ``log_every`` steps."""
+        """Train for one pass over ``loader``; log every ``log_every`` steps.
+
+        ``start_step`` is the number of this epoch's steps a resumed run already took (the
+        loader leaves them out). ``on_step(step)`` runs after every step (checkpoints,
+        preemption).
+        """
         self.model.train()
         stats = EpochStats(
             loss_sum=torch.zeros((), device=self.device),
@@ -232,7 +274,7 @@ class Engine:
         window_loss = torch.zeros((), device=self.device)
         window_count, window_steps, window_start = 0, 0, time.perf_counter()
         epoch_start = window_start
-        for step, (images, targets) in enumerate(loader, start=1):
+        for step, (images, targets) in enumerate(loader, start=start_step + 1):
             loss_sum, correct = self.train_step(images, targets)
             stats.loss_sum += loss_sum
             stats.correct += correct
@@ -272,7 +314,7 @@ class Engine:
                 window_loss.zero_()
                 window_count, window_steps, window_start = 0, 0, time.perf_counter()
             if on_step is not None:
-                on_step(self)
+                on_step(step)
         stats.images_per_sec = stats.count / max(time.perf_counter() - epoch_start, 1e-9)
         return stats
 

@@ -18,3 +18,11 @@ class DatasetError(SamTrainError, RuntimeError):
 
 class CheckpointError(SamTrainError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+class NonFiniteError(SamTrainError, FloatingPointError):
+    """Training diverged: too many consecutive steps with a non-finite loss or gradient."""
+
+
+class Preempted(SamTrainError):
+    """SIGTERM/SIGUSR1 arrived: the run saved a checkpoint and stops for ``resume=auto``."""

@@ -24,13 +24,21 @@ class RunLogger:
     file or CI output. Non-main ranks write nothing.
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        purge_step: int | None = None,
+    ) -> None:
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir))
+            # purge_step: a resumed run hides the events an interrupted run wrote after it.
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self._start = time.perf_counter()
 
     def info(self, message: str) -> None:

@@ -2,7 +2,8 @@
 
 Reads top to bottom like torchvision's reference scripts: distributed set-up, seeds, data,
 model, optimizer, scheduler, resume, then the epoch loop with evaluation, checkpoints and
-results.json.
+results.json. A run's position is its global step: the epoch and the batches to skip follow
+from it, so a run resumed from any checkpoint (epoch end or mid-epoch) continues exactly.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from torch import nn
 
 from sam_train import distributed
 from sam_train.builders import build_optimizer, build_scheduler, flat_config, resolve_device
-from sam_train.checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
+from sam_train.checkpoint import (
+    CheckpointWriter,
+    load_checkpoint,
+    load_model_state,
+    resolve_resume,
+    rng_states,
+    set_rng_states,
+)
 from sam_train.config import validate
 from sam_train.data import build_datasets, build_loaders
 from sam_train.engine import Engine
+from sam_train.errors import ConfigError, Preempted
 from sam_train.logger import RunLogger, format_duration
 from sam_train.models import create_model
+from sam_train.preemption import PreemptionFlag
 
 log = logging.getLogger("sam_train")
 
@@ -35,28 +45,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rng_states() -> dict[str, Any]:
-    states = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    result = model.load_state_dict(state, strict=False)
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing {result.missing_keys[:5]}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected {result.unexpected_keys[:5]}")
-    if problems:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {'; '.join(problems)}")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -70,41 +58,36 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         distributed.cleanup()
 
 
+def _datasets(cfg: DictConfig, download: bool):
+    return build_datasets(
+        cfg.dataset.name,
+        root=cfg.dataset.root,
+        num_classes=cfg.dataset.num_classes,
+        image_size=cfg.dataset.image_size,
+        download=download,
+        verify_checksums=cfg.dataset.verify_checksums,
+        label_noise=cfg.dataset.label_noise,
+        test_fraction=cfg.dataset.test_fraction,
+        seed=cfg.seed,
+    )
+
+
 def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distributed.DistInfo):
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
+    if cfg.trainer.batch_size % dist.world_size:
+        raise ConfigError(
+            f"trainer.batch_size={cfg.trainer.batch_size} (global) must be divisible by the "
+            f"{dist.world_size} processes"
+        )
     seed_everything(cfg.seed + dist.rank)
 
     # ---------------------------------------------------------------- data
-    data = (
-        build_datasets(
-            cfg.dataset.name,
-            root=cfg.dataset.root,
-            num_classes=cfg.dataset.num_classes,
-            image_size=cfg.dataset.image_size,
-            download=cfg.dataset.download and dist.is_main,
-            verify_checksums=cfg.dataset.verify_checksums,
-            label_noise=cfg.dataset.label_noise,
-            test_fraction=cfg.dataset.test_fraction,
-            seed=cfg.seed,
-        )
-        if dist.is_main
-        else None
-    )
+    data = _datasets(cfg, download=cfg.dataset.download) if dist.is_main else None
     distributed.barrier()  # rank 0 downloads; the others read what it wrote
     if data is None:
-        data = build_datasets(
-            cfg.dataset.name,
-            root=cfg.dataset.root,
-            num_classes=cfg.dataset.num_classes,
-            image_size=cfg.dataset.image_size,
-            download=False,
-            verify_checksums=cfg.dataset.verify_checksums,
-            label_noise=cfg.dataset.label_noise,
-            test_fraction=cfg.dataset.test_fraction,
-            seed=cfg.seed,
-        )
+        data = _datasets(cfg, download=False)
     per_rank_batch = cfg.trainer.batch_size // dist.world_size
     loaders = build_loaders(
         data.train,
@@ -119,8 +102,6 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     )
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
-        from sam_train.errors import ConfigError
-
         raise ConfigError(
             f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(data.train)} "
             "training images: no full batch"
@@ -142,18 +123,23 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
 
     # ---------------------------------------------------------------- resume
-    start_epoch, best = 0, {"acc1": -1.0, "acc5": 0.0, "epoch": -1}
-    global_step = 0
+    best: dict[str, Any] = {"acc1": None, "acc5": None, "loss": None, "epoch": -1}
+    global_step, skipped_steps = 0, 0
     resume_path = resolve_resume(cfg.resume, run_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location=device)
-        _load_model_state(model, state["model"], resume_path)
+        load_model_state(model, state["model"], resume_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start_epoch, global_step, best = state["epoch"] + 1, state["global_step"], state["best"]
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+        global_step, best = state["global_step"], state["best"]
+        skipped_steps = state.get("skipped_steps", 0)
+        rank_rng = state["rng"][dist.rank] if dist.rank < len(state["rng"]) else None
+        if rank_rng is not None:
+            set_rng_states(rank_rng)
+        log.info("resumed from %s at step %d", resume_path, global_step)
+    start_epoch, skip_steps = divmod(global_step, steps_per_epoch)
 
     train_model: nn.Module = model
     if cfg.trainer.compile:
@@ -163,7 +149,12 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
             train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    logger = RunLogger(run_dir, enabled=dist.is_main, tensorboard=cfg.logger.tensorboard)
+    logger = RunLogger(
+        run_dir,
+        enabled=dist.is_main,
+        tensorboard=cfg.logger.tensorboard,
+        purge_step=global_step if resume_path is not None else None,
+    )
     engine = Engine(
         model=train_model,
         optimizer=optimizer,
@@ -178,6 +169,9 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         logger=logger,
         log_every=cfg.trainer.log_every,
         global_step=global_step,
+        skip_nonfinite=cfg.trainer.skip_nonfinite,
+        max_bad_steps=cfg.trainer.max_bad_steps,
+        skipped_steps=skipped_steps,
     )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
@@ -188,58 +182,106 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     )
     logger.hparams(flat_config(cfg), ["test/acc1", "test/acc5", "test/loss", "train/loss"])
 
+    # ---------------------------------------------------------------- checkpoints, signals
+    writer = CheckpointWriter(run_dir, keep_last=cfg.checkpoint.keep_last)
+    config_container = OmegaConf.to_container(cfg, resolve=True)
+
+    def save(is_best: bool = False) -> None:
+        """Gather every rank's RNG state, then rank 0 writes (never the perturbed weights:
+        the engine restores w before a step ends)."""
+        rngs = distributed.gather_object(rng_states())
+        if not dist.is_main or not cfg.checkpoint.save_last:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "global_step": engine.global_step,
+            "epoch": engine.global_step // steps_per_epoch,
+            "skipped_steps": engine.skipped_steps,
+            "best": best,
+            "config": config_container,
+            "rng": rngs,
+        }
+        writer.save(state, is_best=is_best and cfg.checkpoint.save_best)
+
+    preemption = PreemptionFlag().install()
+    check_every = cfg.trainer.log_every if dist.enabled else 1
+    every_n = cfg.checkpoint.every_n_steps
+
+    def on_step(step: int) -> None:
+        at_epoch_end = step == steps_per_epoch  # the epoch-end checkpoint follows evaluation
+        saved = False
+        if every_n and engine.global_step % every_n == 0 and not at_epoch_end:
+            save()
+            saved = True
+        if engine.global_step % check_every == 0 and preemption.should_stop(dist.enabled, device):
+            if not saved:
+                save()
+            raise Preempted(
+                f"stopped by signal {preemption.signal} at step {engine.global_step}; "
+                f"checkpoint {writer.last}; continue with resume=auto hydra.run.dir={run_dir}"
+            )
+
     # ---------------------------------------------------------------- epochs
+    metric_key = cfg.checkpoint.best_metric.split("/")[1]
+    lower_is_better = metric_key == "loss"
     epochs = cfg.trainer.epochs
     started = time.perf_counter()
     train_stats: dict[str, float] = {"loss": float("nan"), "images_per_sec": 0.0}
     test_stats: dict[str, float] = {}
     images_seen = 0
-    for epoch in range(start_epoch, epochs):
-        if hasattr(loaders.train.sampler, "set_epoch"):
-            loaders.train.sampler.set_epoch(epoch)
-        stats = engine.train_one_epoch(
-            loaders.train, epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch
-        )
-        train_stats = stats.as_dict()
-        images_seen += stats.count * dist.world_size
-        scheduler.step(epoch + 1)
-        test_stats = engine.evaluate(loaders.test)
-        is_best = test_stats["acc1"] > best["acc1"]
-        if is_best:
-            best = {"acc1": test_stats["acc1"], "acc5": test_stats["acc5"], "epoch": epoch}
-        logger.scalars(
-            {
-                "train/acc1": train_stats["acc1"],
-                "train/epoch_loss": train_stats["loss"],
-                "test/loss": test_stats["loss"],
-                "test/acc1": test_stats["acc1"],
-                "test/acc5": test_stats["acc5"],
-            },
-            engine.global_step,
-        )
-        logger.info(
-            f"epoch {epoch + 1}/{epochs}  train loss {train_stats['loss']:.4f}  "
-            f"train acc1 {train_stats['acc1']:.2f}  test loss {test_stats['loss']:.4f}  "
-            f"test acc1 {test_stats['acc1']:.2f}  test acc5 {test_stats['acc5']:.2f}  "
-            f"({test_stats['count']} test images)"
-        )
-        if dist.is_main:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch,
-                "global_step": engine.global_step,
-                "best": best,
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "rng": _rng_states(),
-            }
-            if cfg.checkpoint.save_last:
-                save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
-            if cfg.checkpoint.save_best and is_best:
-                save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
-        logger.flush()
+    try:
+        for epoch in range(start_epoch, epochs):
+            start_step = skip_steps if epoch == start_epoch else 0
+            loaders.train_sampler.set_epoch(epoch, skip=start_step * per_rank_batch)
+            stats = engine.train_one_epoch(
+                loaders.train,
+                epoch=epoch,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                start_step=start_step,
+                on_step=on_step,
+            )
+            train_stats = stats.as_dict()
+            images_seen += stats.count * dist.world_size
+            scheduler.step(epoch + 1)
+            test_stats = engine.evaluate(loaders.test)
+            value = test_stats[metric_key]
+            is_best = best[metric_key] is None or (
+                value < best[metric_key] if lower_is_better else value > best[metric_key]
+            )
+            if is_best:
+                best = {
+                    "acc1": test_stats["acc1"],
+                    "acc5": test_stats["acc5"],
+                    "loss": test_stats["loss"],
+                    "epoch": epoch,
+                }
+            logger.scalars(
+                {
+                    "train/acc1": train_stats["acc1"],
+                    "train/epoch_loss": train_stats["loss"],
+                    "test/loss": test_stats["loss"],
+                    "test/acc1": test_stats["acc1"],
+                    "test/acc5": test_stats["acc5"],
+                },
+                engine.global_step,
+            )
+            logger.info(
+                f"epoch {epoch + 1}/{epochs}  train loss {train_stats['loss']:.4f}  "
+                f"train acc1 {train_stats['acc1']:.2f}  test loss {test_stats['loss']:.4f}  "
+                f"test acc1 {test_stats['acc1']:.2f}  test acc5 {test_stats['acc5']:.2f}  "
+                f"({test_stats['count']} test images)"
+            )
+            save(is_best)
+            logger.flush()
+        if not test_stats:  # resumed after the last epoch: report the checkpoint's accuracy
+            test_stats = engine.evaluate(loaders.test)
+    finally:
+        preemption.uninstall()
+        logger.close()
 
     wall_time = time.perf_counter() - started
     results = {
@@ -252,6 +294,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         "epochs": epochs,
         "epochs_run": epochs - start_epoch,
         "test_images": test_stats.get("count"),
+        "skipped_steps": engine.skipped_steps,
         "wall_time_s": round(wall_time, 2),
         "images_per_sec": round(images_seen / max(wall_time, 1e-9), 1),
         "world_size": dist.world_size,
@@ -261,10 +304,9 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     }
     if dist.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        logger.info(
+        log.info(
             f"done in {format_duration(wall_time)}: final test acc1 {results['final_acc1']:.2f}, "
             f"best {results['best_acc1']:.2f} (epoch {results['best_epoch']}); "
             f"results in {run_dir / 'results.json'}"
         )
-    logger.close()
     return results

@@ -172,3 +172,52 @@ def test_evaluate_counts_top1_and_top5():
     assert stats["count"] == 10
     assert stats["acc1"] == pytest.approx(10.0)
     assert stats["acc5"] == pytest.approx(50.0)
+
+
+class NaNAtCalls(nn.Module):
+    """Linear model whose output is NaN on chosen forward calls (counted from 0)."""
+
+    def __init__(self, bad_calls: set[int]) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(6, 3)
+        self.bad_calls, self.calls = bad_calls, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        if self.calls in self.bad_calls:
+            out = out * float("nan")
+        self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize("bad_pass", [0, 1])  # NaN in the first or in the second SAM pass
+def test_nonfinite_step_is_skipped_and_weights_untouched(bad_pass):
+    from sam_train.errors import NonFiniteError
+
+    model = NaNAtCalls({bad_pass})
+    engine = _engine(model, max_bad_steps=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    engine.train_step(*_batch())
+    assert engine.skipped_steps == 1 and engine.global_step == 1
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    engine.train_step(*_batch())  # a good step resets the streak
+    assert engine.skipped_steps == 1
+    assert not torch.equal(model.linear.weight, before[0])
+    model.bad_calls = {4, 6}
+    engine.train_step(*_batch())
+    with pytest.raises(NonFiniteError, match="2 consecutive steps"):
+        engine.train_step(*_batch())
+
+
+@pytest.mark.parametrize("bad_pass", [0, 1])
+def test_fp16_overflow_in_either_pass_skips_the_step(bad_pass):
+    model = NaNAtCalls({bad_pass})
+    engine = _engine(model, precision="fp16", scaler=torch.amp.GradScaler("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    engine.train_step(*_batch())
+    assert engine.skipped_steps == 1
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    assert engine.scaler.get_scale() < 65536.0
