@@ -108,3 +108,22 @@ def run_cli(
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch, capsys):
+    """Run ``sam-train ARGS`` through the real entry point in this process (no start-up cost);
+    returns (exit code, stderr)."""
+    from sam_train import cli as cli_module
+
+    def run(args: list[str]) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["sam-train", *args])
+        capsys.readouterr()
+        try:
+            cli_module.main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        return code, capsys.readouterr().err
+
+    return run

@@ -1,0 +1,91 @@
+"""Samplers whose order is a pure function of (seed, epoch), so a run can resume mid-epoch.
+
+``ResumableSampler`` replaces torch's RandomSampler / DistributedSampler for training: the
+permutation of epoch ``e`` is ``randperm(n, seed + e)`` (as DistributedSampler draws it), each
+rank takes every ``world_size``-th index, and ``skip`` drops the batches a checkpoint already
+covered. It yields ``(epoch, index)`` pairs; ``EpochSeededDataset`` seeds each sample's random
+augmentation from them, so the images a step sees do not depend on how many workers there are
+or where the run was interrupted. ``ShardSampler`` shards evaluation without padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Epoch-seeded shuffled shard of ``range(length)`` for one rank, resumable at a batch."""
+
+    def __init__(
+        self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ) -> None:
+        if length < world_size:
+            raise ValueError(f"{length} examples cannot be shared by {world_size} ranks")
+        self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.skip = 0  # indices of this epoch already consumed (set on resume)
+        self.per_rank = length // world_size  # drop the tail so every rank gets as many
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the epoch; ``skip`` indices (whole batches) are left out once, for resuming."""
+        self.epoch, self.skip = epoch, skip
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        return order[: self.per_rank * self.world_size][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = self._indices()[self.skip :]
+        self.skip = 0
+        return ((self.epoch, index) for index in indices)
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+
+class EpochSeededDataset(Dataset):
+    """Wraps a data set so sample ``i`` of epoch ``e`` is augmented with its own seed.
+
+    The global torch generator is forked, not reseeded, so in a single-process loader the
+    model's random draws (dropout) are not disturbed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+            torch.manual_seed(int(seed))
+            return self.dataset[index]
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r reads indices r, r + W, r + 2W, ...: every example exactly once over all ranks.
+
+    torch's DistributedSampler pads the last shard by repeating examples, which would count
+    them twice in a gathered accuracy.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))

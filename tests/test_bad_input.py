@@ -1,0 +1,205 @@
+"""Every mistake a user can make stops before any work, with one clear line and exit code 2
+(Hydra's own composition errors: exit 1), and never touches an earlier run."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config, write_cifar
+from hydra.errors import ConfigCompositionException
+from torch import nn
+
+from sam_train.checkpoint import save_checkpoint
+from sam_train.errors import SamTrainError
+
+
+def _checkpoints(root: Path) -> dict[str, Path]:
+    """Unusable checkpoint files of every kind, and one from another model."""
+    root.mkdir(parents=True, exist_ok=True)
+    wrong_model = save_checkpoint(
+        {"model": nn.Linear(3, 3).state_dict(), "global_step": 1}, root / "wrong_model.pt"
+    )
+    truncated = root / "truncated.pt"
+    truncated.write_bytes(wrong_model.read_bytes()[:100])
+    foreign = root / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    garbage = root / "garbage.pt"
+    garbage.write_bytes(b"\x00\x01not a checkpoint" * 50)
+    return {
+        "wrong_model": wrong_model,
+        "truncated": truncated,
+        "foreign": foreign,
+        "garbage": garbage,
+    }
+
+
+def _bad_data(root: Path) -> dict[str, Path]:
+    imagenet = root / "imagenet_no_val"
+    (imagenet / "train" / "n0").mkdir(parents=True)
+    cifar = write_cifar(root / "cifar_bad", "cifar10")
+    (cifar / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"corrupt")
+    return {"imagenet_no_val": imagenet, "cifar_corrupt": cifar}
+
+
+# (case, overrides, expected message fragment, exit code); {ckpt:...} and {data:...} are paths
+CASES = [
+    ("unknown dataset", ["dataset=mnist"], "Available options in 'dataset'", 1),
+    ("unknown model group", ["model=vgg99"], "Available options in 'model'", 1),
+    ("unknown timm model", ["model.name=resnet_18"], "is not a timm model", 2),
+    ("unknown optimizer", ["optimizer.name=lion"], "optimizer.name='lion' is not one of: sgd", 2),
+    ("unknown variant", ["sam.name=bogus"], "sam.name='bogus' is not one of", 2),
+    ("negative rho", ["sam.rho=-0.05"], "sam.rho must be >= 0, got -0.05", 2),
+    ("non-numeric rho", ["sam.rho=abc"], "Value 'abc' of type 'str' could not be converted", 1),
+    ("misspelt key", ["trainer.batchsize=32"], "Key 'batchsize' not in 'TrainerConfig'", 1),
+    (
+        "indivisible batch",
+        ["trainer.batch_size=64", "trainer.accum_steps=5"],
+        "trainer.batch_size=64 must be divisible by trainer.accum_steps=5",
+        2,
+    ),
+    ("batch above data", ["trainer.batch_size=4096"], "exceeds the 1347 training images", 2),
+    (
+        "missing cifar",
+        ["dataset=cifar10", "dataset.root=/nonexistent", "dataset.download=false"],
+        "cifar10 not found or unreadable under dataset.root='/nonexistent'",
+        2,
+    ),
+    (
+        "corrupt cifar",
+        [
+            "dataset=cifar10",
+            "dataset.root={data:cifar_corrupt}",
+            "dataset.download=false",
+            "dataset.verify_checksums=false",
+        ],
+        "cifar10 not found or unreadable",
+        2,
+    ),
+    (
+        "imagenet without val",
+        ["dataset=imagenet", "dataset.root={data:imagenet_no_val}"],
+        "imagenet folder missing",
+        2,
+    ),
+    ("missing checkpoint", ["resume=/nonexistent/last.pt"], "no such checkpoint file", 2),
+    ("truncated checkpoint", ["resume={ckpt:truncated}"], "is corrupt or not a torch file", 2),
+    ("garbage checkpoint", ["resume={ckpt:garbage}"], "is corrupt or not a torch file", 2),
+    ("foreign checkpoint", ["resume={ckpt:foreign}"], "is not a sam-train checkpoint", 2),
+    (
+        "checkpoint of another model",
+        ["resume={ckpt:wrong_model}"],
+        "does not match the configured model (missing: fc.bias, fc.weight",
+        2,
+    ),
+    ("unwritable output folder", ["hydra.run.dir=/proc/sam-train-run"], "is not writable", 2),
+    (
+        "cuda without gpu",
+        ["trainer.device=cuda"] if not torch.cuda.is_available() else [],
+        "CUDA is not available" if not torch.cuda.is_available() else "",
+        2,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_paths(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    paths = {f"ckpt:{k}": v for k, v in _checkpoints(root / "ckpt").items()}
+    paths.update({f"data:{k}": v for k, v in _bad_data(root / "data").items()})
+    return paths
+
+
+def _fill(override: str, paths: dict[str, Path]) -> str:
+    for key, path in paths.items():
+        override = override.replace("{" + key + "}", str(path))
+    return override
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message", "code"),
+    [c for c in CASES if c[1]],
+    ids=[c[0] for c in CASES if c[1]],
+)
+def test_bad_input_exits_with_one_clear_message(
+    cli_in_process, bad_paths, tmp_path, name, overrides, message, code
+):
+    args = [_fill(o, bad_paths) for o in overrides]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={tmp_path / 'run'}")
+    returncode, stderr = cli_in_process(["trainer.epochs=1", "trainer.num_workers=0", *args])
+    assert returncode == code, stderr[-1500:]
+    assert message in stderr, stderr[-1500:]
+    assert "Traceback" not in stderr
+    if code == 2:
+        assert stderr.count("sam-train: error:") == 1
+    assert not (tmp_path / "run" / "checkpoints").exists(), "no work may start"
+
+
+# Keys a user might override, with plausible and implausible values.
+FUZZ_KEYS = {
+    "sam.rho": ["0", "0.05", "-1", "1e9", "nan", "inf", "x", "[1,2]", "null"],
+    "sam.name": ["sam", "none", "asam", "", "SAM"],
+    "sam.adaptive": ["true", "false", "maybe", "2"],
+    "optimizer.lr": ["0.1", "0", "-0.1", "1e-9", "abc", "nan"],
+    "optimizer.name": ["sgd", "adamw", "adam", "1"],
+    "optimizer.weight_decay": ["0", "5e-4", "-1"],
+    "optimizer.betas": ["[0.9,0.99]", "0.9", "[a]"],
+    "trainer.batch_size": ["32", "0", "-8", "7", "1.5", "100000"],
+    "trainer.accum_steps": ["1", "2", "0", "3"],
+    "trainer.epochs": ["1", "0", "-1", "two"],
+    "trainer.amp": ["none", "bf16", "fp16", "fp8"],
+    "trainer.clip_grad_norm": ["null", "1.0", "0", "-1"],
+    "trainer.label_smoothing": ["0.1", "-0.1", "2"],
+    "trainer.log_every": ["1", "0"],
+    "dataset.label_noise": ["0", "0.5", "1", "1.5", "-0.1"],
+    "dataset.test_fraction": ["0.25", "0", "1"],
+    "scheduler.name": ["cosine", "multistep", "linear"],
+    "scheduler.warmup_epochs": ["0", "1", "5", "-1"],
+    "scheduler.milestones": ["[1]", "[]", "1"],
+    "model.kwargs.drop_rate": ["0.1", "2", "x"],
+    "model.kwargs.not_an_arg": ["1"],
+    "model.name": ["digits_cnn", "resnet18", "nope"],
+    "checkpoint.best_metric": ["test/acc1", "test/loss", "train/acc1"],
+    "checkpoint.every_n_steps": ["0", "5", "-2"],
+    "seed": ["0", "-1", "1.5"],
+    "resume": ["null", "auto"],
+}
+
+
+@pytest.mark.slow
+def test_fuzzed_overrides_never_end_in_a_raw_exception(tmp_path):
+    """Random override sets either train (one tiny epoch) or fail with a user error."""
+    from sam_train.train import train
+
+    rng = random.Random(1234)
+    outcomes = {"trained": 0, "rejected": 0}
+    for trial in range(40):
+        keys = rng.sample(sorted(FUZZ_KEYS), k=rng.randint(1, 4))
+        overrides = [f"{k}={rng.choice(FUZZ_KEYS[k])}" for k in keys]
+        base = [
+            "trainer.epochs=1",
+            "trainer.num_workers=0",
+            "trainer.device=cpu",
+            "trainer.batch_size=256",
+            "trainer.eval_batch_size=512",
+            "logger.tensorboard=false",
+        ]
+        overrides = base + [
+            o
+            for o in overrides
+            if o.split("=")[0] not in {b.split("=")[0] for b in base} or "epochs" not in o
+        ]
+        try:
+            cfg = compose_config(overrides)
+            train(cfg, tmp_path / f"trial{trial}")
+            outcomes["trained"] += 1
+        except ConfigCompositionException as err:
+            assert str(err).strip(), overrides
+            outcomes["rejected"] += 1
+        except SamTrainError as err:
+            assert str(err) and "\n" not in str(err), (overrides, str(err))
+            outcomes["rejected"] += 1
+    assert outcomes["trained"] >= 3 and outcomes["rejected"] >= 10, outcomes
