@@ -168,7 +168,10 @@ def validate(cfg: Any) -> None:
     _positive(cfg.trainer.log_every, "trainer.log_every")
     _positive(cfg.trainer.accum_steps, "trainer.accum_steps")
     _positive(cfg.trainer.num_workers, "trainer.num_workers", allow_zero=True)
-    _positive(cfg.trainer.label_smoothing, "trainer.label_smoothing", allow_zero=True)
+    if not 0.0 <= cfg.trainer.label_smoothing < 1.0:
+        raise ConfigError(
+            f"trainer.label_smoothing must be in [0, 1), got {cfg.trainer.label_smoothing}"
+        )
     _positive(cfg.trainer.max_bad_steps, "trainer.max_bad_steps")
     _positive(cfg.checkpoint.every_n_steps, "checkpoint.every_n_steps", allow_zero=True)
     _positive(cfg.checkpoint.keep_last, "checkpoint.keep_last", allow_zero=True)

@@ -72,6 +72,7 @@ def test_misspelt_keys_and_wrong_types_fail_at_composition(override):
         ("trainer.amp=fp8", "trainer.amp='fp8' is not one of"),
         ("trainer.accum_steps=3", "must be divisible by trainer.accum_steps=3"),
         ("trainer.epochs=0", "trainer.epochs must be > 0"),
+        ("trainer.label_smoothing=1.5", "trainer.label_smoothing must be in [0, 1)"),
     ],
 )
 def test_bad_values_raise_one_clear_config_error(override, message):

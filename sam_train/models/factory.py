@@ -30,5 +30,5 @@ def create_model(
         return timm.create_model(
             name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
         )
-    except TypeError as err:  # an unknown keyword in model.kwargs
-        raise ConfigError(f"model.kwargs {sorted(kwargs)} rejected by {name}: {err}") from err
+    except (TypeError, ValueError) as err:  # an unknown keyword or a bad value in model.kwargs
+        raise ConfigError(f"model.kwargs {dict(kwargs)} rejected by {name}: {err}") from err
