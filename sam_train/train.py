@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm.layers
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -63,17 +64,62 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate as configured; return the results also written to results.json."""
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    owns_group = not torch.distributed.is_initialized()  # the CLI may have joined already
     dist = distributed.init_distributed(device.type)
     try:
         return _train(cfg, run_dir, device, dist)
     finally:
-        distributed.cleanup()
+        if owns_group:
+            distributed.cleanup()
+
+
+def _check_batch_split(cfg: DictConfig, world_size: int) -> int:
+    """The per-device batch, which accumulation and m-sharpness must divide."""
+    from sam_train.errors import ConfigError
+
+    batch = cfg.trainer.batch_size
+    if batch % world_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch} (global) must be divisible by the {world_size} processes"
+        )
+    per_device = batch // world_size
+    if per_device % cfg.trainer.accum_steps:
+        raise ConfigError(
+            f"trainer.accum_steps={cfg.trainer.accum_steps} must divide the per-device batch "
+            f"{per_device} (trainer.batch_size={batch} over {world_size} processes)"
+        )
+    if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
+        raise ConfigError(
+            f"sam.m={cfg.sam.m} must divide the per-device batch {per_device} "
+            f"(trainer.batch_size={batch} over {world_size} processes)"
+        )
+    return per_device
+
+
+def _prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device, world_size: int):
+    """SyncBatchNorm (several processes), then the device and memory format."""
+    from sam_train.errors import ConfigError
+
+    if cfg.model.sync_bn and world_size > 1:
+        if device.type == "cpu":
+            raise ConfigError(
+                "model.sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel"
+            )
+        model = timm.layers.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distributed.DistInfo):
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-    run_dir = Path(distributed.broadcast_object(str(run_dir)))
+    shared_dir = Path(distributed.broadcast_object(str(run_dir)))
+    if shared_dir != run_dir:
+        log.warning("rank %d: using rank 0's run folder %s, not %s", dist.rank, shared_dir, run_dir)
+    run_dir = shared_dir
+    per_device_batch = _check_batch_split(cfg, dist.world_size)
     seed_everything(cfg.seed + dist.rank)
 
     # ---------------------------------------------------------------- data
@@ -105,11 +151,10 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
             test_fraction=cfg.dataset.test_fraction,
             seed=cfg.seed,
         )
-    per_rank_batch = cfg.trainer.batch_size // dist.world_size
     loaders = build_loaders(
         data.train,
         data.test,
-        batch_size=per_rank_batch,
+        batch_size=per_device_batch,
         eval_batch_size=cfg.trainer.eval_batch_size,
         num_workers=cfg.trainer.num_workers,
         seed=cfg.seed,
@@ -133,9 +178,8 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         in_chans=cfg.dataset.in_chans,
         pretrained=cfg.model.pretrained,
         **cfg.model.kwargs,
-    ).to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    )
+    model = _prepare_model(model, cfg, device, dist.world_size)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.sam)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
@@ -155,13 +199,11 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         start_epoch, global_step, best = state["epoch"] + 1, state["global_step"], state["best"]
         log.info("resumed from %s at epoch %d", resume_path, start_epoch)
 
-    train_model: nn.Module = model
+    train_model: nn.Module = model  # checkpoints always hold ``model``'s plain state_dict
     if cfg.trainer.compile:
-        train_model = torch.compile(model)
+        train_model = torch.compile(model)  # before DDP, as torch's DDP notes recommend
     if dist.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        train_model = distributed.wrap_ddp(train_model, device)
 
     logger = RunLogger(run_dir, enabled=dist.is_main, tensorboard=cfg.logger.tensorboard)
     engine = Engine(
@@ -173,6 +215,8 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         scaler=scaler,
         clip_grad_norm=cfg.trainer.clip_grad_norm,
         accum_steps=cfg.trainer.accum_steps,
+        sync_perturbation=cfg.sam.sync_perturbation,
+        sam_chunk=cfg.sam.m,
         channels_last=cfg.trainer.channels_last,
         scheduler=scheduler,
         logger=logger,
@@ -201,7 +245,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
             loaders.train, epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch
         )
         train_stats = stats.as_dict()
-        images_seen += stats.count * dist.world_size
+        images_seen += stats.count  # summed over ranks
         scheduler.step(epoch + 1)
         test_stats = engine.evaluate(loaders.test)
         is_best = test_stats["acc1"] > best["acc1"]
