@@ -12,13 +12,27 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from sam_reference import (
+    CPU,
+    GLOBAL_BATCH,
+    LR,
+    MOMENTUM,
+    RHO,
+    batches,
+    bn_mlp,
+    close,
+    mlp,
+    reference_sam,
+    sam_engine,
+    sgd,
+    train,
+    weights,
+)
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from sam_train import distributed
@@ -26,42 +40,10 @@ from sam_train.data.samplers import ShardSampler
 from sam_train.engine import Engine
 from sam_train.sam import SAM
 
-CPU = torch.device("cpu")
-RHO, LR, MOMENTUM = 0.5, 0.1, 0.9
-GLOBAL_BATCH, STEPS = 16, 3
-
-
-# ---------------------------------------------------------------------------- set-up
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def bn_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def batches(n: int = STEPS, size: int = GLOBAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(size, 6, generator=gen), torch.randint(0, 3, (size,), generator=gen))
-        for _ in range(n)
-    ]
-
 
 def my_half(x: torch.Tensor) -> torch.Tensor:
     half = len(x) // dist.get_world_size()
     return x[dist.get_rank() * half : (dist.get_rank() + 1) * half]
-
-
-def sgd(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-
-
-def sam_engine(model: nn.Module, **kwargs) -> Engine:
-    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM)
-    return Engine(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
 
 
 def ddp_engine(model: nn.Module, **kwargs) -> Engine:
@@ -69,54 +51,11 @@ def ddp_engine(model: nn.Module, **kwargs) -> Engine:
     return sam_engine(distributed.wrap_ddp(model, CPU), **kwargs)
 
 
-def train(engine: Engine, data, shard: Callable = lambda x: x) -> None:
-    engine.model.train()
-    for x, y in data:
-        engine.train_step(shard(x), shard(y))
-
-
-def weights(model: nn.Module) -> list[torch.Tensor]:
-    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def close(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 1e-6) -> bool:
-    return all(torch.allclose(p, q, rtol=0, atol=atol) for p, q in zip(a, b, strict=True))
-
-
 def same_on_all_ranks(tensors: list[torch.Tensor]) -> bool:
     flat = torch.cat([t.reshape(-1) for t in tensors])
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
-def reference_sam(data, parts: int) -> list[torch.Tensor]:
-    """SAM by hand: each of ``parts`` equal slices of a batch gets eps from its own gradient;
-    the base step applies the mean of the slices' gradients at their perturbed points."""
-    model = mlp()
-    params = list(model.parameters())
-    optimizer = sgd(model)
-    for x, y in data:
-        total = [torch.zeros_like(p) for p in params]
-        for xs, ys in zip(x.chunk(parts), y.chunk(parts), strict=True):
-            grads = torch.autograd.grad(F.cross_entropy(model(xs), ys), params)
-            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-            saved = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=True):
-                    p.add_(g, alpha=RHO / (norm.item() + 1e-12))
-            perturbed = torch.autograd.grad(F.cross_entropy(model(xs), ys), params)
-            with torch.no_grad():
-                for p, w in zip(params, saved, strict=True):
-                    p.copy_(w)
-            for t, g in zip(total, perturbed, strict=True):
-                t += g / parts
-        for p, t in zip(params, total, strict=True):
-            p.grad = t
-        optimizer.step()
-        optimizer.zero_grad()
-    return weights(model)
 
 
 # ---------------------------------------------------------------------------- checks
