@@ -147,6 +147,7 @@ class Engine:
     def _micro_batches(
         self, images: torch.Tensor, targets: torch.Tensor, pieces: int
     ) -> list[Batch]:
+        pieces = min(pieces, len(targets))  # never an empty micro-batch
         return list(zip(images.tensor_split(pieces), targets.tensor_split(pieces), strict=True))
 
     def _forward_backward(

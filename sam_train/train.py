@@ -201,7 +201,9 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
 
     train_model: nn.Module = model  # checkpoints always hold ``model``'s plain state_dict
     if cfg.trainer.compile:
-        train_model = torch.compile(model)  # before DDP, as torch's DDP notes recommend
+        # Inside DDP: the graphs hold no collective, and no_sync() and DDP's gradient hooks
+        # stay in eager code, for both SAM passes.
+        train_model = torch.compile(model)
     if dist.enabled:
         train_model = distributed.wrap_ddp(train_model, device)
 
@@ -230,6 +232,13 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         f"over {type(engine.base_optimizer).__name__}, device {device}, "
         f"{dist.world_size} process(es), run folder {run_dir}"
     )
+    if engine.uses_sam and cfg.sam.sync_perturbation and dist.enabled:
+        logger.info("SAM: one eps from the all-reduced first gradient (sync_perturbation)")
+    elif engine.uses_sam and (dist.enabled or cfg.sam.m is not None):
+        m = cfg.sam.m or per_device_batch
+        logger.info(
+            f"SAM: one eps per {m} examples (m-sharpness), per-device batch {per_device_batch}"
+        )
     logger.hparams(flat_config(cfg), ["test/acc1", "test/acc5", "test/loss", "train/loss"])
 
     # ---------------------------------------------------------------- epochs
