@@ -7,13 +7,16 @@ checkpoints) end with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import register_configs, validate
 from sam_train.errors import Preempted, SamTrainError
@@ -60,6 +63,23 @@ def config_dir() -> str:
 
 register_configs()
 
+_launch_time: float | None = None
+
+
+def launch_time(pattern: str) -> str:
+    """``${launch_time:%Y-%m-%d}``: Hydra's ``${now:}``, but one instant for every rank.
+
+    Hydra resolves ``${now:}`` per process; ranks that start a second apart would each
+    create a run folder. Under torchrun or srun the instant is rank 0's (see ``main``).
+    """
+    global _launch_time
+    if _launch_time is None:
+        _launch_time = time.time()
+    return datetime.fromtimestamp(_launch_time).strftime(pattern)
+
+
+OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
+
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _run(cfg: DictConfig) -> float | None:
@@ -77,8 +97,43 @@ def _run(cfg: DictConfig) -> float | None:
     return results["best_acc1"]  # the value Hydra sweepers optimise
 
 
+def _launched_distributed() -> bool:
+    """torchrun or srun started several processes (environment only: torch is not imported)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["WORLD_SIZE"]) > 1
+    return "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def _follower_overrides(args: list[str]) -> list[str]:
+    """Ranks other than 0 share rank 0's folder but write nothing to it: no ``.hydra/``, and
+    their log goes to the console (torchrun's ``--log-dir`` keeps per-rank logs)."""
+    extra = {"hydra.output_subdir": "null", "hydra/job_logging": "stdout"}
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
+    return [f"{key}={value}" for key, value in extra.items() if key not in given]
+
+
 def main() -> None:
-    _run()
+    """Under torchrun or srun: join the process group first, so rank 0 can name the run
+    folder for everyone before Hydra creates it; then run as a single process would."""
+    if not _launched_distributed():
+        _run()
+        return
+    global _launch_time
+    from sam_train import distributed
+
+    try:
+        info = distributed.init_distributed()
+    except SamTrainError as err:
+        print(f"sam-train: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    try:
+        _launch_time = distributed.shared_time()
+        if not info.is_main:
+            sys.argv += _follower_overrides(sys.argv[1:])
+        _run()
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

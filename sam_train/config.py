@@ -43,6 +43,7 @@ class ModelConfig:
     name: str = MISSING  # any timm model name, or one registered in sam_train.models
     pretrained: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    sync_bn: bool = False  # SyncBatchNorm across processes (GPUs; timm's converter)
 
 
 @dataclass
@@ -63,6 +64,10 @@ class SAMConfig:
     rho: float = 0.05
     adaptive: bool = False
     eta: float = 0.01
+    # Under DDP each replica perturbs with its own gradient (the paper's m-sharpness with m =
+    # per-device batch, one all-reduce per step); true all-reduces the first gradient too.
+    sync_perturbation: bool = False
+    m: int | None = None  # m-sharpness: one perturbation per chunk of m examples per device
 
 
 @dataclass
@@ -178,6 +183,17 @@ def validate(cfg: Any) -> None:
     _one_of(cfg.checkpoint.best_metric, BEST_METRICS, "checkpoint.best_metric")
     if cfg.trainer.clip_grad_norm is not None:
         _positive(cfg.trainer.clip_grad_norm, "trainer.clip_grad_norm")
+    if cfg.sam.m is not None:
+        _positive(cfg.sam.m, "sam.m")
+        if cfg.sam.name not in ("sam", "none"):
+            raise ConfigError(
+                f"sam.m (m-sharpness) works with sam=sam or sam=asam, not {cfg.sam.name}"
+            )
+        if cfg.sam.sync_perturbation:
+            raise ConfigError(
+                "sam.m gives each chunk of m examples its own perturbation; it cannot be "
+                "combined with sam.sync_perturbation=true (one global perturbation)"
+            )
     if cfg.trainer.batch_size % cfg.trainer.accum_steps:
         raise ConfigError(
             f"trainer.batch_size={cfg.trainer.batch_size} must be divisible by "

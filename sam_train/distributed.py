@@ -6,12 +6,17 @@ variables runs with ``world_size == 1`` and every helper here is a no-op.
 
 from __future__ import annotations
 
+import inspect
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from sam_train.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,31 +34,39 @@ class DistInfo:
         return self.rank == 0
 
 
-def _env_ranks() -> tuple[int, int, int] | None:
-    """(rank, local_rank, world_size) from torchrun, else from srun (one task per device)."""
+def env_ranks() -> tuple[int, int, int] | None:
+    """(rank, local_rank, world_size) from torchrun, else from srun (one task per device).
+
+    Reads the environment only, so the CLI can call it before anything else happens.
+    """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        if "MASTER_ADDR" not in env:
-            raise RuntimeError(
-                "SLURM launch without MASTER_ADDR/MASTER_PORT: export them in the sbatch "
-                "script (see README, 'SLURM')"
+        missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in env]
+        if missing:
+            raise ConfigError(
+                f"SLURM launch with {env['SLURM_NTASKS']} tasks but {' and '.join(missing)} "
+                "unset: export them in the sbatch script (README, 'Multi-GPU and mixed precision')"
             )
         return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
     return None
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group described by the environment; a lone process stays alone."""
-    ranks = _env_ranks()
+def init_distributed(device_type: str | None = None) -> DistInfo:
+    """Join the process group described by the environment; a lone process stays alone.
+
+    ``device_type=None`` (the CLI, before the config is known) lets torch create both gloo and,
+    when CUDA is present, NCCL; collectives then pick the backend by the tensor's device.
+    """
+    ranks = env_ranks()
     if ranks is None or ranks[2] == 1:
         return DistInfo()
     rank, local_rank, world_size = ranks
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
+        backend = {None: None, "cuda": "nccl"}.get(device_type, "gloo")
         dist.init_process_group(backend, rank=rank, world_size=world_size)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
 
@@ -61,6 +74,80 @@ def init_distributed(device_type: str) -> DistInfo:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shared_time() -> float:
+    """Rank 0's clock (seconds since the epoch) on every rank: one run folder name for all.
+
+    Hydra resolves ``${now:...}`` in each process, so ranks started a second apart would
+    write to different folders; the CLI names the folder from this instant instead.
+    """
+    stamp = torch.tensor([time.time()], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.broadcast(stamp, src=0)
+    return stamp.item()
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
+    """DistributedDataParallel without per-forward buffer broadcasts.
+
+    By default DDP broadcasts rank 0's buffers at the start of every
+    forward that follows a synchronised backward: in the SAM step that is the first pass
+    (per-replica perturbation) or both passes (``sync_perturbation``), and the first
+    evaluation batch. Correct next to the running-statistics guard, but it adds a
+    collective to the step and one inside evaluation, whose shards may hold different
+    numbers of batches. Instead each replica keeps its own statistics and
+    :func:`average_buffers` reconciles them before every evaluation and checkpoint, so a
+    step communicates the gradient buckets and nothing else.
+    """
+    ddp = nn.parallel.DistributedDataParallel
+    # torch 2.15 renamed broadcast_buffers; the new flag still syncs buffers once, at init.
+    if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
+        no_forward_sync = {"forward_sync_buffers": False}
+    else:
+        no_forward_sync = {"broadcast_buffers": False}
+    return ddp(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **no_forward_sync
+    )
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module) -> None:
+    """Replace every floating-point buffer by its mean over ranks (one all-reduce).
+
+    Running statistics then reflect every replica's data (timm's ``--dist-bn reduce``). The
+    sum runs in float64, so buffers that are equal on all ranks (SyncBatchNorm statistics,
+    constants) come back bit-identical.
+    """
+    if not dist.is_initialized():
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+@torch.no_grad()
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average ``.grad`` over ranks outside DDP's backward (a step that skipped the second pass)."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -71,7 +158,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s value on every rank (the run folder: Hydra names it per process)."""
+    """Rank ``src``'s value on every rank."""
     if not dist.is_initialized():
         return obj
     holder = [obj]

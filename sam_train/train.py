@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm.layers
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -51,11 +52,52 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate as configured; return the results also written to results.json."""
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    owns_group = not torch.distributed.is_initialized()  # the CLI may have joined already
     dist = distributed.init_distributed(device.type)
     try:
         return _train(cfg, run_dir, device, dist)
     finally:
-        distributed.cleanup()
+        if owns_group:
+            distributed.cleanup()
+
+
+def _check_batch_split(cfg: DictConfig, world_size: int) -> int:
+    """The per-device batch, which accumulation and m-sharpness must divide."""
+    from sam_train.errors import ConfigError
+
+    batch = cfg.trainer.batch_size
+    if batch % world_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch} (global) must be divisible by the {world_size} processes"
+        )
+    per_device = batch // world_size
+    if per_device % cfg.trainer.accum_steps:
+        raise ConfigError(
+            f"trainer.accum_steps={cfg.trainer.accum_steps} must divide the per-device batch "
+            f"{per_device} (trainer.batch_size={batch} over {world_size} processes)"
+        )
+    if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
+        raise ConfigError(
+            f"sam.m={cfg.sam.m} must divide the per-device batch {per_device} "
+            f"(trainer.batch_size={batch} over {world_size} processes)"
+        )
+    return per_device
+
+
+def _prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device, world_size: int):
+    """SyncBatchNorm (several processes), then the device and memory format."""
+    from sam_train.errors import ConfigError
+
+    if cfg.model.sync_bn and world_size > 1:
+        if device.type == "cpu":
+            raise ConfigError(
+                "model.sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel"
+            )
+        model = timm.layers.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _datasets(cfg: DictConfig, download: bool):
@@ -75,12 +117,11 @@ def _datasets(cfg: DictConfig, download: bool):
 def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distributed.DistInfo):
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-    run_dir = Path(distributed.broadcast_object(str(run_dir)))
-    if cfg.trainer.batch_size % dist.world_size:
-        raise ConfigError(
-            f"trainer.batch_size={cfg.trainer.batch_size} (global) must be divisible by the "
-            f"{dist.world_size} processes"
-        )
+    shared_dir = Path(distributed.broadcast_object(str(run_dir)))
+    if shared_dir != run_dir:
+        log.warning("rank %d: using rank 0's run folder %s, not %s", dist.rank, shared_dir, run_dir)
+    run_dir = shared_dir
+    per_device_batch = _check_batch_split(cfg, dist.world_size)
     seed_everything(cfg.seed + dist.rank)
 
     # ---------------------------------------------------------------- data
@@ -88,11 +129,10 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     distributed.barrier()  # rank 0 downloads; the others read what it wrote
     if data is None:
         data = _datasets(cfg, download=False)
-    per_rank_batch = cfg.trainer.batch_size // dist.world_size
     loaders = build_loaders(
         data.train,
         data.test,
-        batch_size=per_rank_batch,
+        batch_size=per_device_batch,
         eval_batch_size=cfg.trainer.eval_batch_size,
         num_workers=cfg.trainer.num_workers,
         seed=cfg.seed,
@@ -114,9 +154,8 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         in_chans=cfg.dataset.in_chans,
         pretrained=cfg.model.pretrained,
         **cfg.model.kwargs,
-    ).to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    )
+    model = _prepare_model(model, cfg, device, dist.world_size)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.sam)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
@@ -141,13 +180,13 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         log.info("resumed from %s at step %d", resume_path, global_step)
     start_epoch, skip_steps = divmod(global_step, steps_per_epoch)
 
-    train_model: nn.Module = model
+    train_model: nn.Module = model  # checkpoints always hold ``model``'s plain state_dict
     if cfg.trainer.compile:
+        # Inside DDP: the graphs hold no collective, and no_sync() and DDP's gradient hooks
+        # stay in eager code, for both SAM passes.
         train_model = torch.compile(model)
     if dist.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        train_model = distributed.wrap_ddp(train_model, device)
 
     logger = RunLogger(
         run_dir,
@@ -164,6 +203,8 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         scaler=scaler,
         clip_grad_norm=cfg.trainer.clip_grad_norm,
         accum_steps=cfg.trainer.accum_steps,
+        sync_perturbation=cfg.sam.sync_perturbation,
+        sam_chunk=cfg.sam.m,
         channels_last=cfg.trainer.channels_last,
         scheduler=scheduler,
         logger=logger,
@@ -180,6 +221,13 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         f"over {type(engine.base_optimizer).__name__}, device {device}, "
         f"{dist.world_size} process(es), run folder {run_dir}"
     )
+    if engine.uses_sam and cfg.sam.sync_perturbation and dist.enabled:
+        logger.info("SAM: one eps from the all-reduced first gradient (sync_perturbation)")
+    elif engine.uses_sam and (dist.enabled or cfg.sam.m is not None):
+        m = cfg.sam.m or per_device_batch
+        logger.info(
+            f"SAM: one eps per {m} examples (m-sharpness), per-device batch {per_device_batch}"
+        )
     logger.hparams(flat_config(cfg), ["test/acc1", "test/acc5", "test/loss", "train/loss"])
 
     # ---------------------------------------------------------------- checkpoints, signals
@@ -235,7 +283,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     try:
         for epoch in range(start_epoch, epochs):
             start_step = skip_steps if epoch == start_epoch else 0
-            loaders.train_sampler.set_epoch(epoch, skip=start_step * per_rank_batch)
+            loaders.train_sampler.set_epoch(epoch, skip=start_step * per_device_batch)
             stats = engine.train_one_epoch(
                 loaders.train,
                 epoch=epoch,
@@ -245,7 +293,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
                 on_step=on_step,
             )
             train_stats = stats.as_dict()
-            images_seen += stats.count * dist.world_size
+            images_seen += stats.count  # summed over ranks
             scheduler.step(epoch + 1)
             test_stats = engine.evaluate(loaders.test)
             value = test_stats[metric_key]

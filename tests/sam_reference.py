@@ -1,0 +1,92 @@
+"""Hand-written SAM and the small models and batches the step tests share.
+
+``reference_sam`` uses plain autograd and ``torch.optim.SGD``: an independent computation the
+engine's step (accumulation, m-sharpness, DDP modes, clipping) is compared with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sam_train.engine import Engine
+from sam_train.sam import SAM
+
+CPU = torch.device("cpu")
+RHO, LR, MOMENTUM = 0.5, 0.1, 0.9
+GLOBAL_BATCH, STEPS = 16, 3
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def bn_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def batches(n: int = STEPS, size: int = GLOBAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(size, 6, generator=gen), torch.randint(0, 3, (size,), generator=gen))
+        for _ in range(n)
+    ]
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+
+def sam_engine(model: nn.Module, **kwargs) -> Engine:
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM)
+    return Engine(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
+
+
+def train(engine: Engine, data, shard=lambda x: x) -> None:
+    engine.model.train()
+    for x, y in data:
+        engine.train_step(shard(x), shard(y))
+
+
+def weights(model: nn.Module) -> list[torch.Tensor]:
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def close(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 1e-6) -> bool:
+    return all(torch.allclose(p, q, rtol=0, atol=atol) for p, q in zip(a, b, strict=True))
+
+
+def reference_sam(data, parts: int = 1, clip: float | None = None) -> list[torch.Tensor]:
+    """SAM by hand on ``mlp()``: each of ``parts`` equal slices of a batch gets eps from its
+    own gradient; the base step applies the mean of the slices' gradients at their perturbed
+    points, clipped to norm ``clip`` if given."""
+    model = mlp()
+    params = list(model.parameters())
+    optimizer = sgd(model)
+    for x, y in data:
+        total = [torch.zeros_like(p) for p in params]
+        for xs, ys in zip(x.chunk(parts), y.chunk(parts), strict=True):
+            grads = torch.autograd.grad(F.cross_entropy(model(xs), ys), params)
+            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+            saved = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p.add_(g, alpha=RHO / (norm.item() + 1e-12))
+            perturbed = torch.autograd.grad(F.cross_entropy(model(xs), ys), params)
+            with torch.no_grad():
+                for p, w in zip(params, saved, strict=True):
+                    p.copy_(w)
+            for t, g in zip(total, perturbed, strict=True):
+                t += g / parts
+        if clip is not None:
+            norm = torch.linalg.vector_norm(torch.stack([t.norm() for t in total]))
+            total = [t * min(1.0, clip / (norm.item() + 1e-6)) for t in total]
+        for p, t in zip(params, total, strict=True):
+            p.grad = t
+        optimizer.step()
+        optimizer.zero_grad()
+    return weights(model)
