@@ -259,3 +259,23 @@ def test_launch_time_is_one_instant_per_process():
     cfg = OmegaConf.create({"a": "${launch_time:%H-%M-%S-%f}", "b": "${launch_time:%H-%M-%S-%f}"})
     first = cfg.a
     assert cfg.b == first == launch_time("%H-%M-%S-%f")
+
+
+def test_ranks_come_from_torchrun_or_from_srun(monkeypatch):
+    from sam_train.distributed import env_ranks
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert env_ranks() is None
+    slurm = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR and MASTER_PORT unset"):
+        env_ranks()
+    monkeypatch.setenv("MASTER_ADDR", "node0")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert env_ranks() == (5, 1, 8)
+    for key, value in {"RANK": "3", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(key, value)  # torchrun inside a SLURM allocation wins
+    assert env_ranks() == (3, 0, 4)
