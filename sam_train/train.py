@@ -164,6 +164,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
     # ---------------------------------------------------------------- resume
     best: dict[str, Any] = {"acc1": None, "acc5": None, "loss": None, "epoch": -1}
     global_step, skipped_steps = 0, 0
+    rank_buffers: dict[str, torch.Tensor] | None = None
     resume_path = resolve_resume(cfg.resume, run_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location=device)
@@ -174,9 +175,9 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
             scaler.load_state_dict(state["scaler"])
         global_step, best = state["global_step"], state["best"]
         skipped_steps = state.get("skipped_steps", 0)
-        rank_rng = state["rng"][dist.rank] if dist.rank < len(state["rng"]) else None
-        if rank_rng is not None:
-            set_rng_states(rank_rng)
+        if len(state["rng"]) == dist.world_size:  # same layout: continue each rank exactly
+            set_rng_states(state["rng"][dist.rank])
+            rank_buffers = (state.get("rank_buffers") or [None] * dist.world_size)[dist.rank]
         log.info("resumed from %s at step %d", resume_path, global_step)
     start_epoch, skip_steps = divmod(global_step, steps_per_epoch)
 
@@ -187,6 +188,11 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         train_model = torch.compile(model)
     if dist.enabled:
         train_model = distributed.wrap_ddp(train_model, device)
+    if rank_buffers is not None:  # after the wrap: DDP broadcasts rank 0's buffers at start
+        own = dict(model.named_buffers())
+        with torch.no_grad():
+            for name, value in rank_buffers.items():
+                own[name].copy_(value)
 
     logger = RunLogger(
         run_dir,
@@ -238,6 +244,10 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         """Gather every rank's RNG state, then rank 0 writes (never the perturbed weights:
         the engine restores w before a step ends)."""
         rngs = distributed.gather_object(rng_states())
+        # Replicas keep their own norm statistics between evaluations: keep every rank's.
+        buffers = distributed.gather_object(
+            {name: b.detach().cpu() for name, b in model.named_buffers()} if dist.enabled else None
+        )
         if not dist.is_main or not cfg.checkpoint.save_last:
             return
         state = {
@@ -251,6 +261,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
             "best": best,
             "config": config_container,
             "rng": rngs,
+            "rank_buffers": buffers if dist.enabled else None,
         }
         writer.save(state, is_best=is_best and cfg.checkpoint.save_best)
 

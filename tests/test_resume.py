@@ -110,3 +110,59 @@ def test_rerun_without_resume_never_overwrites_a_run(tmp_path):
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert (run / "checkpoints" / "last.pt").read_bytes() == b"precious"
     assert not (run / ".hydra").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (torchrun's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            f"--max-restarts={restarts}",
+            "-m",
+            "sam_train",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_rank_killed_torchrun_restarts_and_resumes_exactly(tmp_path):
+    args = [*RUN, "resume=auto"]
+    reference_run = tmp_path / "reference"
+    proc = _torchrun([*args, f"hydra.run.dir={reference_run}"], tmp_path)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+
+    run = tmp_path / "killed"
+    proc = _torchrun([*args, f"hydra.run.dir={run}"], tmp_path, restarts=1)
+    _wait_for_step(proc, 30)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies; torchrun restarts the group
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    assert "resumed from" in (run / "train.log").read_text()
+    _assert_identical(_final_weights(run), _final_weights(reference_run))
