@@ -48,7 +48,9 @@ def _digits(test_fraction: float, seed: int) -> tuple[TensorImageDataset, Tensor
     images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # N x 1 x 8 x 8
     # The split is fixed (seed 0) so every run, whatever its seed, tests on the same images.
     train_idx, test_idx = train_test_split(
-        np.arange(len(digits.target)), test_size=test_fraction, random_state=0,
+        np.arange(len(digits.target)),
+        test_size=test_fraction,
+        random_state=0,
         stratify=digits.target,
     )
     transform = T.digits_transforms()
@@ -107,7 +109,9 @@ def _imagenet(root: str, image_size: int):
             tv_datasets.ImageFolder(folders["val"], T.imagenet_transforms(False, image_size)),
         )
     except (FileNotFoundError, OSError) as err:
-        raise DatasetError(f"imagenet folder under dataset.root={root!r} is malformed: {err}") from err
+        raise DatasetError(
+            f"imagenet folder under dataset.root={root!r} is malformed: {err}"
+        ) from err
 
 
 def build_datasets(
@@ -141,6 +145,8 @@ def build_datasets(
         else:  # torchvision keeps labels in .targets (CIFAR) and .samples (ImageFolder)
             train.targets = noisy.tolist()
             if hasattr(train, "samples"):
-                train.samples = [(path, int(t)) for (path, _), t in zip(train.samples, noisy, strict=True)]
+                train.samples = [
+                    (path, int(t)) for (path, _), t in zip(train.samples, noisy, strict=True)
+                ]
                 train.imgs = train.samples
     return DatasetPair(train, test, num_classes)

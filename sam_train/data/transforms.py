@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from sam_train.models._registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from sam_train.models._registry import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+)
 
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)  # of load_digits().images / 16
 
@@ -27,8 +32,12 @@ def imagenet_transforms(train: bool, image_size: int = 224) -> v2.Compose:
     else:
         augment = [v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose(
-        [v2.ToImage(), *augment, v2.ToDtype(torch.float32, scale=True),
-         v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+        [
+            v2.ToImage(),
+            *augment,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ]
     )
 
 
