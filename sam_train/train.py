@@ -88,6 +88,8 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
             label_noise=cfg.dataset.label_noise,
             test_fraction=cfg.dataset.test_fraction,
             seed=cfg.seed,
+            augment=cfg.augment.name,
+            cutout_size=cfg.augment.cutout_size,
         )
         if dist.is_main
         else None
@@ -104,6 +106,8 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
             label_noise=cfg.dataset.label_noise,
             test_fraction=cfg.dataset.test_fraction,
             seed=cfg.seed,
+            augment=cfg.augment.name,
+            cutout_size=cfg.augment.cutout_size,
         )
     per_rank_batch = cfg.trainer.batch_size // dist.world_size
     loaders = build_loaders(
