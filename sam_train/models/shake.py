@@ -74,12 +74,12 @@ def shake_drop(
         mean_alpha = 0.5 * (lo + hi)
         return x * (keep_prob + mean_alpha * (1.0 - keep_prob))
     shape = _per_sample(x)
-    keep = (torch.rand(shape, device=x.device) < keep_prob).to(x.dtype)
+    keep = torch.rand(shape, device=x.device) < keep_prob
     alpha = torch.empty(shape, device=x.device, dtype=x.dtype).uniform_(lo, hi)
     beta = torch.empty(shape, device=x.device, dtype=x.dtype).uniform_(*beta_range)
-    forward_gate = keep + alpha - keep * alpha
-    backward_gate = keep + beta - keep * beta
-    return _ShakeDrop.apply(x, forward_gate, backward_gate)
+    one = torch.ones((), device=x.device, dtype=x.dtype)
+    # b + alpha - b * alpha for b in {0, 1}, exactly 1 for a kept sample.
+    return _ShakeDrop.apply(x, torch.where(keep, one, alpha), torch.where(keep, one, beta))
 
 
 class ShakeDrop(nn.Module):
