@@ -7,7 +7,8 @@ Each RUN_DIR is a sam-train run folder: its ``results.json`` gives the test accu
 ``.hydra/config.yaml`` the setting (data set, model, epochs, augmentation, label noise, SAM or
 SGD), which picks the paper's row from ``sam_train/paper_results.yaml``. Values are in the
 paper's unit (test error for Tables 1 and 2, accuracy for Table 4); "difference" is this run
-minus the paper's value for the same optimizer. Folders without results.json are skipped.
+minus the paper's value for the same optimizer; with ``--seeds``, "this run − SGD" is the mean's
+gap to the SGD runs of the same setting. Folders without results.json are skipped.
 """
 
 from __future__ import annotations
@@ -91,10 +92,17 @@ def render(runs: list[Run], *, seeds: bool) -> str:
             "this run" + (" (mean ± std)" if seeds else ""),
             "difference",
         ]
+        if seeds:
+            head.append("this run − SGD")
         lines = [f"**{TABLE_TITLES[table]}**", "", _row(head), _row(["---"] * len(head))]
         groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
         for run in rows:
             groups[(run.setting.label, run.optimizer) if seeds else (str(run.path), "")].append(run)
+        sgd_means = {
+            label: statistics.fmean(m.value for m in members)
+            for (label, optimizer), members in groups.items()
+            if seeds and optimizer == "SGD"
+        }
         for members in groups.values():
             first = members[0]
             values = [m.value for m in members]
@@ -114,6 +122,9 @@ def render(runs: list[Run], *, seeds: bool) -> str:
                 measured,
                 "—" if paper is None else f"{mean - paper.mean:+.2f}",
             ]
+            if seeds:
+                sgd = sgd_means.get(first.setting.label)
+                cells.append("—" if sgd is None or first.family == "SGD" else f"{mean - sgd:+.2f}")
             lines.append(_row(cells))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
