@@ -2,8 +2,8 @@
 
     python scripts/reproduce.py cifar10                       # Table 1, CIFAR-10 columns, 5 seeds
     python scripts/reproduce.py noisy_digits                  # the CPU-sized label-noise table
-    python scripts/reproduce.py imagenet --launcher slurm hydra.launcher.partition=gpu \\
-        hydra.launcher.gpus_per_node=8 hydra.launcher.tasks_per_node=8
+    python scripts/reproduce.py cifar100 --launcher slurm hydra.launcher.partition=gpu \\
+        hydra.launcher.gpus_per_node=1 hydra.launcher.timeout_min=4320
     python scripts/reproduce.py label_noise --dry-run         # print the command only
 
 Each table is a grid: its presets in ``configs/experiment/paper/`` (SAM and SGD baseline of every

@@ -211,6 +211,20 @@ def test_reproduce_builds_each_tables_grid():
     assert "seed=0,1" in sliced and "hydra/launcher=submitit_slurm" in sliced
 
 
+def test_reproduce_dry_run_and_missing_slurm_plugin(capsys):
+    assert reproduce.main(["noisy_digits", "--dry-run", "--out", "OUT"]) == 0
+    printed = capsys.readouterr().out
+    assert "experiment=paper/noisy_digits,paper/noisy_digits_sgd" in printed
+    assert "dataset.label_noise=0.2,0.4,0.6 seed=0,1,2 hydra.sweep.dir=OUT" in printed
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit) as exit_info:
+            reproduce.main(["cifar10", "--launcher", "slurm"])
+        assert exit_info.value.code == 2
+        assert "pip install 'sam-train[slurm]'" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def label_noise_runs(tmp_path_factory) -> list[Path]:
     """reproduce.py's label-noise grid cut to 40% noise, 2 seeds, 2 epochs, tiny CIFAR-10."""
