@@ -81,44 +81,50 @@ def optimizer_label(cfg: Mapping[str, Any]) -> str:
     return family if cfg["sam"]["name"] == "none" else f"{family} ρ={cfg['sam']['rho']:g}"
 
 
+LABEL_NOISE_EPOCHS = 200  # Table 4's training length (section 3.3)
+
+
 def describe(cfg: Mapping[str, Any]) -> Setting:
-    """The paper setting of a resolved run config (a plain dict or an OmegaConf node)."""
-    dataset = cfg["dataset"]["name"]
-    model = cfg["model"]["name"]
+    """The paper setting of a resolved run config (a plain dict or an OmegaConf node).
+
+    A run matches a paper row by data set, model (without ``model.kwargs`` changes), augment,
+    label noise and, where the row names them, epochs. Where the paper gives no epochs (Shake-
+    Shake, PyramidNet) or the run trains another number than Table 4's 200, the label says
+    how long the run trained, so runs of different lengths are never averaged together.
+    """
+    dataset, model = cfg["dataset"]["name"], cfg["model"]["name"]
     epochs = int(cfg["trainer"]["epochs"])
     noise = float(cfg["dataset"].get("label_noise", 0.0) or 0.0)
     augment = (cfg.get("augment") or {}).get("name", "basic")
+    paper_model = not cfg["model"].get("kwargs")
     data = paper_results()
     if dataset == "digits":
-        return Setting("noisy_digits", f"digits, {noise:.0%} label noise", "accuracy", order=noise)
-    if dataset in ("cifar10", "cifar100") and noise > 0:
+        label = f"digits, {noise:.0%} label noise, {epochs} epochs"
+        return Setting("noisy_digits", label, "accuracy", order=noise)
+    if dataset == "cifar10" and noise > 0 and model == "cifar_resnet32" and paper_model:
         for i, row in enumerate(data["label_noise"]["rows"]):
-            if model == "cifar_resnet32" and dataset == "cifar10" and row["label_noise"] == noise:
-                return Setting(
-                    "label_noise",
-                    f"ResNet-32, {row['row']}",
-                    "accuracy",
-                    _value(row["sgd"]),
-                    _value(row["sam"]),
-                    i,
-                )
-        label = f"{dataset} {model}, {noise:.0%} label noise, {epochs} epochs"
-        return Setting("other", label, "accuracy", order=noise)
-    if dataset in ("cifar10", "cifar100"):
+            if row["label_noise"] == noise:
+                label = f"ResNet-32, {row['row']}"
+                if epochs != LABEL_NOISE_EPOCHS:
+                    label += f" ({epochs} epochs; the paper: {LABEL_NOISE_EPOCHS})"
+                sgd, sam = _value(row["sgd"]), _value(row["sam"])
+                return Setting("label_noise", label, "accuracy", sgd, sam, i)
+    if dataset in ("cifar10", "cifar100") and noise == 0 and paper_model:
         for i, row in enumerate(data["cifar"]["rows"]):
-            if (row["model"], row["augment"]) == (model, augment) and row["epochs"] in (
-                None,
-                epochs,
-            ):
+            if (row["model"], row["augment"]) != (model, augment):
+                continue
+            if row["epochs"] in (None, epochs):
                 label = f"{row['row']}, {augment}, {dataset}"
-                pair = row[dataset]
-                order = i + (100 if dataset == "cifar100" else 0)
-                return Setting(
-                    "cifar", label, "error", _value(pair["sgd"]), _value(pair["sam"]), order
-                )
-    if dataset == "imagenet":
+                if row["epochs"] is None:
+                    label += f" ({epochs} epochs)"
+                pair, order = row[dataset], i + (100 if dataset == "cifar100" else 0)
+                sgd, sam = _value(pair["sgd"]), _value(pair["sam"])
+                return Setting("cifar", label, "error", sgd, sam, order)
+    if dataset == "imagenet" and paper_model:
         for i, row in enumerate(data["imagenet"]["rows"]):
             if (row["model"], row["epochs"]) == (model, epochs):
                 sgd, sam = _value(row["sgd"]["top1"]), _value(row["sam"]["top1"])
                 return Setting("imagenet", row["row"], "error", sgd, sam, i)
-    return Setting("other", f"{dataset} {model}, {augment}, {epochs} epochs", "accuracy")
+    noise_text = f", {noise:.0%} label noise" if noise else ""
+    label = f"{dataset} {model}{noise_text}, {augment}, {epochs} epochs"
+    return Setting("other", label, "accuracy")

@@ -116,6 +116,19 @@ def test_label_noise_presets_use_the_papers_rho():
         assert (cfg["model"]["name"], cfg["trainer"]["epochs"]) == ("cifar_resnet32", 200)
 
 
+def test_runs_off_the_papers_recipe_are_labelled_or_left_out():
+    shake = _resolved(["experiment=paper/cifar10/shake_shake26_2x96d"])
+    assert describe(shake).label == "Shake-Shake (26 2x96d), basic, cifar10 (1800 epochs)"
+    shake["trainer"]["epochs"] = 900  # the paper gives no epochs here: kept apart, still compared
+    assert describe(shake).label.endswith("(900 epochs)") and describe(shake).sam.mean == 2.3
+    shake["model"]["kwargs"] = {"base_width": 32}  # not the paper's model any more
+    assert describe(shake).table == "other" and describe(shake).sam is None
+    wrn = _resolved(["experiment=paper/cifar100/wrn28_10_200ep_sgd", "trainer.epochs=100"])
+    assert describe(wrn).table == "other"  # WRN rows are defined by their epochs
+    noisy = _resolved(["experiment=paper/label_noise/resnet32_noise80"])
+    assert (describe(noisy).label, describe(noisy).sam.mean) == ("ResNet-32, 80% noise", 77.9)
+
+
 def test_paper_numbers_transcribed():
     """A few values quoted in the paper's text, against the data file."""
     data = paper_results()
@@ -263,8 +276,9 @@ def test_paper_table_sets_real_runs_beside_table_4(label_noise_runs, capsys):
     assert paper_table.main([*map(str, label_noise_runs), "--seeds"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "**Table 4, noisy CIFAR-10 labels: clean test accuracy (%)**"
-    rows = [line.split(" | ") for line in lines if line.startswith("| ResNet-32")]
+    rows = [line.split(" | ") for line in lines if line.startswith("| ResNet-32, 40% noise (2 ep")]
     assert [(r[1], r[2]) for r in rows] == [("SGD", "0,1"), ("SAM ρ=0.1", "0,1")]
+    assert rows[0][0] == "| ResNet-32, 40% noise (2 epochs; the paper: 200)"
     for cells, sam in zip(rows, ("none", "sam"), strict=True):
         runs = [r for r in label_noise_runs if f"_{sam}_seed" in r.name]
         values = [_accuracy(r) for r in runs]
