@@ -20,7 +20,6 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "kwargs", "millions", "tolerance"),
     [
@@ -34,7 +33,8 @@ def _params(model: nn.Module) -> int:
     ],
 )
 def test_parameter_counts_match_the_published_ones(name, kwargs, millions, tolerance):
-    model = timm.create_model(name, num_classes=10, **kwargs)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = timm.create_model(name, num_classes=10, **kwargs)
     assert _params(model) / 1e6 == pytest.approx(millions, abs=tolerance)
 
 
@@ -42,16 +42,17 @@ def test_parameter_counts_match_the_published_ones(name, kwargs, millions, toler
 @pytest.mark.parametrize(
     ("name", "size"),
     [
-        ("shake_shake26_2x96d", 32),
-        ("pyramidnet272_a200_shakedrop", 32),
+        ("shake_shake26_2x96d", 16),
+        ("pyramidnet272_a200_shakedrop", 16),
         ("cifar_resnet32", 32),
-        ("wrn28_10", 32),
-        ("resnet50", 64),
-        ("resnet101", 64),
-        ("resnet152", 64),
+        ("wrn28_10", 16),
+        ("resnet50", 32),
+        ("resnet101", 32),
+        ("resnet152", 32),
     ],
 )
 def test_every_paper_architecture_trains_on_a_tiny_batch(name, size):
+    """Each real model, once: forward and backward on two small images, then evaluation."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=100).train()
     logits = model(torch.randn(2, 3, size, size))
