@@ -23,6 +23,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
 BEST_METRICS = ("test/acc1", "test/acc5", "test/loss")
+AUGMENTATIONS = ("basic", "cutout", "autoaugment")  # CIFAR training pipelines (augment group)
 
 
 @dataclass
@@ -36,6 +37,12 @@ class DatasetConfig:
     verify_checksums: bool = True
     label_noise: float = 0.0
     test_fraction: float = 0.25  # digits only: held-out share of the 1797 images
+
+
+@dataclass
+class AugmentConfig:
+    name: str = "basic"  # basic | cutout | autoaugment (CIFAR); other data sets: basic only
+    cutout_size: int = 16
 
 
 @dataclass
@@ -115,6 +122,7 @@ class LoggerConfig:
 @dataclass
 class TrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     sam: SAMConfig = field(default_factory=SAMConfig)
@@ -133,9 +141,24 @@ def register_configs() -> None:
     ``model.kwargs`` is left open (not struct) so any keyword of any timm model can be set as
     ``model.kwargs.drop_rate=0.1``, without Hydra's ``+`` prefix for new keys.
     """
+    register_resolvers()
     schema = OmegaConf.structured(TrainConfig)
     OmegaConf.set_struct(schema.model.kwargs, False)
     ConfigStore.instance().store(name="train_schema", node=schema)
+
+
+def register_resolvers() -> None:
+    """The config's own interpolations (``${scale_lr:...}``), for Hydra and for tools that
+    load a run's saved ``.hydra/config.yaml``."""
+    if not OmegaConf.has_resolver("scale_lr"):
+        OmegaConf.register_new_resolver("scale_lr", scale_lr)
+
+
+def scale_lr(lr: float, base_batch_size: int, *, _root_: Any) -> float:
+    """``${scale_lr:LR,BASE}``: LR is given for a global batch of BASE; scale it linearly to
+    ``trainer.batch_size`` (Goyal et al., 2017), as the paper's ImageNet recipe needs when run
+    with another batch than its 4096."""
+    return float(lr) * _root_.trainer.batch_size / float(base_batch_size)
 
 
 def _one_of(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -157,6 +180,13 @@ def validate(cfg: Any) -> None:
     _one_of(cfg.sam.name, SAM_VARIANTS, "sam.name")
     _one_of(cfg.scheduler.name, SCHEDULERS, "scheduler.name")
     _one_of(cfg.trainer.amp, PRECISIONS, "trainer.amp")
+    _one_of(cfg.augment.name, AUGMENTATIONS, "augment.name")
+    if cfg.augment.name != "basic" and cfg.dataset.name not in ("cifar10", "cifar100"):
+        raise ConfigError(
+            f"augment={cfg.augment.name} is for CIFAR; dataset={cfg.dataset.name} takes "
+            "augment=basic"
+        )
+    _positive(cfg.augment.cutout_size, "augment.cutout_size")
     if not 0.0 <= cfg.dataset.label_noise <= 1.0:
         raise ConfigError(f"dataset.label_noise must be in [0, 1], got {cfg.dataset.label_noise}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:

@@ -111,6 +111,8 @@ def _datasets(cfg: DictConfig, download: bool):
         label_noise=cfg.dataset.label_noise,
         test_fraction=cfg.dataset.test_fraction,
         seed=cfg.seed,
+        augment=cfg.augment.name,
+        cutout_size=cfg.augment.cutout_size,
     )
 
 

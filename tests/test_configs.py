@@ -19,6 +19,11 @@ GROUP_OPTIONS = [
     if group.is_dir() and group.name != "experiment"
     for option in sorted(group.glob("*.yaml"))
 ]
+# Options that apply to one kind of data only compose with such data.
+REQUIRES = {
+    ("augment", "cutout"): ["dataset=cifar10"],
+    ("augment", "autoaugment"): ["dataset=cifar10"],
+}
 EXPERIMENTS = sorted(
     str(p.relative_to(CONFIGS / "experiment").with_suffix(""))
     for p in CONFIGS.glob("experiment/**/*.yaml")
@@ -27,7 +32,7 @@ EXPERIMENTS = sorted(
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_every_group_option_composes_and_validates(group, option):
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_config([f"{group}={option}", *REQUIRES.get((group, option), [])])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     validate(cfg)
 

@@ -66,13 +66,20 @@ _CIFAR_FILES = {
 }
 
 
-def _cifar(name: str, root: str, download: bool, verify_checksums: bool):
+def _cifar(
+    name: str, root: str, download: bool, verify_checksums: bool, augment: str, cutout_size: int
+):
     base = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     cls = base if verify_checksums else _without_checksums(base)
     folder, files = _CIFAR_FILES[name]
     try:
         return (
-            cls(root, train=True, download=download, transform=T.cifar_transforms(True)),
+            cls(
+                root,
+                train=True,
+                download=download,
+                transform=T.cifar_transforms(True, augment, cutout_size),
+            ),
             cls(root, train=False, download=download, transform=T.cifar_transforms(False)),
         )
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, ...
@@ -125,12 +132,20 @@ def build_datasets(
     label_noise: float = 0.0,
     test_fraction: float = 0.25,
     seed: int = 0,
+    augment: str = "basic",
+    cutout_size: int = 16,
 ) -> DatasetPair:
-    """The train and test sets; ``label_noise`` corrupts training labels only."""
+    """The train and test sets; ``label_noise`` corrupts training labels only.
+
+    ``augment`` (basic | cutout | autoaugment) chooses the CIFAR training pipeline; the other
+    data sets have one pipeline each and accept only ``basic``.
+    """
+    if augment != "basic" and name not in _CIFAR_FILES:
+        raise DatasetError(f"augment={augment} is for CIFAR; {name} supports augment=basic only")
     if name == "digits":
         train, test = _digits(test_fraction, seed)
     elif name in _CIFAR_FILES:
-        train, test = _cifar(name, root, download, verify_checksums)
+        train, test = _cifar(name, root, download, verify_checksums, augment, cutout_size)
     elif name == "imagenet":
         train, test = _imagenet(root, image_size)
     else:

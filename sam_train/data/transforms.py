@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchvision.transforms import v2
 
@@ -13,16 +15,66 @@ from sam_train.models._registry import (
 )
 
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)  # of load_digits().images / 16
+CIFAR_AUGMENTATIONS = ("basic", "cutout", "autoaugment")
 
 
 def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def cifar_transforms(train: bool) -> v2.Compose:
-    """Standard CIFAR augmentation: pad-4 random crop and horizontal flip, then normalize."""
-    augment = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train else []
-    return v2.Compose(augment + _to_normalized_tensor(CIFAR_MEAN, CIFAR_STD))
+class Cutout(v2.RandomErasing):
+    """Cutout (DeVries & Taylor, 2017): zero a ``size`` x ``size`` square of the normalized image.
+
+    The square's centre is a uniformly drawn pixel and the square is clipped at the border, so
+    near an edge less than ``size`` x ``size`` is erased: the reference implementation's rule,
+    which ``v2.RandomErasing`` (patch always inside the image) does not follow. The erasing
+    itself is torchvision's kernel; only where the patch goes is chosen here.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        super().__init__(p=1.0, value=0.0)
+        if size <= 0:
+            raise ValueError(f"cutout size must be positive, got {size}")
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.functional.get_size(flat_inputs[0])
+        cy = int(torch.randint(height, ()).item())
+        cx = int(torch.randint(width, ()).item())
+        top, left = max(cy - self.size // 2, 0), max(cx - self.size // 2, 0)
+        bottom = min(cy - self.size // 2 + self.size, height)
+        right = min(cx - self.size // 2 + self.size, width)
+        return {
+            "i": top,
+            "j": left,
+            "h": bottom - top,
+            "w": right - left,
+            "v": torch.zeros(1, 1, 1),
+        }
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+def cifar_transforms(train: bool, augment: str = "basic", cutout_size: int = 16) -> v2.Compose:
+    """CIFAR pipelines of the SAM paper's Table 1 columns (evaluation only normalizes).
+
+    ``basic``: pad-4 random crop and horizontal flip; ``cutout``: basic, then a cutout square;
+    ``autoaugment``: the CIFAR-10 AutoAugment policy (Cubuk et al., 2019), then basic, then
+    cutout, the order of the AutoAugment reference code.
+    """
+    if augment not in CIFAR_AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {CIFAR_AUGMENTATIONS}, got {augment!r}")
+    if not train:
+        return v2.Compose(_to_normalized_tensor(CIFAR_MEAN, CIFAR_STD))
+    steps: list[v2.Transform] = []
+    if augment == "autoaugment":
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+    steps += [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+    steps += _to_normalized_tensor(CIFAR_MEAN, CIFAR_STD)
+    if augment in ("cutout", "autoaugment"):
+        steps.append(Cutout(cutout_size))
+    return v2.Compose(steps)
 
 
 def imagenet_transforms(train: bool, image_size: int = 224) -> v2.Compose:

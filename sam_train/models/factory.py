@@ -24,7 +24,8 @@ def create_model(
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(
             f"model.name={name!r} is not a timm model or one of sam_train's "
-            f"(digits_cnn, wrn16_4, wrn16_8, wrn28_10).{hint}"
+            f"(digits_cnn, wrn16_4, wrn16_8, wrn28_10, shake_shake26_2x96d, pyramidnet272_a200, "
+            f"pyramidnet272_a200_shakedrop, cifar_resnet32).{hint}"
         )
     try:
         return timm.create_model(

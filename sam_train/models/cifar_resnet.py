@@ -1,0 +1,104 @@
+"""The CIFAR ResNets of He et al. (CVPR 2016, section 4.2): ResNet-(6n + 2), 0.46M for n = 5.
+
+ResNet-32 is the model of the SAM paper's label-noise experiment (Table 4). Three stages of n
+post-activation basic blocks at widths 16, 32 and 64; the shortcut is the paper's option A
+(identity, subsampled, new channels zero-padded), so it adds no parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from sam_train.models._registry import cifar_cfg, init_weights
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.stride = stride
+        self.pad_chs = out_chs - in_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride != 1 else x
+        if self.pad_chs:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.pad_chs))
+        return torch.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-depth for 32x32 images with timm's classifier interface."""
+
+    def __init__(
+        self,
+        depth: int = 32,
+        base_width: int = 16,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        blocks = (depth - 2) // 6
+        widths = [base_width, 2 * base_width, 4 * base_width]
+        self.num_classes = num_classes
+        self.num_features = widths[-1]
+        self.drop_rate = drop_rate
+        self.global_pool = global_pool
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, base_width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(base_width),
+            nn.ReLU(inplace=True),
+        )
+        stages, in_chs = [], base_width
+        for width, stride in zip(widths, (1, 2, 2), strict=True):
+            layers = []
+            for b in range(blocks):
+                layers.append(BasicBlock(in_chs, width, stride if b == 0 else 1))
+                in_chs = width
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        init_weights(self)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
+        x = F.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+default_cfgs = generate_default_cfgs({"cifar_resnet32": cifar_cfg(first_conv="stem.0")})
+
+
+@register_model
+def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-32 for CIFAR (0.46M parameters), the SAM paper's label-noise model."""
+    args = {"depth": 32, **kwargs}
+    return build_model_with_cfg(CifarResNet, "cifar_resnet32", pretrained, **args)

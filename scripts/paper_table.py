@@ -1,0 +1,156 @@
+"""Set finished runs beside the SAM paper's published numbers, as markdown tables.
+
+    python scripts/paper_table.py multirun/noisy_digits/*/            # one row per run
+    python scripts/paper_table.py --seeds multirun/noisy_digits/*/    # mean ± std over seeds
+
+Each RUN_DIR is a sam-train run folder: its ``results.json`` gives the test accuracy and its
+``.hydra/config.yaml`` the setting (data set, model, epochs, augmentation, label noise, SAM or
+SGD), which picks the paper's row from ``sam_train/paper_results.yaml``. Values are in the
+paper's unit (test error for Tables 1 and 2, accuracy for Table 4); "difference" is this run
+minus the paper's value for the same optimizer; with ``--seeds``, "this run − SGD" is the mean's
+gap to the SGD runs of the same setting. Folders without results.json are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from sam_train.config import register_resolvers  # noqa: E402
+from sam_train.paper import TABLE_TITLES, Setting, describe, optimizer_family, optimizer_label  # noqa: E402
+
+
+@dataclass
+class Run:
+    path: Path
+    setting: Setting
+    family: str  # SGD, SAM, ...: which paper column applies
+    optimizer: str  # the family with rho: the grouping label
+    seed: int
+    value: float  # in the setting's metric
+
+
+def load_run(path: Path, metric: str = "final") -> Run | None:
+    """A finished run folder, or None (with a note on stderr) when it has no results yet."""
+    results_file, config_file = path / "results.json", path / ".hydra" / "config.yaml"
+    if not results_file.is_file() or not config_file.is_file():
+        print(
+            f"paper_table: skipping {path}: no results.json or .hydra/config.yaml", file=sys.stderr
+        )
+        return None
+    results = json.loads(results_file.read_text())
+    cfg: Any = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+    setting = describe(cfg)
+    accuracy = results["final_acc1"] if metric == "final" else results["best_acc1"]
+    return Run(
+        path,
+        setting,
+        optimizer_family(cfg),
+        optimizer_label(cfg),
+        int(cfg["seed"]),
+        setting.value(accuracy),
+    )
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def render(runs: list[Run], *, seeds: bool) -> str:
+    """One markdown table per paper table; rows per run, or per setting and optimizer."""
+    by_table: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_table[run.setting.table].append(run)
+    blocks = []
+    for table in sorted(by_table, key=list(TABLE_TITLES).index):
+        rows = sorted(
+            by_table[table],
+            key=lambda r: (
+                r.setting.order,
+                r.setting.label,
+                r.optimizer != "SGD",
+                r.optimizer,
+                r.seed,
+            ),
+        )
+        head = ["setting", "optimizer"] + (["seeds"] if seeds else ["seed", "run"])
+        head += [
+            "paper SGD",
+            "paper SAM",
+            "this run" + (" (mean ± std)" if seeds else ""),
+            "difference",
+        ]
+        if seeds:
+            head.append("this run − SGD")
+        lines = [f"**{TABLE_TITLES[table]}**", "", _row(head), _row(["---"] * len(head))]
+        groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for run in rows:
+            groups[(run.setting.label, run.optimizer) if seeds else (str(run.path), "")].append(run)
+        sgd_means = {
+            label: statistics.fmean(m.value for m in members)
+            for (label, optimizer), members in groups.items()
+            if seeds and optimizer == "SGD"
+        }
+        for members in groups.values():
+            first = members[0]
+            values = [m.value for m in members]
+            mean = statistics.fmean(values)
+            paper = first.setting.paper(first.family)
+            measured = f"{mean:.2f}"
+            if seeds and len(values) > 1:
+                measured += f" ± {statistics.stdev(values):.2f}"
+            cells = [first.setting.label, first.optimizer]
+            if seeds:
+                cells.append(",".join(str(m.seed) for m in sorted(members, key=lambda m: m.seed)))
+            else:
+                cells += [str(first.seed), first.path.name]
+            cells += [
+                str(first.setting.sgd) if first.setting.sgd else "—",
+                str(first.setting.sam) if first.setting.sam else "—",
+                measured,
+                "—" if paper is None else f"{mean - paper.mean:+.2f}",
+            ]
+            if seeds:
+                sgd = sgd_means.get(first.setting.label)
+                cells.append("—" if sgd is None or first.family == "SGD" else f"{mean - sgd:+.2f}")
+            lines.append(_row(cells))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    parser.add_argument("--seeds", action="store_true", help="group runs over seeds: mean ± std")
+    parser.add_argument(
+        "--metric",
+        choices=("final", "best"),
+        default="final",
+        help="the last epoch's test accuracy (default) or the best epoch's",
+    )
+    args = parser.parse_args(argv)
+    register_resolvers()
+    runs = [run for path in args.run_dirs if (run := load_run(path, args.metric)) is not None]
+    if not runs:
+        print("paper_table: error: no finished runs among the given folders", file=sys.stderr)
+        return 2
+    print(render(runs, seeds=args.seeds), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The paper's recipes: presets against the paper's numbers, a one-epoch run of each on tiny
+on-disk data, and the reproduce / paper_table / plot_runs scripts on runs made here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose_config, write_cifar, write_image_folder
+from omegaconf import OmegaConf
+
+from sam_train.cli import config_dir
+from sam_train.config import validate
+from sam_train.paper import describe, optimizer_family, paper_results
+
+sys.path.insert(0, str(REPO / "scripts"))
+import paper_table
+import plot_runs
+import reproduce
+
+CONFIGS = Path(config_dir())
+PAPER_PRESETS = sorted(
+    str(p.relative_to(CONFIGS / "experiment").with_suffix(""))
+    for p in CONFIGS.glob("experiment/paper/**/*.yaml")
+)
+SAM_PRESETS = [p for p in PAPER_PRESETS if not p.endswith("_sgd")]
+
+
+@functools.cache
+def _resolved_cached(overrides: tuple[str, ...]) -> str:
+    cfg = compose_config(list(overrides))
+    validate(cfg)
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+
+
+def _resolved(overrides: list[str]) -> dict:
+    """The resolved, validated config as a plain dict (composed once per override list)."""
+    return json.loads(_resolved_cached(tuple(overrides)))
+
+
+def test_every_paper_row_has_a_sam_preset_and_an_sgd_baseline():
+    assert len(PAPER_PRESETS) == 2 * len(SAM_PRESETS)
+    for preset in SAM_PRESETS:
+        sam, sgd = _resolved([f"experiment={preset}"]), _resolved([f"experiment={preset}_sgd"])
+        assert (optimizer_family(sam), optimizer_family(sgd)) == ("SAM", "SGD")
+        assert describe(sam) == describe(sgd), "the baseline reproduces the same row"
+        sam.pop("sam"), sgd.pop("sam"), sam.pop("run_name"), sgd.pop("run_name")
+        assert sam == sgd, f"{preset}_sgd must differ from {preset} by the optimizer only"
+
+
+def test_presets_cover_every_row_of_tables_1_2_and_4():
+    data = paper_results()
+    seen = {"cifar": set(), "imagenet": set(), "label_noise": set()}
+    for preset in SAM_PRESETS:
+        augments = ["basic", "cutout", "autoaugment"] if "/cifar" in preset else ["basic"]
+        for augment in augments:
+            cfg = _resolved([f"experiment={preset}"])
+            cfg["augment"]["name"] = augment
+            setting = describe(cfg)
+            if setting.table in seen:
+                assert setting.sgd is not None and setting.sam is not None, preset
+                seen[setting.table].add(setting.label)
+    assert len(seen["cifar"]) == 2 * len(data["cifar"]["rows"])  # CIFAR-10 and CIFAR-100
+    assert len(seen["imagenet"]) == len(data["imagenet"]["rows"])
+    assert len(seen["label_noise"]) == len(data["label_noise"]["rows"])
+
+
+def test_cifar_presets_use_table_6_hyperparameters():
+    rows = paper_results()["cifar_hyperparameters"]["rows"]
+    checked = 0
+    for preset in SAM_PRESETS:
+        if not preset.startswith("paper/cifar"):
+            continue
+        cfg = _resolved([f"experiment={preset}"])
+        dataset, model, epochs = (
+            cfg["dataset"]["name"],
+            cfg["model"]["name"],
+            cfg["trainer"]["epochs"],
+        )
+        (row,) = [r for r in rows if r["model"] == model and r["epochs"] in (None, epochs)]
+        assert cfg["optimizer"]["lr"] == row["lr"][dataset], preset
+        assert cfg["optimizer"]["weight_decay"] == row["weight_decay"], preset
+        assert cfg["sam"]["rho"] == row["rho"][dataset], preset
+        assert (cfg["trainer"]["batch_size"], cfg["optimizer"]["momentum"]) == (256, 0.9)
+        assert cfg["scheduler"]["name"] == "cosine" and cfg["optimizer"]["name"] == "sgd"
+        checked += 1
+    assert checked == 10
+
+
+def test_imagenet_lr_is_scaled_linearly_to_the_batch_used():
+    for preset in [p for p in SAM_PRESETS if p.startswith("paper/imagenet/")]:
+        paper = _resolved([f"experiment={preset}"])
+        assert (paper["trainer"]["batch_size"], paper["optimizer"]["lr"]) == (4096, 1.0)
+        assert paper["trainer"]["label_smoothing"] == 0.1
+        assert (paper["optimizer"]["weight_decay"], paper["sam"]["rho"]) == (1e-4, 0.05)
+    for preset in ["paper/imagenet/resnet50_100ep", "paper/imagenet/resnet152_400ep_sgd"]:
+        smaller = _resolved([f"experiment={preset}", "trainer.batch_size=1024"])
+        assert smaller["optimizer"]["lr"] == pytest.approx(0.25)
+    assert _resolved(["experiment=paper/imagenet/resnet50_100ep", "optimizer.lr=0.3"])["optimizer"][
+        "lr"
+    ] == pytest.approx(0.3)
+
+
+def test_label_noise_presets_use_the_papers_rho():
+    rows = {r["label_noise"]: r["sam_rho"] for r in paper_results()["label_noise"]["rows"]}
+    for preset in [p for p in SAM_PRESETS if p.startswith("paper/label_noise/")]:
+        cfg = _resolved([f"experiment={preset}"])
+        assert cfg["sam"]["rho"] == rows[cfg["dataset"]["label_noise"]]
+        assert (cfg["model"]["name"], cfg["trainer"]["epochs"]) == ("cifar_resnet32", 200)
+
+
+def test_runs_off_the_papers_recipe_are_labelled_or_left_out():
+    shake = _resolved(["experiment=paper/cifar10/shake_shake26_2x96d"])
+    assert describe(shake).label == "Shake-Shake (26 2x96d), basic, cifar10 (1800 epochs)"
+    shake["trainer"]["epochs"] = 900  # the paper gives no epochs here: kept apart, still compared
+    assert describe(shake).label.endswith("(900 epochs)") and describe(shake).sam.mean == 2.3
+    shake["model"]["kwargs"] = {"base_width": 32}  # not the paper's model any more
+    assert describe(shake).table == "other" and describe(shake).sam is None
+    wrn = _resolved(["experiment=paper/cifar100/wrn28_10_200ep_sgd", "trainer.epochs=100"])
+    assert describe(wrn).table == "other"  # WRN rows are defined by their epochs
+    noisy = _resolved(["experiment=paper/label_noise/resnet32_noise80"])
+    assert (describe(noisy).label, describe(noisy).sam.mean) == ("ResNet-32, 80% noise", 77.9)
+
+
+def test_paper_numbers_transcribed():
+    """A few values quoted in the paper's text, against the data file."""
+    data = paper_results()
+    wrn = data["cifar"]["rows"][5]  # WRN-28-10 (1800 epochs), AA: "1.6% ... versus 2.2%"
+    assert (wrn["cifar10"]["sam"][0], wrn["cifar10"]["sgd"][0]) == (1.6, 2.2)
+    shakedrop_aa = data["cifar"]["rows"][-1]  # "PyramidNet with ShakeDrop ... 10.3% error"
+    assert shakedrop_aa["cifar100"]["sam"][0] == 10.3
+    resnet152 = {r["epochs"]: r for r in data["imagenet"]["rows"] if r["model"] == "resnet152"}
+    assert resnet152[200]["sgd"]["top1"][0] == 20.3 and resnet152[400]["sam"]["top1"][0] == 18.4
+
+
+# ---------------------------------------------------------------- one epoch of every preset
+# CPU-sized stand-ins: the same code path (preset, data, SAM step) with a model small enough for
+# a test; every real architecture runs on a tiny batch in test_paper_models.py.
+TINY_RESNET = ["model.name=cifar_resnet32", "model.kwargs.depth=8", "model.kwargs.base_width=4"]
+TINY_MODELS = {
+    "wrn28_10": TINY_RESNET,
+    "shake_shake26_2x96d": ["model.kwargs.depth=8", "model.kwargs.base_width=4"],
+    "pyramidnet272_a200": ["model.kwargs.depth=11", "model.kwargs.alpha=12"],
+    "pyramidnet272_a200_shakedrop": ["model.kwargs.depth=11", "model.kwargs.alpha=12"],
+    "resnet50": TINY_RESNET,
+    "resnet101": TINY_RESNET,
+    "resnet152": TINY_RESNET,
+}  # cifar_resnet32 (0.46M) and digits_cnn run as they are
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("paper_data")
+    write_cifar(root / "cifar", "cifar10", per_split=(16, 8))
+    write_cifar(root / "cifar", "cifar100", per_split=(16, 8))
+    write_image_folder(root / "imagenet", classes=2, per_class=4, size=36)
+    return {"cifar": root / "cifar", "imagenet": root / "imagenet"}
+
+
+def smoke_config(preset: str, data: dict[str, Path]):
+    """A one-epoch, few-batch version of a preset on tiny data, with a CPU-sized model."""
+    cfg = compose_config(
+        [
+            f"experiment={preset}",
+            "trainer.epochs=1",
+            "trainer.eval_batch_size=256",
+            "trainer.num_workers=0",
+            "trainer.device=cpu",
+            "scheduler.warmup_epochs=0",
+            "logger.tensorboard=false",
+            "checkpoint.save_last=false",
+        ]
+    )
+    dataset = cfg.dataset.name
+    overrides = {"trainer.batch_size": 256 if dataset == "digits" else 8}
+    for override in TINY_MODELS.get(cfg.model.name, []):
+        key, value = override.split("=")
+        overrides[key] = value if key == "model.name" else int(value)
+    if dataset in ("cifar10", "cifar100"):
+        overrides |= {"dataset.root": str(data["cifar"]), "dataset.verify_checksums": False}
+    if dataset == "imagenet":
+        overrides |= {"dataset.root": str(data["imagenet"]), "dataset.image_size": 32}
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_every_paper_preset_runs_one_epoch_on_tiny_data(preset, tiny_data, tmp_path):
+    from sam_train.train import train
+
+    cfg = smoke_config(preset, tiny_data)
+    results = train(cfg, tmp_path)
+    assert results["epochs_run"] == 1 and math.isfinite(results["final_train_loss"])
+    assert results["test_images"] == {"digits": 450, "imagenet": 8}.get(cfg.dataset.name, 8)
+    assert results["sam"] == ("none" if preset.endswith("_sgd") else "sam")
+
+
+# ---------------------------------------------------------------- the scripts, on real runs
+def test_reproduce_builds_each_tables_grid():
+    for table, grid in reproduce.TABLES.items():
+        command = reproduce.build_command(table, out="OUT")
+        args = dict(arg.split("=", 1) for arg in command if "=" in arg)
+        presets = args["experiment"].split(",")
+        assert presets == reproduce.presets(grid) and len(presets) >= 2
+        assert all(p in PAPER_PRESETS for p in presets)
+        assert args["seed"] == ",".join(str(s) for s in range(grid.seeds))
+        assert command[1:4] == ["-m", "sam_train", "-m"]
+        for key, values in grid.sweeps.items():
+            assert args[key] == values
+    assert len(reproduce.presets(reproduce.TABLES["cifar10"])) == 10
+    sliced = reproduce.build_command(
+        "cifar100", seeds=2, launcher="slurm", extra=["augment=cutout"]
+    )
+    assert "augment=cutout" in sliced and "augment=basic,cutout,autoaugment" not in sliced
+    assert "seed=0,1" in sliced and "hydra/launcher=submitit_slurm" in sliced
+
+
+def test_reproduce_dry_run_and_missing_slurm_plugin(capsys):
+    assert reproduce.main(["noisy_digits", "--dry-run", "--out", "OUT"]) == 0
+    printed = capsys.readouterr().out
+    assert "experiment=paper/noisy_digits,paper/noisy_digits_sgd" in printed
+    assert "dataset.label_noise=0.2,0.4,0.6 seed=0,1,2 hydra.sweep.dir=OUT" in printed
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit) as exit_info:
+            reproduce.main(["cifar10", "--launcher", "slurm"])
+        assert exit_info.value.code == 2
+        assert "pip install 'sam-train[slurm]'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def label_noise_runs(tmp_path_factory) -> list[Path]:
+    """reproduce.py's label-noise grid cut to 40% noise, 2 seeds, 2 epochs, tiny CIFAR-10."""
+    work = tmp_path_factory.mktemp("reproduce")
+    data = write_cifar(work / "data", "cifar10", per_split=(40, 20))
+    out = work / "sweep"
+    command = [
+        str(REPO / "scripts" / "reproduce.py"),
+        "label_noise",
+        "--seeds=2",
+        f"--out={out}",
+        "experiment=paper/label_noise/resnet32_noise40,paper/label_noise/resnet32_noise40_sgd",
+        f"dataset.root={data}",
+        "dataset.verify_checksums=false",
+        "trainer.epochs=2",
+        "trainer.batch_size=8",
+        "trainer.num_workers=0",
+        "trainer.device=cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # oversubscribed CPUs stall OpenMP teams
+    result = subprocess.run(
+        [sys.executable, *command], cwd=work, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 4
+    return runs
+
+
+def _accuracy(run: Path) -> float:
+    return json.loads((run / "results.json").read_text())["final_acc1"]
+
+
+@pytest.mark.slow
+def test_paper_table_sets_real_runs_beside_table_4(label_noise_runs, capsys):
+    assert paper_table.main([*map(str, label_noise_runs), "--seeds"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "**Table 4, noisy CIFAR-10 labels: clean test accuracy (%)**"
+    rows = [line.split(" | ") for line in lines if line.startswith("| ResNet-32, 40% noise (2 ep")]
+    assert [(r[1], r[2]) for r in rows] == [("SGD", "0,1"), ("SAM ρ=0.1", "0,1")]
+    assert rows[0][0] == "| ResNet-32, 40% noise (2 epochs; the paper: 200)"
+    for cells, sam in zip(rows, ("none", "sam"), strict=True):
+        runs = [r for r in label_noise_runs if f"_{sam}_seed" in r.name]
+        values = [_accuracy(r) for r in runs]
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        paper = 68.8 if sam == "none" else 93.4  # Table 4, 40% noise
+        assert cells[3:5] == ["68.8", "93.4"]
+        assert cells[5] == f"{mean:.2f} ± {std:.2f}"
+        assert cells[6].rstrip(" |") == f"{mean - paper:+.2f}"
+
+    assert paper_table.main(list(map(str, label_noise_runs))) == 0
+    per_run = [line for line in capsys.readouterr().out.splitlines() if "| ResNet-32" in line]
+    assert sorted(float(line.split(" | ")[6]) for line in per_run) == sorted(
+        round(_accuracy(r), 2) for r in label_noise_runs
+    )
+
+
+@pytest.mark.slow
+def test_plot_runs_draws_the_test_accuracy_curves(label_noise_runs, tmp_path):
+    curves = plot_runs.collect(label_noise_runs, "test/acc1")
+    (panel,) = curves.values()
+    assert sorted(panel) == ["SAM ρ=0.1", "SGD"] and all(len(v) == 2 for v in panel.values())
+    finals = sorted(round(float(curve[-1]), 4) for runs in panel.values() for curve in runs)
+    assert finals == sorted(round(_accuracy(r), 4) for r in label_noise_runs)
+    assert all(len(curve) == 2 for runs in panel.values() for curve in runs)  # one per epoch
+    out = tmp_path / "curves.png"
+    assert plot_runs.main([*map(str, label_noise_runs), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_scripts_refuse_folders_without_runs(tmp_path, capsys):
+    assert paper_table.main([str(tmp_path)]) == 2
+    assert plot_runs.main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no finished runs" in capsys.readouterr().err
