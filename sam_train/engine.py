@@ -6,7 +6,10 @@ It takes built objects (model, optimizer, loader, ...) and never reads the confi
    running statistics; under DDP inside ``no_sync()`` so each replica perturbs with its own
    gradient (the paper's m-sharpness with m = per-device batch), unless
    ``sync_perturbation`` asks for the all-reduced gradient;
-2. ``optimizer.first_step``: w -> w + eps;
+2. ``optimizer.first_step``: w -> w + eps; multi-step ascent runs its extra passes like
+   step 3 through a closure. Variants that skip the ascent on some steps return False and
+   step 3 is skipped; the first pass is then all-reduced, as it is for variants that combine
+   both gradients (``needs_synced_first_pass``);
 3. forward + backward at w + eps with the same micro-batches and the same random draws
    (dropout), with running statistics frozen; gradients all-reduced here only;
 4. ``optimizer.restore``: w copied back, then unscale (fp16), clip, base optimizer step.
@@ -162,8 +165,15 @@ class Engine:
             return loss_sum, correct
 
         rng = _RngSnapshot(self.device)
-        loss_sum, correct = self._forward_backward(chunks, sync=self.sync_perturbation)
-        perturbed = self.optimizer.first_step(zero_grad=True)
+        sync_first = self.sync_perturbation or self.optimizer.needs_synced_first_pass()
+        loss_sum, correct = self._forward_backward(chunks, sync=sync_first)
+
+        def ascent_pass() -> None:  # the extra passes of multi-step ascent, like the second
+            rng.restore()
+            with self._stats_guard.frozen():
+                self._forward_backward(chunks, sync=sync_first)
+
+        perturbed = self.optimizer.first_step(zero_grad=True, ascent_closure=ascent_pass)
         if perturbed is not False:
             rng.restore()
             with self._stats_guard.frozen():
