@@ -87,6 +87,24 @@ def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_
     return scheduler
 
 
+def build_data(dataset_cfg: DictConfig, seed: int, download: bool = False):
+    """The train and test sets of a ``dataset`` config node (as training builds them: the
+    same split and the same noisy labels for the same seed)."""
+    from sam_train.data import build_datasets
+
+    return build_datasets(
+        dataset_cfg.name,
+        root=dataset_cfg.root,
+        num_classes=dataset_cfg.num_classes,
+        image_size=dataset_cfg.image_size,
+        download=download,
+        verify_checksums=dataset_cfg.verify_checksums,
+        label_noise=dataset_cfg.label_noise,
+        test_fraction=dataset_cfg.test_fraction,
+        seed=seed,
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an explicit CUDA request without a GPU is an error."""
     from sam_train.errors import ConfigError
