@@ -439,3 +439,40 @@ def test_config_names_every_variant():
     from sam_train.config import SAM_VARIANTS
 
     assert set(SAM_VARIANTS) == {"none", *VARIANTS}
+
+
+# --------------------------------------------------------------------------- the quickstart
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["sam=gsam"],
+        ["sam=looksam"],
+        ["sam=interval"],
+        ["sam=fsam"],
+        ["sam=asam"],
+        ["sam.p=inf", "sam.rho=0.0002"],  # ||eps||_2 = rho * sqrt(#weights), about 0.06 here
+        ["sam.perturb_fraction=0.5", "sam.include_weight_decay=true", "sam.inner_steps=2"],
+    ],
+    ids=lambda overrides: " ".join(overrides),
+)
+def test_every_variant_trains_the_quickstart(overrides, tmp_path):
+    from conftest import compose_config
+
+    from sam_train.train import train
+
+    cfg = compose_config(
+        [
+            "experiment=quickstart",
+            "trainer.epochs=2",
+            "scheduler.warmup_epochs=1",
+            "logger.tensorboard=false",
+            "checkpoint.save_best=false",
+            *overrides,
+        ]
+    )
+    results = train(cfg, tmp_path)
+    assert results["sam"] == cfg.sam.name
+    assert results["final_acc1"] >= 70.0, results  # chance is 10%
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["optimizer"]["state"], "the base optimizer's momentum must be checkpointed"
