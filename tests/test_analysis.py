@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from importlib.metadata import entry_points
 
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sam_train.analysis import (
+    ModelObjective,
     Objective,
     filter_normalized_direction,
     hessian_trace,
@@ -133,7 +135,7 @@ def test_model_objective_hvp_equals_the_explicit_hessian_over_several_batches():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     batches = [(torch.randn(5, 3).double(), torch.randint(0, 2, (5,))) for _ in range(2)]
     batches.append((torch.randn(2, 3).double(), torch.randint(0, 2, (2,))))  # unequal sizes
-    objective = Objective.for_model(model, batches, nn.CrossEntropyLoss())
+    objective = ModelObjective(model, batches, nn.CrossEntropyLoss(), batch_statistics=False)
     shapes = [p.shape for p in objective.params]
     x_all = torch.cat([x for x, _ in batches])
     y_all = torch.cat([y for _, y in batches])
@@ -153,6 +155,24 @@ def test_model_objective_hvp_equals_the_explicit_hessian_over_several_batches():
     hv = torch.cat([t.flatten() for t in objective.hvp(v)])
     torch.testing.assert_close(hv, hessian @ torch.cat([t.flatten() for t in v]))
     assert objective.value() == pytest.approx(loss_of_flat(flat).item(), rel=1e-12)
+
+
+def test_model_objective_uses_batch_statistics_and_leaves_running_statistics_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 2))
+    model[1].running_mean.fill_(0.3)
+    batches = [(torch.randn(8, 3), torch.randint(0, 2, (8,))) for _ in range(2)]
+    buffers = [b.clone() for b in model.buffers()]
+    objective = ModelObjective(model, batches, nn.CrossEntropyLoss())
+    top_hessian_eigenvalue(objective, iterations=3)
+    sam_sharpness(objective, 0.1, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
+    reference = copy.deepcopy(model).train()
+    reference[2].eval()  # dropout off, batch norm on each batch's statistics
+    expected = sum(nn.functional.cross_entropy(reference(x), y).item() for x, y in batches) / 2
+    assert objective.value() == pytest.approx(expected, rel=1e-6)
+    running = ModelObjective(model, batches, nn.CrossEntropyLoss(), batch_statistics=False)
+    assert running.value() != pytest.approx(expected, rel=1e-3)
 
 
 # ------------------------------------------------------------------ the command

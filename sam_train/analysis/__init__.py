@@ -8,9 +8,10 @@ from sam_train.analysis.measures import (
     sam_sharpness,
     top_hessian_eigenvalue,
 )
-from sam_train.analysis.objective import Objective
+from sam_train.analysis.objective import ModelObjective, Objective
 
 __all__ = [
+    "ModelObjective",
     "Objective",
     "filter_normalized_direction",
     "hessian_trace",

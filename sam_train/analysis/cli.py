@@ -5,8 +5,9 @@
 
 Each checkpoint holds its resolved config, from which the model and the training set are
 rebuilt (same split, same noisy labels). The measures use the first ``--batches`` training
-batches (shuffled with ``--seed``, without augmentation), the model in eval mode; every run
-is measured on the same batches. Writes ``analysis.json``, ``landscape_1d.png`` and
+batches (shuffled with ``--seed``, without augmentation), with dropout off and norm layers on
+batch statistics as in training (``--norm-statistics running``: eval mode); every run is
+measured on the same batches. Writes ``analysis.json``, ``landscape_1d.png`` and
 ``landscape_2d.png``, and prints a summary. Errors a user can fix end with one line, exit 2.
 """
 
@@ -39,7 +40,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=8, help="training batches to measure on")
     parser.add_argument("--batch-size", type=int, help="default: the run's trainer.batch_size")
     parser.add_argument(
-        "--chunk-size", type=int, default=512, help="images per forward pass (memory bound)"
+        "--norm-statistics",
+        choices=("batch", "running"),
+        default="batch",
+        help="norm layers use each batch's statistics, as in training (the loss the optimizer "
+        "saw), or their running statistics (eval mode, the deployed function)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=512,
+        help="images per forward pass with --norm-statistics running (memory bound)",
     )
     parser.add_argument(
         "--rho", type=float, nargs="+", default=[0.02, 0.05, 0.1], help="sharpness radii"
@@ -138,14 +149,18 @@ def analyze_checkpoint(path: Path, args: argparse.Namespace, device) -> dict[str
     from torch import nn
 
     from sam_train.analysis import measures
-    from sam_train.analysis.objective import Objective
+    from sam_train.analysis.objective import ModelObjective
 
     model, cfg, state = _load(path, args, device)
     batches = _training_batches(cfg, args, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-    objective = Objective.for_model(model, batches, criterion, chunk_size=args.chunk_size)
-    with torch.no_grad():
-        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in batches)
+    objective = ModelObjective(
+        model,
+        batches,
+        criterion,
+        batch_statistics=args.norm_statistics == "batch",
+        chunk_size=args.chunk_size,
+    )
     images = sum(len(y) for _, y in batches)
 
     def generator(offset: int) -> torch.Generator:
@@ -162,8 +177,9 @@ def analyze_checkpoint(path: Path, args: argparse.Namespace, device) -> dict[str
         "label_noise": cfg.dataset.label_noise,
         "batches": len(batches),
         "images": images,
+        "norm_statistics": args.norm_statistics,
         "loss": objective.value(),
-        "acc1": 100.0 * correct / images,
+        "acc1": objective.accuracy(),
         "sharpness": [
             measures.sam_sharpness(objective, rho, steps=args.ascent_steps, generator=generator(1))
             for rho in args.rho

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from sam_train.analysis.objective import Objective, Vector, dot, norm
+from sam_train.analysis.objective import Objective, Vector
+from sam_train.sam.sam import global_dot as dot
+from sam_train.sam.sam import global_norm as norm
 
 _TINY = 1e-12
 
