@@ -135,7 +135,10 @@ def test_model_objective_hvp_equals_the_explicit_hessian_over_several_batches():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     batches = [(torch.randn(5, 3).double(), torch.randint(0, 2, (5,))) for _ in range(2)]
     batches.append((torch.randn(2, 3).double(), torch.randint(0, 2, (2,))))  # unequal sizes
-    objective = ModelObjective(model, batches, nn.CrossEntropyLoss(), batch_statistics=False)
+    objective = ModelObjective(
+        model, batches, nn.CrossEntropyLoss(), batch_statistics=False, chunk_size=5
+    )
+    assert [len(y) for _, y in objective.chunks] == [5, 5, 2]
     shapes = [p.shape for p in objective.params]
     x_all = torch.cat([x for x, _ in batches])
     y_all = torch.cat([y for _, y in batches])

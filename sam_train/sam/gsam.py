@@ -12,8 +12,9 @@ learning rate (the paper's Eq. 9):
 
     rho_t = rho_min + (rho - rho_min) * (lr_t - lr_min) / (lr_max - lr_min)
 
-per parameter group, with lr_max the group's initial learning rate (``initial_lr``, which LR
-schedulers record, else the learning rate when GSAM was built) and lr_min the schedule's floor.
+per parameter group, with lr_max the group's ``initial_lr`` (the learning rate when GSAM was
+built; PyTorch's and timm's LR schedulers record it under the same key) and lr_min the
+schedule's floor.
 
 Defaults: alpha = 0.2 (the reference code's CIFAR example), rho_min = 0 (rho proportional to
 the learning rate when lr_min = 0). Extra cost per step over SAM: one copy of the gradient
@@ -70,10 +71,11 @@ class GSAM(SAM):
         self.alpha = float(alpha)
         self.rho_min = float(rho_min)
         self.lr_min = float(lr_min)
-        self._lr_max = {id(group): group["lr"] for group in self.param_groups}
+        for group in self.param_groups:  # lr_max; LR schedulers set (and keep) the same key
+            group.setdefault("initial_lr", group["lr"])
 
     def _group_rho(self, group: dict[str, Any]) -> float:
-        lr_max = group.get("initial_lr", self._lr_max.get(id(group), group["lr"]))
+        lr_max = group.setdefault("initial_lr", group["lr"])
         if lr_max <= self.lr_min:
             return group["rho"]
         fraction = (group["lr"] - self.lr_min) / (lr_max - self.lr_min)

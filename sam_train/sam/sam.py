@@ -19,7 +19,9 @@ Options every variant inherits (each defaults to the paper's SAM):
 * ``p=2`` or ``p=float("inf")``: the norm of the neighbourhood (the paper's Eq. 2 and its
   p-ablation): eps = rho * g / ||g||_2, or eps = rho * sign(g) for p = inf.
 * ``perturb_fraction=beta``: ESAM's stochastic weight perturbation (Du et al., ICLR 2022): each
-  coordinate of eps is kept with probability beta and scaled by 1/beta (an unbiased estimate).
+  coordinate of eps is kept with probability beta and scaled by 1/beta (an unbiased estimate);
+  one mask per step. ESAM's saving (no first-pass gradient for the other weights) is not
+  taken: the first pass here computes every gradient.
 * ``include_weight_decay=True``: the ascent gradient is g + wd * w, with each group's
   ``weight_decay``, as in the paper's JAX code where the L2 term is part of the loss; by default
   decay stays in the base optimizer only (the common PyTorch convention).
