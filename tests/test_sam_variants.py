@@ -11,10 +11,14 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from torch import nn
 
+from sam_train.builders import build_optimizer
+from sam_train.config import SAM_VARIANTS, ConfigError, validate
 from sam_train.engine import Engine
 from sam_train.sam import GSAM, SAM, VARIANTS, FriendlySAM, IntervalSAM, LookSAM
+from sam_train.train import train
 
 
 def _quadratic(seed: int = 0, dim: int = 6):
@@ -436,8 +440,6 @@ def test_first_pass_is_synced_when_no_second_pass_follows_or_gradients_are_combi
 
 
 def test_config_names_every_variant():
-    from sam_train.config import SAM_VARIANTS
-
     assert set(SAM_VARIANTS) == {"none", *VARIANTS}
 
 
@@ -457,10 +459,6 @@ def test_config_names_every_variant():
     ids=lambda overrides: " ".join(overrides),
 )
 def test_every_variant_trains_the_quickstart(overrides, tmp_path):
-    from conftest import compose_config
-
-    from sam_train.train import train
-
     cfg = compose_config(
         [
             "experiment=quickstart",
@@ -476,3 +474,48 @@ def test_every_variant_trains_the_quickstart(overrides, tmp_path):
     assert results["final_acc1"] >= 70.0, results  # chance is 10%
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert state["optimizer"]["state"], "the base optimizer's momentum must be checkpointed"
+
+
+# --------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("overrides", "cls", "attributes"),
+    [
+        (["sam=gsam", "scheduler.min_lr=0.001"], GSAM, {"alpha": 0.2, "lr_min": 0.001}),
+        (["sam=looksam"], LookSAM, {"k": 5, "alpha": 0.7}),
+        (["sam=interval", "sam.k=3"], IntervalSAM, {"k": 3}),
+        (["sam=fsam"], FriendlySAM, {"sigma": 1.0, "ema_decay": 0.9}),
+        (
+            ["sam.p=inf", "sam.perturb_fraction=0.5", "sam.inner_steps=2"],
+            SAM,
+            {"p": float("inf"), "perturb_fraction": 0.5, "inner_steps": 2},
+        ),
+    ],
+)
+def test_build_optimizer_makes_the_configured_variant(overrides, cls, attributes):
+    cfg = compose_config(overrides)
+    validate(cfg)
+    opt = build_optimizer(_tiny_model(), cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
+    assert type(opt) is cls
+    for name, value in attributes.items():
+        assert getattr(opt, name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sam.p=3"], "sam.p must be 2 or inf"),
+        (["sam.perturb_fraction=0"], "sam.perturb_fraction must be in (0, 1]"),
+        (["sam.inner_steps=0"], "sam.inner_steps must be > 0"),
+        (["sam.k=3"], "sam.k applies to sam=looksam or sam=interval, not sam=sam"),
+        (["sam=gsam", "sam.rho_min=0.5"], "sam.rho_min must be in [0, sam.rho=0.05]"),
+        (["sam=looksam", "sam.k=0"], "sam.k must be > 0"),
+        (["sam=fsam", "sam.ema_decay=1.0"], "sam.ema_decay must be in [0, 1)"),
+        (["sam=fsam", "sam.inner_steps=2"], "sam=fsam takes one ascent step"),
+        (["sam=fsam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
+        (["sam.include_weight_decay=true", "trainer.amp=fp16"], "use trainer.amp=bf16"),
+    ],
+)
+def test_bad_sam_options_fail_with_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
