@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from sam_train.sam import SAM
+from sam_train.config import SAM_VARIANT_OPTIONS
+from sam_train.sam import VARIANTS
 
 
 def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -31,16 +32,37 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def sam_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    return {"rho": cfg.rho, "adaptive": cfg.adaptive, "eta": cfg.eta}
+def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
+    """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
+
+    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs.
+    """
+    kwargs: dict[str, Any] = {
+        "rho": cfg.rho,
+        "adaptive": cfg.adaptive,
+        "eta": cfg.eta,
+        "p": cfg.p,
+        "perturb_fraction": cfg.perturb_fraction,
+        "include_weight_decay": cfg.include_weight_decay,
+        "inner_steps": cfg.inner_steps,
+    }
+    for key, variants in SAM_VARIANT_OPTIONS.items():
+        if cfg.name in variants and cfg[key] is not None:
+            kwargs[key] = cfg[key]
+    if cfg.name == "gsam":
+        kwargs["lr_min"] = lr_min
+    return kwargs
 
 
-def build_optimizer(model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig) -> Optimizer:
-    """timm's optimizer (its weight-decay grouping), wrapped in SAM unless ``sam=none``."""
+def build_optimizer(
+    model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig, lr_min: float = 0.0
+) -> Optimizer:
+    """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
+    unless ``sam=none``."""
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
-    return SAM.wrap(base, **sam_kwargs(sam_cfg))
+    return VARIANTS[sam_cfg.name].wrap(base, **sam_kwargs(sam_cfg, lr_min))
 
 
 def scheduler_kwargs(cfg: DictConfig, epochs: int, updates_per_epoch: int) -> dict[str, Any]:
@@ -63,6 +85,24 @@ def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_
         optimizer, **scheduler_kwargs(cfg, epochs, updates_per_epoch)
     )
     return scheduler
+
+
+def build_data(dataset_cfg: DictConfig, seed: int, download: bool = False):
+    """The train and test sets of a ``dataset`` config node (as training builds them: the
+    same split and the same noisy labels for the same seed)."""
+    from sam_train.data import build_datasets
+
+    return build_datasets(
+        dataset_cfg.name,
+        root=dataset_cfg.root,
+        num_classes=dataset_cfg.num_classes,
+        image_size=dataset_cfg.image_size,
+        download=download,
+        verify_checksums=dataset_cfg.verify_checksums,
+        label_noise=dataset_cfg.label_noise,
+        test_fraction=dataset_cfg.test_fraction,
+        seed=seed,
+    )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,7 +18,15 @@ from omegaconf import MISSING, OmegaConf
 from sam_train.errors import ConfigError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
-SAM_VARIANTS = ("none", "sam")
+SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam")
+# Options only some variants read (None in the schema: the variant's own default).
+SAM_VARIANT_OPTIONS = {
+    "alpha": ("gsam", "looksam"),
+    "rho_min": ("gsam",),
+    "k": ("looksam", "interval"),
+    "sigma": ("fsam",),
+    "ema_decay": ("fsam",),
+}
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
@@ -67,7 +75,7 @@ class OptimizerConfig:
 
 @dataclass
 class SAMConfig:
-    name: str = "sam"
+    name: str = "sam"  # none | sam | gsam | looksam | interval | fsam (sam_train/sam/)
     rho: float = 0.05
     adaptive: bool = False
     eta: float = 0.01
@@ -75,6 +83,17 @@ class SAMConfig:
     # per-device batch, one all-reduce per step); true all-reduces the first gradient too.
     sync_perturbation: bool = False
     m: int | None = None  # m-sharpness: one perturbation per chunk of m examples per device
+    # Options of every variant (sam_train/sam/sam.py); the defaults are the paper's SAM.
+    p: float = 2.0  # 2 | inf: eps = rho * g / ||g|| or rho * sign(g)
+    perturb_fraction: float = 1.0  # ESAM's stochastic weight perturbation, beta in (0, 1]
+    include_weight_decay: bool = False  # weight_decay * w in the ascent gradient
+    inner_steps: int = 1  # ascent steps, each after the first one more forward-backward
+    # Variant options (SAM_VARIANT_OPTIONS); set by configs/sam/<variant>.yaml.
+    alpha: float | None = None  # gsam: surrogate-gap weight; looksam: reused-direction weight
+    rho_min: float | None = None  # gsam: rho at scheduler.min_lr
+    k: int | None = None  # looksam, interval: SAM every k-th step
+    sigma: float | None = None  # fsam: share of the gradient EMA removed from the ascent
+    ema_decay: float | None = None  # fsam: the EMA's lambda
 
 
 @dataclass
@@ -193,8 +212,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"dataset.test_fraction must be in (0, 1), got {cfg.dataset.test_fraction}"
         )
-    _positive(cfg.sam.rho, "sam.rho", allow_zero=True)
-    _positive(cfg.sam.eta, "sam.eta", allow_zero=True)
+    _validate_sam(cfg.sam, cfg.trainer.amp)
     _positive(cfg.optimizer.lr, "optimizer.lr")
     _positive(cfg.optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
     _positive(cfg.trainer.epochs, "trainer.epochs")
@@ -233,4 +251,42 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} must be below "
             f"trainer.epochs={cfg.trainer.epochs}"
+        )
+
+
+def _validate_sam(sam: Any, amp: str) -> None:
+    """The SAM options: ranges, and the ones the chosen variant does not read."""
+    _positive(sam.rho, "sam.rho", allow_zero=True)
+    _positive(sam.eta, "sam.eta", allow_zero=True)
+    if sam.name == "none":
+        return
+    if not (sam.p == 2 or sam.p == math.inf):
+        raise ConfigError(f"sam.p must be 2 or inf, got {sam.p}")
+    if not 0.0 < sam.perturb_fraction <= 1.0:
+        raise ConfigError(f"sam.perturb_fraction must be in (0, 1], got {sam.perturb_fraction}")
+    _positive(sam.inner_steps, "sam.inner_steps")
+    for key, variants in SAM_VARIANT_OPTIONS.items():
+        if sam[key] is not None and sam.name not in variants:
+            raise ConfigError(
+                f"sam.{key} applies to sam={' or sam='.join(variants)}, not sam={sam.name}"
+            )
+    if sam.alpha is not None:
+        _positive(sam.alpha, "sam.alpha", allow_zero=True)
+    if sam.k is not None:
+        _positive(sam.k, "sam.k")
+    if sam.sigma is not None:
+        _positive(sam.sigma, "sam.sigma", allow_zero=True)
+    if sam.rho_min is not None and not 0.0 <= sam.rho_min <= sam.rho:
+        raise ConfigError(f"sam.rho_min must be in [0, sam.rho={sam.rho}], got {sam.rho_min}")
+    if sam.ema_decay is not None and not 0.0 <= sam.ema_decay < 1.0:
+        raise ConfigError(f"sam.ema_decay must be in [0, 1), got {sam.ema_decay}")
+    if sam.name == "fsam" and sam.inner_steps != 1:
+        raise ConfigError("sam=fsam takes one ascent step: set sam.inner_steps=1")
+    # fp16 gradients carry the loss scale: fine for a normalised direction, wrong when they
+    # are mixed with unscaled terms (weight decay) or with gradients of other scales (EMA).
+    if amp == "fp16" and sam.name == "fsam":
+        raise ConfigError("sam=fsam needs unscaled gradients for its EMA: use trainer.amp=bf16")
+    if amp == "fp16" and sam.include_weight_decay:
+        raise ConfigError(
+            "sam.include_weight_decay=true needs unscaled gradients: use trainer.amp=bf16"
         )

@@ -8,7 +8,10 @@ on a per-device batch, split into ``accum_steps`` micro-batches (gradient accumu
    paper's m-sharpness with m = per-device batch) and the step costs one all-reduce, unless
    ``sync_perturbation`` asks for the all-reduced gradient;
 2. ``optimizer.first_step``: w -> w + eps, from the (loss-scaled, under fp16) gradient:
-   eps = rho g / ||g|| does not depend on the scale, so the first pass is never unscaled;
+   eps = rho g / ||g|| does not depend on the scale, so the first pass is never unscaled.
+   Multi-step ascent runs its extra passes like step 3 through a closure; variants that skip
+   the ascent on some steps return False and step 3 is skipped (the first gradient is then
+   averaged over replicas, and variants that combine both gradients sync the first pass);
 3. forward + backward at w + eps with the same micro-batches and the same random draws
    (dropout), running statistics frozen; DDP all-reduces these gradients;
 4. ``optimizer.restore``: w copied back; then unscale (fp16), clip, base optimizer step.
@@ -204,6 +207,7 @@ class Engine:
         micro_size = -(-batch // self.accum_steps)  # the memory budget of one forward
         chunks = list(zip(images.split(chunk), targets.split(chunk), strict=True))
         params = [p for group in self.param_groups for p in group["params"]]
+        sync_first = self.sync_perturbation or self.optimizer.needs_synced_first_pass()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         carried: list[torch.Tensor | None] | None = None
@@ -212,16 +216,24 @@ class Engine:
             micro = self._micro_batches(chunk_images, chunk_targets, -(-chunk // micro_size))
             rng = _RngSnapshot(self.device)
             chunk_loss, chunk_correct = self._forward_backward(
-                micro, sync=self.sync_perturbation, denominator=chunk
+                micro, sync=sync_first, denominator=chunk
             )
             loss_sum += chunk_loss
             correct += chunk_correct
-            perturbed = self.optimizer.first_step(zero_grad=True)
+
+            def ascent_pass(micro: list[Batch] = micro, rng: _RngSnapshot = rng) -> None:
+                """An extra pass of multi-step ascent, run like the second pass."""
+                rng.restore()
+                with self._stats_guard.frozen():
+                    self._forward_backward(micro, sync=sync_first, denominator=chunk)
+
+            perturbed = self.optimizer.first_step(zero_grad=True, ascent_closure=ascent_pass)
             if perturbed is False:  # a variant that skips the ascent keeps the first gradient
                 if len(chunks) > 1:
                     raise RuntimeError("m-sharpness needs an optimizer that perturbs every step")
-                if self.distributed and not self.sync_perturbation:
+                if self.distributed and not sync_first:
                     average_gradients(params)
+                self.optimizer.restore()  # variants may still combine gradients here
                 break
             if carried is not None:  # earlier chunks' second-pass gradients
                 for p, grad in zip(params, carried, strict=True):

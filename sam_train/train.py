@@ -158,7 +158,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         **cfg.model.kwargs,
     )
     model = _prepare_model(model, cfg, device, dist.world_size)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)

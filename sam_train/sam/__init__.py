@@ -1,6 +1,27 @@
-"""SAM optimizers and the helpers the two-pass step needs."""
+"""SAM optimizers (one class per variant on a shared base) and the helpers the step needs."""
 
+from sam_train.sam.fsam import FriendlySAM
+from sam_train.sam.gsam import GSAM
+from sam_train.sam.interval import IntervalSAM
+from sam_train.sam.looksam import LookSAM
 from sam_train.sam.running_stats import RunningStatsGuard
 from sam_train.sam.sam import SAM
 
-__all__ = ["SAM", "RunningStatsGuard"]
+#: ``sam.name`` in the config -> the optimizer class.
+VARIANTS: dict[str, type[SAM]] = {
+    "sam": SAM,
+    "gsam": GSAM,
+    "looksam": LookSAM,
+    "interval": IntervalSAM,
+    "fsam": FriendlySAM,
+}
+
+__all__ = [
+    "GSAM",
+    "SAM",
+    "VARIANTS",
+    "FriendlySAM",
+    "IntervalSAM",
+    "LookSAM",
+    "RunningStatsGuard",
+]

@@ -1,21 +1,42 @@
-"""Sharpness-Aware Minimization (Foret et al., ICLR 2021) and ASAM (Kwon et al., ICML 2021).
+"""Sharpness-Aware Minimization (Foret et al., ICLR 2021), ASAM (Kwon et al., ICML 2021), and the
+base class every SAM variant in this package shares.
 
 The optimizer follows the de-facto PyTorch convention::
 
     optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     loss_fn(model(x), y).backward()
-    optimizer.first_step(zero_grad=True)     # w -> w + eps, eps = rho * g / ||g||
-    loss_fn(model(x), y).backward()
-    optimizer.second_step(zero_grad=True)    # restore w, base step with the gradient at w + eps
+    if optimizer.first_step(zero_grad=True):  # w -> w + eps, eps = rho * g / ||g||
+        loss_fn(model(x), y).backward()       # the gradient at w + eps
+    optimizer.second_step(zero_grad=True)     # restore w, base step
 
-``param_groups`` are the base optimizer's own list, so LR schedulers attached to the SAM
-object drive the base optimizer, and ``state_dict()`` carries the base optimizer's state
-(momentum buffers). The saved weights are copied back after the second backward pass instead
-of subtracting eps, so the restore is exact in floating point.
+``param_groups`` are the base optimizer's own list, so LR schedulers attached to the SAM object
+drive the base optimizer, and ``state_dict()`` is the base optimizer's (momentum buffers), plus a
+``"sam"`` entry for the variants that keep state across steps. The saved weights are copied back
+after the second backward pass instead of subtracting eps, so the restore is exact.
+
+Options every variant inherits (each defaults to the paper's SAM):
+
+* ``p=2`` or ``p=float("inf")``: the norm of the neighbourhood (the paper's Eq. 2 and its
+  p-ablation): eps = rho * g / ||g||_2, or eps = rho * sign(g) for p = inf.
+* ``perturb_fraction=beta``: ESAM's stochastic weight perturbation (Du et al., ICLR 2022): each
+  coordinate of eps is kept with probability beta and scaled by 1/beta (an unbiased estimate);
+  one mask per step. ESAM's saving (no first-pass gradient for the other weights) is not
+  taken: the first pass here computes every gradient.
+* ``include_weight_decay=True``: the ascent gradient is g + wd * w, with each group's
+  ``weight_decay``, as in the paper's JAX code where the L2 term is part of the loss; by default
+  decay stays in the base optimizer only (the common PyTorch convention).
+* ``inner_steps=K``: K normalised ascent steps of length rho / K (the paper's multi-step
+  ablation); steps after the first need ``ascent_closure`` to recompute the gradient at the
+  current perturbed weights. K = 1 is SAM exactly.
+
+How a variant plugs in: ``will_perturb`` (does this step ascend at all), ``_ascent_gradients``
+(what the ascent follows), ``_group_rho`` (the radius now), ``_combine_gradients`` (what the
+base optimizer applies, called by ``restore``), ``_extra_state``/``_load_extra_state``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,10 +44,26 @@ import torch
 from torch.optim import Optimizer
 
 _NORM_EPS = 1e-12
+_SAM_GROUP_KEYS = ("rho", "adaptive", "eta")
+
+Groups = list[tuple[dict[str, Any], list[torch.Tensor]]]
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all tensors as one vector, fused and on the device (no host sync)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def global_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """The inner product of two lists of tensors seen as two flat vectors."""
+    dots = [torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b, strict=True)]
+    return torch.stack(dots).sum()
 
 
 class SAM(Optimizer):
-    """SAM around any base optimizer; ``adaptive=True`` gives ASAM.
+    """SAM around any base optimizer; ``adaptive=True`` gives ASAM. The base of every variant.
 
     Args:
         params: parameters or parameter groups (each group may set its own ``rho``).
@@ -34,9 +71,19 @@ class SAM(Optimizer):
             or an optimizer instance (e.g. from ``timm.optim.create_optimizer_v2``) whose
             groups are then wrapped and ``params`` must be ``None``.
         rho: radius of the neighbourhood searched for the worst-case perturbation.
-        adaptive: ASAM: eps = rho * T^2 g / ||T g|| with T = |w| + eta, scale invariant.
+        adaptive: ASAM: eps = rho * T^2 g / ||T g|| with T = |w| + eta, scale invariant
+            (for p = inf: eps = rho * T sign(g)).
         eta: ASAM's offset that keeps T positive for zero weights.
+        p: 2 or ``float("inf")``, the norm of the neighbourhood.
+        perturb_fraction: ESAM's beta in (0, 1]; 1 perturbs every weight.
+        include_weight_decay: add each group's ``weight_decay * w`` to the ascent gradient.
+        inner_steps: number of ascent steps (each after the first costs a forward-backward).
     """
+
+    #: True for variants that combine the gradient at w with the perturbed one (GSAM,
+    #: LookSAM): the gradient at w is kept, and under DDP it must be the all-reduced one so
+    #: that every replica combines the same vectors.
+    combines_gradients: bool = False
 
     def __init__(
         self,
@@ -45,12 +92,23 @@ class SAM(Optimizer):
         rho: float = 0.05,
         adaptive: bool = False,
         eta: float = 0.01,
+        *,
+        p: float = 2,
+        perturb_fraction: float = 1.0,
+        include_weight_decay: bool = False,
+        inner_steps: int = 1,
         **base_kwargs: Any,
     ) -> None:
         if rho < 0:
             raise ValueError(f"SAM needs rho >= 0, got {rho}")
         if eta < 0:
             raise ValueError(f"ASAM needs eta >= 0, got {eta}")
+        if not (p == 2 or (math.isinf(p) and p > 0)):
+            raise ValueError(f"SAM's p must be 2 or inf, got {p}")
+        if not 0.0 < perturb_fraction <= 1.0:
+            raise ValueError(f"perturb_fraction must be in (0, 1], got {perturb_fraction}")
+        if int(inner_steps) != inner_steps or inner_steps < 1:
+            raise ValueError(f"inner_steps must be a positive integer, got {inner_steps}")
         sam_defaults = {"rho": rho, "adaptive": adaptive, "eta": eta}
         if isinstance(base_optimizer, Optimizer):
             if params is not None or base_kwargs:
@@ -70,88 +128,195 @@ class SAM(Optimizer):
         # One list of groups shared by SAM and the base optimizer.
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
-        self._backup: dict[torch.Tensor, torch.Tensor] = {}
-        self._perturbed: list[torch.Tensor] = []
+        self.p = float(p)
+        self.perturb_fraction = float(perturb_fraction)
+        self.include_weight_decay = bool(include_weight_decay)
+        self.inner_steps = int(inner_steps)
         self.last_grad_norm: torch.Tensor | None = None
+        self._steps = 0  # first_step calls so far: the clock of the periodic variants
+        self._backup: dict[torch.Tensor, torch.Tensor] = {}
+        self._first_grad: dict[torch.Tensor, torch.Tensor] = {}
+        self._perturbed: list[torch.Tensor] = []
+        self._step_params: list[torch.Tensor] = []
+        self._did_perturb = False
+        self._pending_combine = False
+        # The mask of ESAM's perturbation comes from a generator of its own: the engine replays
+        # the global generator for the second pass, which would otherwise replay the mask too.
+        self._mask_seed = (
+            int(torch.randint(0, 2**62, ()).item()) if self.perturb_fraction < 1.0 else 0
+        )
+        self._mask_generators: dict[str, torch.Generator] = {}
 
     @classmethod
     def wrap(cls, base_optimizer: Optimizer, **sam_kwargs: Any) -> SAM:
-        """SAM over an optimizer that is already built (timm's factory, param-group rules)."""
+        """This variant over an optimizer that is already built (timm's factory, group rules)."""
         return cls(None, base_optimizer, **sam_kwargs)
+
+    # ----------------------------------------------------------------------------------
+    # Hooks for the variants
+    # ----------------------------------------------------------------------------------
+    def will_perturb(self) -> bool:
+        """Whether the coming ``first_step`` ascends (and so a second pass must follow)."""
+        return True
+
+    def needs_synced_first_pass(self) -> bool:
+        """Under DDP: must the first pass's gradient be all-reduced?
+
+        Yes when no second pass follows (that gradient is the one applied) and when the
+        variant combines it with the perturbed gradient; otherwise each replica perturbs with
+        its own gradient (the paper's m-sharpness).
+        """
+        return self.combines_gradients or not self.will_perturb()
+
+    def _group_rho(self, group: dict[str, Any]) -> float:
+        """The radius for this group now (GSAM schedules it)."""
+        return group["rho"]
+
+    def _ascent_gradients(
+        self, group: dict[str, Any], params: list[torch.Tensor], inner_step: int
+    ) -> list[torch.Tensor]:
+        """The gradient the ascent follows: ``.grad`` (+ ``weight_decay * w`` if asked)."""
+        grads = [p.grad for p in params]
+        weight_decay = group.get("weight_decay", 0.0)
+        if self.include_weight_decay and weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        return grads
+
+    def _combine_gradients(self, perturbed: bool) -> None:
+        """Leave in ``.grad`` what the base optimizer applies; SAM keeps the perturbed one."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        """State beyond the base optimizer's that a resume needs (saved under ``"sam"``)."""
+        if not self._mask_generators:
+            return {}
+        return {"mask_generators": {k: g.get_state() for k, g in self._mask_generators.items()}}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        for device, rng_state in state.get("mask_generators", {}).items():
+            self._mask_generator(torch.device(device)).set_state(rng_state)
 
     # ----------------------------------------------------------------------------------
     # The perturbation
     # ----------------------------------------------------------------------------------
-    def _group_params(self, group: dict[str, Any]) -> list[torch.Tensor]:
-        return [p for p in group["params"] if p.grad is not None]
+    def _groups_with_grads(self) -> Groups:
+        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        return [(g, params) for g, params in groups if params]
 
-    def _scaled_directions(
-        self, group: dict[str, Any], params: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Return (direction d, the vectors whose joint 2-norm normalises d) for one group.
+    def _mask_generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._mask_generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self._mask_seed)
+            self._mask_generators[key] = generator
+        return self._mask_generators[key]
 
-        SAM: d = g, normalised by ||g||. ASAM: d = T^2 g, normalised by ||T g||.
-        """
-        grads = [p.grad for p in params]
-        if not group["adaptive"]:
-            return grads, grads
-        scale = torch._foreach_abs(params)
-        torch._foreach_add_(scale, group["eta"])
-        scaled = torch._foreach_mul(scale, grads)
-        return torch._foreach_mul(scaled, scale), scaled
+    def _draw_masks(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Bernoulli(beta) / beta per coordinate: E[mask * eps] = eps."""
+        beta = self.perturb_fraction
+        masks = []
+        for p in params:
+            keep = torch.rand(p.shape, generator=self._mask_generator(p.device), device=p.device)
+            masks.append((keep < beta).to(p.dtype).div_(beta))
+        return masks
 
-    @torch.no_grad()
-    def _grad_norm(self, norm_terms: list[list[torch.Tensor]]) -> torch.Tensor:
-        """One fused 2-norm over every group, on the device (no host sync)."""
-        per_tensor = [n for terms in norm_terms if terms for n in torch._foreach_norm(terms)]
-        if not per_tensor:
-            return torch.zeros(())
-        return torch.linalg.vector_norm(torch.stack(per_tensor))
-
-    @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> bool:
-        """Move the weights to w + eps, the worst case within radius rho; remember w.
-
-        Returns True when the weights were perturbed and a second pass must follow (variants
-        that skip the ascent on some steps return False and keep the gradient).
-        """
-        groups = [(g, self._group_params(g)) for g in self.param_groups]
+    def _ascent_step(self, groups: Groups, inner_step: int, masks: dict | None) -> torch.Tensor:
+        """Move the weights by one ascent step of length rho / inner_steps; return its norm."""
         directions, norm_terms = [], []
         for group, params in groups:
-            d, n = self._scaled_directions(group, params) if params else ([], [])
-            directions.append(d)
-            norm_terms.append(n)
-        grad_norm = self._grad_norm(norm_terms)
-        self.last_grad_norm = grad_norm
-        self._perturbed = []
+            grads = self._ascent_gradients(group, params, inner_step)
+            if group["adaptive"]:
+                scale = torch._foreach_abs([self._backup[p] for p in params])
+                torch._foreach_add_(scale, group["eta"])
+                scaled = torch._foreach_mul(scale, grads)
+                if self.p == 2:
+                    direction = torch._foreach_mul(scaled, scale)
+                else:
+                    direction = torch._foreach_mul(torch._foreach_sign(grads), scale)
+                norm_terms.extend(scaled)
+            else:
+                direction = list(grads) if self.p == 2 else torch._foreach_sign(grads)
+                norm_terms.extend(grads)
+            directions.append(direction)
+        norm = global_norm(norm_terms)
         for (group, params), direction in zip(groups, directions, strict=True):
-            if not params:
-                continue
-            self._save(params)
-            scale = group["rho"] / (grad_norm + _NORM_EPS)
-            torch._foreach_add_(params, torch._foreach_mul(direction, scale))
-            self._perturbed.extend(params)
+            radius = self._group_rho(group) / self.inner_steps
+            scale = radius / (norm + _NORM_EPS) if self.p == 2 else radius
+            step = torch._foreach_mul(direction, scale)
+            if masks is not None:
+                torch._foreach_mul_(step, [masks[p] for p in params])
+            torch._foreach_add_(params, step)
+        return norm
+
+    @torch.no_grad()
+    def first_step(
+        self, zero_grad: bool = False, ascent_closure: Callable[[], Any] | None = None
+    ) -> bool:
+        """Move the weights to w + eps, the worst case within radius rho; remember w.
+
+        Returns True when the weights were perturbed and a second pass must follow. Variants
+        that skip the ascent on some steps return False and keep the gradient (``zero_grad``
+        is then ignored). ``ascent_closure`` recomputes the gradient at the current weights
+        (the gradients are zeroed before each call); only ``inner_steps > 1`` needs it.
+        """
+        groups = self._groups_with_grads()
+        perturb = self.will_perturb()
+        self._steps += 1
+        self._step_params = [p for _, params in groups for p in params]
+        self._pending_combine = True
+        self._did_perturb = perturb
+        self._perturbed = []
+        if not perturb:
+            self.last_grad_norm = global_norm([p.grad for p in self._step_params])
+            return False
+        if self.inner_steps > 1 and ascent_closure is None:
+            raise RuntimeError("inner_steps > 1 needs an ascent_closure to recompute gradients")
+        params = self._step_params
+        self._keep(self._backup, params, params)
+        if self.combines_gradients:
+            self._keep(self._first_grad, params, [p.grad for p in params])
+        masks = None
+        if self.perturb_fraction < 1.0:
+            masks = dict(zip(params, self._draw_masks(params), strict=True))
+        self._perturbed = params
+        for inner_step in range(self.inner_steps):
+            if inner_step:
+                self.zero_grad(set_to_none=False)
+                with torch.enable_grad():
+                    ascent_closure()
+            norm = self._ascent_step(groups, inner_step, masks)
+            if inner_step == 0:
+                self.last_grad_norm = norm
+            else:  # report a non-finite later gradient (fp16 overflow) so the step is skipped
+                self.last_grad_norm = torch.where(torch.isfinite(norm), self.last_grad_norm, norm)
         if zero_grad:
             self.zero_grad()
         return True
 
-    def _save(self, params: list[torch.Tensor]) -> None:
-        """Copy w into buffers kept across steps: SAM's only persistent extra memory."""
-        missing = [p for p in params if p not in self._backup]
-        for p in missing:
-            self._backup[p] = torch.empty_like(p)
-        torch._foreach_copy_([self._backup[p] for p in params], params)
+    @staticmethod
+    def _keep(
+        store: dict[torch.Tensor, torch.Tensor],
+        params: list[torch.Tensor],
+        values: list[torch.Tensor],
+    ) -> None:
+        """Copy ``values`` into buffers kept across steps (allocated once per parameter)."""
+        for p, v in zip(params, values, strict=True):
+            if p not in store:
+                store[p] = torch.empty_like(v)
+        torch._foreach_copy_([store[p] for p in params], values)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Copy the saved weights back (exact, unlike w + eps - eps).
 
         Afterwards ``.grad`` holds what the base optimizer must apply; variants that combine
-        gradients (GSAM, LookSAM) do so here.
+        gradients (GSAM, LookSAM) do so here, once per ``first_step``.
         """
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, [self._backup[p] for p in self._perturbed])
         self._perturbed = []
+        if self._pending_combine:
+            self._pending_combine = False
+            self._combine_gradients(self._did_perturb)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -163,34 +328,56 @@ class SAM(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Full SAM step; the gradient at w must already be in ``.grad``.
+        """Full step; the gradient at w must already be in ``.grad``.
 
-        ``closure`` runs the second forward and backward pass (at w + eps).
+        ``closure`` recomputes loss and gradients at the current weights (the second pass,
+        and the extra ascent passes). Returns the loss at w + eps, or None on the steps a
+        periodic variant takes without perturbation.
         """
         if closure is None:
             raise RuntimeError("SAM.step needs a closure that recomputes loss and gradients")
-        self.first_step(zero_grad=True)
-        with torch.enable_grad():
-            loss = closure()
+        loss = None
+        if self.first_step(zero_grad=True, ascent_closure=closure):
+            with torch.enable_grad():
+                loss = closure()
         self.second_step()
         return loss
 
     # ----------------------------------------------------------------------------------
     # State: the base optimizer's, so momentum buffers survive a resume
     # ----------------------------------------------------------------------------------
+    def _all_params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _buffers_to_state(self, buffers: dict[torch.Tensor, torch.Tensor]) -> dict[int, Any]:
+        """Parameter-keyed buffers as {index in the groups: tensor}, like optimizer state."""
+        return {i: buffers[p].clone() for i, p in enumerate(self._all_params()) if p in buffers}
+
+    def _buffers_from_state(self, state: dict[int, torch.Tensor]) -> dict:
+        params = self._all_params()
+        return {params[int(i)]: t.to(params[int(i)]) for i, t in state.items()}
+
     def state_dict(self) -> dict[str, Any]:
-        return self.base_optimizer.state_dict()
+        state = self.base_optimizer.state_dict()
+        extra = self._extra_state()
+        if extra:
+            state["sam"] = extra
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("sam", None)
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        if extra:
+            self._load_extra_state(extra)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not hasattr(self, "base_optimizer"):  # called by Optimizer.__init__
             super().add_param_group(param_group)
             return
-        for key in ("rho", "adaptive", "eta"):
+        for key in _SAM_GROUP_KEYS:
             param_group.setdefault(key, self.defaults[key])
         self.base_optimizer.add_param_group(param_group)
 

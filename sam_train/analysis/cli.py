@@ -1,0 +1,290 @@
+"""``sam-analyze``: how flat is a trained network? Sharpness, Hessian and loss landscape.
+
+    sam-analyze outputs/run/checkpoints/last.pt
+    sam-analyze sgd/checkpoints/last.pt sam/checkpoints/last.pt --labels SGD SAM --out cmp
+
+Each checkpoint holds its resolved config, from which the model and the training set are
+rebuilt (same split, same noisy labels). The measures use the first ``--batches`` training
+batches (shuffled with ``--seed``, without augmentation), with dropout off and norm layers on
+batch statistics as in training (``--norm-statistics running``: eval mode); every run is
+measured on the same batches. Writes ``analysis.json``, ``landscape_1d.png`` and
+``landscape_2d.png``, and prints a summary. Errors a user can fix end with one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sam_train.errors import SamTrainError
+
+EXIT_USER_ERROR = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sam-analyze",
+        description="Flatness of trained sam-train checkpoints: SAM sharpness, top Hessian "
+        "eigenvalue, Hessian trace, 1-D and 2-D loss landscapes (filter-normalised).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="sam-train checkpoint files")
+    parser.add_argument("--labels", nargs="+", help="a name per checkpoint (default: sam=...)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: <run>/analysis for one checkpoint)"
+    )
+    parser.add_argument("--batches", type=int, default=8, help="training batches to measure on")
+    parser.add_argument("--batch-size", type=int, help="default: the run's trainer.batch_size")
+    parser.add_argument(
+        "--norm-statistics",
+        choices=("batch", "running"),
+        default="batch",
+        help="norm layers use each batch's statistics, as in training (the loss the optimizer "
+        "saw), or their running statistics (eval mode, the deployed function)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=512,
+        help="images per forward pass with --norm-statistics running (memory bound)",
+    )
+    parser.add_argument(
+        "--rho", type=float, nargs="+", default=[0.02, 0.05, 0.1], help="sharpness radii"
+    )
+    parser.add_argument("--ascent-steps", type=int, default=20, help="sharpness ascent steps")
+    parser.add_argument("--power-iters", type=int, default=100, help="max power iterations")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="power iteration stop")
+    parser.add_argument(
+        "--trace-samples", type=int, default=0, help="Hutchinson samples (0: no trace)"
+    )
+    parser.add_argument("--points", type=int, default=41, help="points of the 1-D landscape")
+    parser.add_argument("--grid", type=int, default=21, help="grid side of the 2-D landscape")
+    parser.add_argument("--span", type=float, default=1.0, help="landscape coefficient range")
+    parser.add_argument("--no-landscape", action="store_true", help="skip the landscapes")
+    parser.add_argument("--data-root", help="override dataset.root of the checkpoints")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="batches, directions, vectors")
+    args = parser.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.checkpoints):
+        parser.error(f"--labels needs {len(args.checkpoints)} names, got {len(args.labels)}")
+    if args.out is None and len(args.checkpoints) > 1:
+        parser.error("several checkpoints need --out")
+    for name in ("batches", "chunk_size", "ascent_steps", "power_iters", "points", "grid"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.trace_samples < 0 or args.span <= 0 or any(r <= 0 for r in args.rho):
+        parser.error("--trace-samples must be >= 0, --span and --rho > 0")
+    return args
+
+
+def _load(path: Path, args: argparse.Namespace, device):
+    """(model with the checkpoint's weights, its config, the checkpoint)."""
+    from omegaconf import OmegaConf
+
+    from sam_train.checkpoint import load_checkpoint
+    from sam_train.errors import CheckpointError
+    from sam_train.models import create_model
+
+    state = load_checkpoint(path, map_location=device)
+    if "config" not in state or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} has no config or no model weights")
+    cfg = OmegaConf.create(state["config"])
+    if args.data_root is not None:
+        cfg.dataset.root = args.data_root
+    model = create_model(
+        cfg.model.name,
+        num_classes=cfg.dataset.num_classes,
+        in_chans=cfg.dataset.in_chans,
+        **cfg.model.get("kwargs", {}),
+    ).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit {cfg.model.name}: {first}") from err
+    return model, cfg, state
+
+
+def _training_batches(cfg, args: argparse.Namespace, device) -> list:
+    """The first ``--batches`` training batches, shuffled with ``--seed``, no augmentation."""
+    from sam_train.builders import build_data
+    from sam_train.data import build_loaders
+
+    data = build_data(cfg.dataset, seed=cfg.seed, download=cfg.dataset.download)
+    if hasattr(data.train, "transform") and hasattr(data.test, "transform"):
+        data.train.transform = data.test.transform  # measure the function, not augmentation
+    batch_size = args.batch_size or cfg.trainer.batch_size
+    loader = build_loaders(
+        data.train,
+        data.test,
+        batch_size=min(batch_size, len(data.train)),
+        eval_batch_size=batch_size,
+        num_workers=0,
+        seed=args.seed,
+    ).train
+    batches = []
+    for x, y in loader:
+        batches.append((x.to(device), y.to(device)))
+        if len(batches) == args.batches:
+            break
+    return batches
+
+
+def _coefficients(count: int, span: float) -> list[float]:
+    """``count`` evenly spaced values from -span to span (just 0 for one)."""
+    if count == 1:
+        return [0.0]
+    return [span * (2 * i / (count - 1) - 1) for i in range(count)]
+
+
+def analyze_checkpoint(path: Path, args: argparse.Namespace, device) -> dict[str, Any]:
+    """Every measure for one checkpoint, as a JSON-ready dict."""
+    import torch
+    from torch import nn
+
+    from sam_train.analysis import measures
+    from sam_train.analysis.objective import ModelObjective
+
+    model, cfg, state = _load(path, args, device)
+    batches = _training_batches(cfg, args, device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    objective = ModelObjective(
+        model,
+        batches,
+        criterion,
+        batch_statistics=args.norm_statistics == "batch",
+        chunk_size=args.chunk_size,
+    )
+    images = sum(len(y) for _, y in batches)
+
+    def generator(offset: int) -> torch.Generator:
+        return torch.Generator().manual_seed(args.seed * 1000 + offset)
+
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "checkpoint": str(path),
+        "epoch": state.get("epoch", -1) + 1,
+        "sam": cfg.sam.name,
+        "rho_trained": cfg.sam.rho if cfg.sam.name != "none" else 0.0,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "label_noise": cfg.dataset.label_noise,
+        "batches": len(batches),
+        "images": images,
+        "norm_statistics": args.norm_statistics,
+        "loss": objective.value(),
+        "acc1": objective.accuracy(),
+        "sharpness": [
+            measures.sam_sharpness(objective, rho, steps=args.ascent_steps, generator=generator(1))
+            for rho in args.rho
+        ],
+        "hessian": measures.top_hessian_eigenvalue(
+            objective,
+            iterations=args.power_iters,
+            tolerance=args.tolerance,
+            generator=generator(2),
+        ),
+    }
+    if args.trace_samples:
+        result["trace"] = measures.hessian_trace(
+            objective, samples=args.trace_samples, generator=generator(3)
+        )
+    if not args.no_landscape:
+        alphas, grid = _coefficients(args.points, args.span), _coefficients(args.grid, args.span)
+        d1 = measures.filter_normalized_direction(objective.params, generator(4))
+        d2 = measures.filter_normalized_direction(objective.params, generator(5))
+        result["landscape_1d"] = {
+            "alphas": alphas,
+            "losses": measures.landscape_1d(objective, d1, alphas),
+        }
+        result["landscape_2d"] = {
+            "alphas": grid,
+            "betas": grid,
+            "losses": measures.landscape_2d(objective, d1, d2, grid, grid),
+        }
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _summary(results: dict[str, dict[str, Any]]) -> str:
+    rhos = [s["rho"] for s in next(iter(results.values()))["sharpness"]]
+    head = ["run", "loss", "acc1", "top eig"] + (
+        ["trace"] if "trace" in next(iter(results.values())) else []
+    )
+    head += [f"sharp@{rho:g}" for rho in rhos]
+    rows = [head]
+    for label, r in results.items():
+        row = [label, f"{r['loss']:.4f}", f"{r['acc1']:.1f}", f"{r['hessian']['eigenvalue']:.3f}"]
+        if "trace" in r:
+            row.append(f"{r['trace']['trace']:.1f}")
+        row += [f"{s['sharpness']:.4f}" for s in r["sharpness"]]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sam_train.analysis.plots import plot_1d, plot_2d
+    from sam_train.builders import resolve_device
+
+    device = resolve_device(args.device)
+    labels = args.labels or [None] * len(args.checkpoints)
+    results: dict[str, dict[str, Any]] = {}
+    for path, label in zip(args.checkpoints, labels, strict=True):
+        result = analyze_checkpoint(path, args, device)
+        name = label or f"sam={result['sam']}"
+        while name in results:
+            name += "'"
+        results[name] = result
+    out = args.out or args.checkpoints[0].resolve().parent.parent / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"command": ["sam-analyze", *args.argv], "runs": results}
+    (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
+    first = next(iter(results.values()))
+    title = f"{first['model']} on {first['dataset']}, {first['images']} training images"
+    if "landscape_1d" in first:
+        plot_1d(
+            {
+                k: (r["landscape_1d"]["alphas"], r["landscape_1d"]["losses"])
+                for k, r in results.items()
+            },
+            out / "landscape_1d.png",
+            title,
+        )
+        plot_2d(
+            {
+                k: (
+                    r["landscape_2d"]["alphas"],
+                    r["landscape_2d"]["betas"],
+                    r["landscape_2d"]["losses"],
+                )
+                for k, r in results.items()
+            },
+            out / "landscape_2d.png",
+            title,
+        )
+    print(_summary(results))
+    print(f"written to {out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except SamTrainError as err:
+        print(f"sam-analyze: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()
