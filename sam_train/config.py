@@ -22,6 +22,8 @@ SAM_VARIANTS = ("none", "sam")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
+LOADERS = ("dataloader", "gpu")
+GPU_LOADER_DATASETS = ("cifar10", "cifar100")
 
 
 @dataclass
@@ -35,6 +37,7 @@ class DatasetConfig:
     verify_checksums: bool = True
     label_noise: float = 0.0
     test_fraction: float = 0.25  # digits only: held-out share of the 1797 images
+    loader: str = "dataloader"  # dataloader (trainer.num_workers processes) | gpu (on device)
 
 
 @dataclass
@@ -147,6 +150,12 @@ def validate(cfg: Any) -> None:
     _one_of(cfg.sam.name, SAM_VARIANTS, "sam.name")
     _one_of(cfg.scheduler.name, SCHEDULERS, "scheduler.name")
     _one_of(cfg.trainer.amp, PRECISIONS, "trainer.amp")
+    _one_of(cfg.dataset.loader, LOADERS, "dataset.loader")
+    if cfg.dataset.loader == "gpu" and cfg.dataset.name not in GPU_LOADER_DATASETS:
+        raise ConfigError(
+            f"dataset.loader=gpu keeps CIFAR on the device; {cfg.dataset.name} needs "
+            "dataset.loader=dataloader"
+        )
     if not 0.0 <= cfg.dataset.label_noise <= 1.0:
         raise ConfigError(f"dataset.label_noise must be in [0, 1], got {cfg.dataset.label_noise}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:

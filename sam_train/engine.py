@@ -119,12 +119,13 @@ class Engine:
         return images, targets.to(self.device, non_blocking=True)
 
     def _forward_backward(
-        self, chunks: list[tuple[torch.Tensor, torch.Tensor]], *, sync: bool
+        self, chunks: list[tuple[torch.Tensor, torch.Tensor]], *, sync: bool, track: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate the gradient of the mean loss over all micro-batches.
 
         Gradients are all-reduced (DDP) on the last micro-batch only, and only if ``sync``.
-        Returns the summed loss and the number of correct top-1 predictions, detached.
+        Returns the summed loss and the number of correct top-1 predictions, detached (left
+        at zero unless ``track``: SAM's second pass does not need them).
         """
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -135,12 +136,13 @@ class Engine:
                 with self._autocast():
                     logits = self.model(images)
                     loss = self.criterion(logits, targets)
-                weighted = loss * (len(targets) / total)
+                weighted = loss if len(chunks) == 1 else loss * (len(targets) / total)
                 if self.scaler is not None:
                     weighted = self.scaler.scale(weighted)
                 weighted.backward()
-            loss_sum += loss.detach().float() * len(targets)
-            correct += (logits.detach().argmax(dim=1) == targets).sum()
+            if track:
+                loss_sum.add_(loss.detach().float(), alpha=len(targets))
+                correct += (logits.detach().argmax(dim=1) == targets).sum()
         return loss_sum, correct
 
     # ------------------------------------------------------------------ one step
@@ -167,7 +169,7 @@ class Engine:
         if perturbed is not False:
             rng.restore()
             with self._stats_guard.frozen():
-                self._forward_backward(chunks, sync=True)
+                self._forward_backward(chunks, sync=True, track=False)
         self.optimizer.restore()
         if self.scaler is not None:
             self._propagate_first_pass_overflow()
