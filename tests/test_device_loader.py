@@ -168,3 +168,40 @@ def test_loader_option_is_validated(compose_cfg):
         validate(compose_cfg(["dataset=digits", "dataset.loader=gpu"]))
     with pytest.raises(ConfigError, match=r"dataset\.loader='workers'"):
         validate(compose_cfg(["dataset=cifar10", "dataset.loader=workers"]))
+
+
+@pytest.mark.slow
+def test_training_with_dataset_loader_gpu_uses_the_device_loader(
+    tmp_path, tiny_cifar10, compose_cfg, monkeypatch
+):
+    from sam_train.data import device_loader
+    from sam_train.train import train
+
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(kwargs["device"])
+        return build_device_loaders(*args, **kwargs)
+
+    build_device_loaders = device_loader.build_device_loaders
+    monkeypatch.setattr(device_loader, "build_device_loaders", spy)
+    cfg = compose_cfg(
+        [
+            "dataset=cifar10",
+            f"dataset.root={tiny_cifar10}",
+            "dataset.download=false",
+            "dataset.verify_checksums=false",
+            "dataset.loader=gpu",
+            "model=digits_cnn",
+            "trainer.epochs=1",
+            "trainer.batch_size=8",
+            "trainer.device=cpu",
+            "logger.tensorboard=false",
+            "checkpoint.save_last=false",
+            "checkpoint.save_best=false",
+        ]
+    )
+    (tmp_path / "run").mkdir()
+    results = train(cfg, tmp_path / "run")
+    assert built == [torch.device("cpu")]
+    assert results["test_images"] == 20 and results["epochs_run"] == 1
