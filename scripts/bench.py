@@ -19,13 +19,14 @@ reported as medians over repetitions:
 
 Usage::
 
-    python scripts/bench.py --quick             # `make bench`: a few minutes on 2 CPU cores
-    python scripts/bench.py                     # more repetitions, WRN-16-4 in every section
+    python scripts/bench.py --quick        # `make bench`: minutes on 2 CPU cores, 1 thread
+    python scripts/bench.py                # all threads, more repetitions, compile everything
     python scripts/bench.py --sections ratio,memory --workloads wrn16_4
-    python scripts/bench.py --device cuda --batch-size 128   # on a GPU machine
+    python scripts/bench.py --batch-size 128 --amp bf16   # on a GPU machine (auto-detected)
 
 Writes ``bench.json`` and ``bench.md`` into ``--out`` (default ``outputs/bench``). The machine
-may be shared: the load average before and after is recorded next to the numbers.
+may be shared: the load average before and after is recorded next to the numbers, and each
+ratio is also given from CPU time, which other processes do not inflate.
 """
 
 from __future__ import annotations
