@@ -448,7 +448,9 @@ def sam_extra_bytes(optimizer: SAM, model: nn.Module) -> dict[str, Any]:
         "sam_extra_bytes": _nbytes(extra),
         "sam_weight_copy_bytes": _nbytes(copies),
         "sam_other_bytes": sum(t.untyped_storage().nbytes() for t in others),
-        "sam_other_tensors": [f"{tuple(t.shape)} {t.dtype}" for t in others],
+        "sam_other_tensors": [
+            f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in others
+        ],
         "base_state_bytes": _nbytes(base_state),
     }
 
@@ -973,7 +975,7 @@ def _detail_tables(report: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "| DDP, 2 processes, gloo | mode | all-reduce calls/step | MiB/step | "
-            "buffer broadcasts/step | ms/step |",
+            "buffer broadcasts/step | ms/step (not interleaved) |",
             "|---|---|---|---|---|---|",
         ]
         for row in report["ddp"]:
@@ -1001,7 +1003,7 @@ def _detail_tables(report: dict[str, Any]) -> list[str]:
     if report.get("compile"):
         lines += [
             "",
-            "| workload | eager ms/step | compiled ms/step | compile s |",
+            "| workload | eager ms/step | compiled ms/step | first compiled step s |",
             "|---|---|---|---|",
         ]
         for row in report["compile"]:

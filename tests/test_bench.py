@@ -83,7 +83,7 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     # SAM's backup is exactly one copy of the weights; beside it only the 0-dim grad norm.
     assert memory["param_bytes"] == memory["sam_weight_copy_bytes"] == param_bytes
-    assert memory["sam_other_tensors"] == ["() torch.float32"]
+    assert memory["sam_other_tensors"] == ["float32[]"]
     assert memory["base_state_bytes"] == param_bytes  # SGD momentum
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
     assert memory["running_stats_snapshot_bytes"] == buffer_bytes
