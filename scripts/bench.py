@@ -467,8 +467,10 @@ def bench_memory(opts: Options, cfg) -> list[dict[str, Any]]:
         for _ in range(2):
             engine.train_step(images, targets)
         held = sam_extra_bytes(engine.optimizer, model)
+        # What the Engine itself holds: everything it references but the built objects.
+        built = (model, engine.optimizer, engine.scheduler, engine.criterion)
+        engine_held = tensors_held(engine, skip=built)
         buffers = tensors_held(list(model.buffers()))
-        snapshot = tensors_held(engine._stats_guard, skip=tuple(model.buffers()))
         row = {
             "workload": work.label,
             "key": key,
@@ -478,7 +480,7 @@ def bench_memory(opts: Options, cfg) -> list[dict[str, Any]]:
             "sam_weight_copies_over_params": held["sam_weight_copy_bytes"] / param_bytes,
             # The Engine's copy of norm-layer statistics, restored after the second pass.
             "running_stats_snapshot_bytes": _nbytes(
-                {k: t for k, t in snapshot.items() if k not in buffers}
+                {k: t for k, t in engine_held.items() if k not in buffers}
             ),
         }
         if opts.device.type == "cuda":
