@@ -275,28 +275,32 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
-def summary(times: list[float], cpu: list[float] | None = None) -> dict[str, float]:
-    stats = {
+def summary(times: list[float], cpu: list[float] | None = None) -> dict[str, Any]:
+    """Median, extremes and the raw repetitions (seconds per call)."""
+    stats: dict[str, Any] = {
         "median_s": statistics.median(times),
         "min_s": min(times),
         "max_s": max(times),
         "reps": len(times),
+        "wall_s": times,
     }
     if cpu is not None:
         stats["cpu_median_s"] = statistics.median(cpu)
+        stats["cpu_s"] = cpu
     return stats
 
 
 def cpu_ratio(timings: Timings, numerator: str, denominator: str) -> float | None:
-    """Ratio of median process CPU times, when that measures the work itself.
+    """Median over repetitions of the back-to-back CPU-time ratio, when CPU time is the work.
 
     With one CPU thread, a step's CPU time is its work whether or not other processes held
-    the core meanwhile, so on a shared machine it is the steadiest ratio. None on a GPU
-    (CPU time is only the launch overhead) and with several threads (it counts spin-waits).
+    the core meanwhile; pairing the repetitions also cancels slower drifts (a busy sibling
+    hyper-thread, cache pressure). None on a GPU (CPU time is only the launch overhead) and
+    with several threads (CPU time then counts spin-waits).
     """
     if timings.device.type != "cpu" or torch.get_num_threads() > 1:
         return None
-    return statistics.median(timings.cpu[numerator]) / statistics.median(timings.cpu[denominator])
+    return median_ratio(timings.cpu[numerator], timings.cpu[denominator])
 
 
 @dataclass
@@ -855,10 +859,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def headline(row: dict[str, Any], key: str) -> tuple[float, str]:
-    """The ratio a target is judged on: CPU time where it measures the work (one CPU
-    thread), else the median of the per-repetition (back-to-back) wall-time ratios."""
+    """The ratio a target is judged on: the median of the back-to-back ratios of CPU time
+    where that is the work (one CPU thread), else of wall time."""
     if row.get(key + "_cpu") is not None:
-        return row[key + "_cpu"], "CPU time"
+        return row[key + "_cpu"], "paired CPU time"
     return row[key + "_paired"], "paired wall time"
 
 
@@ -885,8 +889,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"warm-up step(s); {meta['wall_s']} s in all.",
         f"The machine was shared: load average {meta['load_before'][0]} before, "
         f"{meta['load_after'][0]} after. Absolute times suffer; each comparison is "
-        "interleaved, and judged on CPU time where that measures the work (one thread), else "
-        "on the paired ratio (median over repetitions of the back-to-back ratio).",
+        "interleaved and judged on its paired ratio (the median over repetitions of the "
+        "back-to-back ratio) of CPU time where that is the work (one thread), else of wall "
+        "time.",
         "",
         "| measure | workload | measured | target | met |",
         "|---|---|---|---|---|",
@@ -1068,7 +1073,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device=device,
         warmup=args.warmup if args.warmup is not None else (1 if quick else 3),
         reps=args.reps or (7 if quick else 15),
-        min_rep_s=args.min_rep_s if args.min_rep_s is not None else (0.3 if quick else 1.0),
+        min_rep_s=args.min_rep_s if args.min_rep_s is not None else (1.0 if quick else 2.0),
         precision=args.amp,
         work=work,
         selected=selected,
