@@ -170,7 +170,6 @@ def test_loader_option_is_validated(compose_cfg):
         validate(compose_cfg(["dataset=cifar10", "dataset.loader=workers"]))
 
 
-@pytest.mark.slow
 def test_training_with_dataset_loader_gpu_uses_the_device_loader(
     tmp_path, tiny_cifar10, compose_cfg, monkeypatch
 ):
