@@ -32,6 +32,8 @@ SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
 BEST_METRICS = ("test/acc1", "test/acc5", "test/loss")
 AUGMENTATIONS = ("basic", "cutout", "autoaugment")  # CIFAR training pipelines (augment group)
+LOADERS = ("dataloader", "gpu")
+GPU_LOADER_DATASETS = ("cifar10", "cifar100")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class DatasetConfig:
     verify_checksums: bool = True
     label_noise: float = 0.0
     test_fraction: float = 0.25  # digits only: held-out share of the 1797 images
+    loader: str = "dataloader"  # dataloader (trainer.num_workers processes) | gpu (on device)
 
 
 @dataclass
@@ -206,6 +209,12 @@ def validate(cfg: Any) -> None:
             "augment=basic"
         )
     _positive(cfg.augment.cutout_size, "augment.cutout_size")
+    _one_of(cfg.dataset.loader, LOADERS, "dataset.loader")
+    if cfg.dataset.loader == "gpu" and cfg.dataset.name not in GPU_LOADER_DATASETS:
+        raise ConfigError(
+            f"dataset.loader=gpu keeps CIFAR on the device; {cfg.dataset.name} needs "
+            "dataset.loader=dataloader"
+        )
     if not 0.0 <= cfg.dataset.label_noise <= 1.0:
         raise ConfigError(f"dataset.label_noise must be in [0, 1], got {cfg.dataset.label_noise}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:

@@ -165,12 +165,14 @@ class Engine:
         sync: bool,
         denominator: int,
         factor: torch.Tensor | None = None,
+        track: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate the gradient of (summed loss / ``denominator``) over the micro-batches.
 
         DDP all-reduces on the last micro-batch only, and only if ``sync``. ``factor``
         multiplies the loss (a NaN there makes every gradient NaN). Returns the summed loss
-        and the number of correct top-1 predictions, detached.
+        and the number of correct top-1 predictions, detached (left at zero unless ``track``:
+        SAM's second pass does not need them).
         """
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -180,14 +182,17 @@ class Engine:
                 with self._autocast():
                     logits = self.model(images)
                     loss = self.criterion(logits, targets)
-                weighted = loss * (len(targets) / denominator)
+                weighted = (
+                    loss if len(targets) == denominator else loss * (len(targets) / denominator)
+                )
                 if factor is not None:
                     weighted = weighted * factor
                 if self.scaler is not None:
                     weighted = self.scaler.scale(weighted)
                 weighted.backward()
-            loss_sum += loss.detach().float() * len(targets)
-            correct += (logits.detach().argmax(dim=1) == targets).sum()
+            if track:
+                loss_sum.add_(loss.detach().float(), alpha=len(targets))
+                correct += (logits.detach().argmax(dim=1) == targets).sum()
         return loss_sum, correct
 
     # ------------------------------------------------------------------ one step
@@ -241,7 +246,11 @@ class Engine:
             rng.restore()
             with self._stats_guard.frozen():
                 self._forward_backward(
-                    micro, sync=last_chunk, denominator=batch, factor=self._overflow_factor()
+                    micro,
+                    sync=last_chunk,
+                    denominator=batch,
+                    factor=self._overflow_factor(),
+                    track=False,
                 )
             self.optimizer.restore()
             if not last_chunk:

@@ -141,6 +141,8 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distribut
         pin_memory=device.type == "cuda",
         rank=dist.rank,
         world_size=dist.world_size,
+        kind=cfg.dataset.loader,
+        device=device,
     )
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:

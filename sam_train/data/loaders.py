@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from sam_train.data.samplers import EpochSeededDataset, ResumableSampler, ShardSampler
 
+if TYPE_CHECKING:
+    from sam_train.data.device_loader import DeviceLoader, DeviceSampler
+
 
 @dataclass
 class Loaders:
-    train: DataLoader
-    test: DataLoader
+    train: DataLoader | DeviceLoader
+    test: DataLoader | DeviceLoader
 
     @property
-    def train_sampler(self) -> ResumableSampler:
+    def train_sampler(self) -> ResumableSampler | DeviceSampler:
+        """The sampler whose ``set_epoch(epoch, skip)`` positions the training order."""
         return self.train.sampler  # type: ignore[return-value]
 
 
@@ -31,14 +36,34 @@ def build_loaders(
     pin_memory: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    kind: str = "dataloader",
+    device: torch.device | None = None,
 ) -> Loaders:
     """Loaders for one process; ``batch_size`` is per process.
+
+    ``kind="gpu"`` keeps the whole (CIFAR) data set on ``device`` and augments there
+    (``device_loader``); ``num_workers`` and ``pin_memory`` then do not apply.
 
     Training drops the last partial batch so every step has the same size (and SAM's
     perturbation the same statistics); its order and augmentation depend only on the seed and
     the epoch (see ``samplers``), so a resumed run sees the same batches. Evaluation shards the
     test set without padding, so gathered counts cover each example exactly once.
     """
+    if kind == "gpu":
+        from sam_train.data.device_loader import build_device_loaders
+
+        return build_device_loaders(
+            train_set,
+            test_set,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            device=device if device is not None else torch.device("cpu"),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+    if kind != "dataloader":
+        raise ValueError(f"loader kind must be 'dataloader' or 'gpu', got {kind!r}")
     train_sampler = ResumableSampler(len(train_set), seed=seed, rank=rank, world_size=world_size)
     test_sampler = (
         ShardSampler(len(test_set), rank=rank, world_size=world_size)

@@ -25,13 +25,13 @@ class RunningStatsGuard:
 
     @torch.no_grad()
     def save(self) -> None:
-        for saved, buf in zip(self._saved, self._buffers, strict=True):
-            saved.copy_(buf)
+        if self._buffers:  # one multi-tensor copy, not a kernel per buffer
+            torch._foreach_copy_(self._saved, self._buffers)
 
     @torch.no_grad()
     def restore(self) -> None:
-        for saved, buf in zip(self._saved, self._buffers, strict=True):
-            buf.copy_(saved)
+        if self._buffers:
+            torch._foreach_copy_(self._buffers, self._saved)
 
     @contextmanager
     def frozen(self) -> Iterator[None]:

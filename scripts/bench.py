@@ -1,0 +1,1130 @@
+"""sam-train benchmarks: what SAM costs beyond its two passes, and what the trainer costs.
+
+Measured side by side in one run (ratios, since a shared machine drifts), each comparison
+interleaved (A, B, A, B, ... with the order rotated every repetition) after a warm-up, and
+reported as medians over repetitions:
+
+1. ``ratio``    SAM step time / base-optimizer step time, same model and batch (floor ~2.0);
+2. ``trainer``  a minimal two-pass SAM loop written here / sam-train's ``Engine.train_step``
+                (trainer efficiency; 1.0 means the trainer adds nothing);
+3. ``memory``   bytes the SAM optimizer holds beyond the base optimizer's state, against the
+                parameter bytes (found by walking the optimizer's references; on CUDA also the
+                allocator's count);
+4. ``ddp``      gradient all-reduces (DDP comm-hook calls, i.e. buckets) and bytes per step
+                under two-process DDP (gloo on CPU), default vs ``sam.sync_perturbation=true``;
+5. ``data``     data-loading throughput alone (images/s, the configured workers) against
+                training throughput, per data set (digits; CIFAR-10 from synthetic images
+                written in torchvision's on-disk format), and the device-resident loader;
+6. ``compile``  ``trainer.compile=true`` (torch.compile) against eager.
+
+Usage::
+
+    python scripts/bench.py --quick        # `make bench`: minutes on 2 CPU cores, 1 thread
+    python scripts/bench.py                # all threads, more repetitions, compile everything
+    python scripts/bench.py --sections ratio,memory --workloads wrn16_4
+    python scripts/bench.py --batch-size 128 --amp bf16   # on a GPU machine (auto-detected)
+
+Writes ``bench.json`` and ``bench.md`` into ``--out`` (default ``outputs/bench``). The machine
+may be shared: the load average before and after is recorded next to the numbers, and each
+ratio is also given from CPU time, which other processes do not inflate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import pickle
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sam_train.builders import build_optimizer, build_scheduler  # noqa: E402
+from sam_train.config import register_configs  # noqa: E402
+from sam_train.data import build_datasets, build_loaders  # noqa: E402
+from sam_train.engine import Engine  # noqa: E402
+from sam_train.models import create_model  # noqa: E402
+from sam_train.sam import SAM  # noqa: E402
+
+SECTIONS = ("ratio", "trainer", "memory", "ddp", "data", "compile")
+TARGETS = {
+    "sam_over_base": 2.05,  # at most
+    "trainer_efficiency": 0.95,  # at least
+    "sam_extra_memory_over_params": 1.0,  # at most
+    "ddp_gradient_reductions_per_step": 1,  # exactly, default mode
+    "loader_over_training": 3.0,  # at least, CIFAR with the default workers
+}
+
+
+# --------------------------------------------------------------------------------------
+# Workloads and the objects sam-train builds for them
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Workload:
+    """A model at an input size and batch: what every section measures."""
+
+    name: str
+    model: str
+    input_shape: tuple[int, int, int]
+    batch_size: int
+    dataset: str  # the data set of that input size (data section)
+    num_classes: int = 10
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        c, h, w = self.input_shape
+        return f"{self.model} {c}x{h}x{w} b{self.batch_size}"
+
+
+def workloads(batch_size: int) -> dict[str, Workload]:
+    """The quickstart CNN and WRN-16-4 at CIFAR size; the CNN also at its own 8x8 input."""
+    return {
+        "cnn_cifar": Workload("cnn_cifar", "digits_cnn", (3, 32, 32), batch_size, "cifar10"),
+        "wrn16_4": Workload("wrn16_4", "wrn16_4", (3, 32, 32), batch_size, "cifar10"),
+        "cnn_digits": Workload("cnn_digits", "digits_cnn", (1, 8, 8), 64, "digits"),
+        # For tests of this script: a few thousand parameters, milliseconds per step.
+        "tiny": Workload("tiny", "digits_cnn", (1, 8, 8), 8, "digits", kwargs={"width": 4}),
+    }
+
+
+def compose(overrides: list[str]):
+    """The config ``sam-train`` would run with these overrides (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sam_train.cli import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def build_model(work: Workload, device: torch.device, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model(
+        work.model, num_classes=work.num_classes, in_chans=work.input_shape[0], **work.kwargs
+    )
+    return model.to(device).train()
+
+
+def make_batch(work: Workload, device: torch.device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(work.batch_size, *work.input_shape, generator=gen)
+    targets = torch.randint(0, work.num_classes, (work.batch_size,), generator=gen)
+    return images.to(device), targets.to(device)
+
+
+def make_engine(
+    model: nn.Module,
+    cfg,
+    *,
+    sam: bool,
+    device: torch.device,
+    precision: str = "none",
+    train_model: nn.Module | None = None,
+    **engine_kwargs: Any,
+) -> Engine:
+    """The optimizer, scheduler and Engine as ``train.py`` builds them from ``cfg``.
+
+    The optimizer is built on ``model``; the Engine runs ``train_model`` when given (the
+    DDP-wrapped or compiled ``model``), as in ``train.py``.
+    """
+    sam_cfg = cfg.sam if sam else compose(["sam=none"]).sam
+    optimizer = build_optimizer(model, cfg.optimizer, sam_cfg)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, 1000)
+    return Engine(
+        model=train_model if train_model is not None else model,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+        device=device,
+        precision=precision,
+        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+        scheduler=scheduler,
+        log_every=cfg.trainer.log_every,
+        **engine_kwargs,
+    )
+
+
+class MinimalSAMLoop:
+    """SAM's two passes written out as a user would, with nothing around them.
+
+    The same base optimizer (timm's, built from the same config) and scheduler; the
+    perturbation with multi-tensor ops; BatchNorm statistics kept to the first pass by
+    zeroing the momentum (the common hand-written trick); w restored by subtracting e(w).
+    """
+
+    def __init__(self, model: nn.Module, cfg, device: torch.device) -> None:
+        self.model = model
+        self.optimizer = build_optimizer(model, cfg.optimizer, compose(["sam=none"]).sam)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.trainer.epochs, 1000)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        self.rho = cfg.sam.rho
+        self.loss_sum = torch.zeros((), device=device)
+        self.steps = 0
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        loss = nn.functional.cross_entropy(self.model(images), targets)
+        loss.backward()
+        self.loss_sum += loss.detach()
+        with torch.no_grad():
+            grads = [p.grad for p in self.params]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            e_w = torch._foreach_mul(grads, self.rho / (norm + 1e-12))
+            torch._foreach_add_(self.params, e_w)
+        self.optimizer.zero_grad(set_to_none=True)
+        momenta = [m.momentum for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+        nn.functional.cross_entropy(self.model(images), targets).backward()
+        for m, momentum in zip(self.norms, momenta, strict=True):
+            m.momentum = momentum
+        with torch.no_grad():
+            torch._foreach_sub_(self.params, e_w)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        self.scheduler.step_update(num_updates=self.steps)
+
+
+# --------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timings:
+    """Seconds per call, one entry per repetition: wall clock, and this process's CPU time.
+
+    CPU time is what the step itself consumed, so it barely moves when other processes take
+    the cores (it excludes DataLoader worker processes; on a GPU it is launch overhead only).
+    """
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    device: torch.device
+
+    def __getitem__(self, name: str) -> list[float]:
+        return self.wall[name]
+
+
+def time_interleaved(
+    configs: dict[str, Callable[[], Any]],
+    *,
+    device: torch.device,
+    warmup: int,
+    reps: int,
+    min_rep_s: float = 0.0,
+) -> Timings:
+    """Time every config ``reps`` times, interleaved.
+
+    After ``warmup`` calls of each config, every repetition runs the same number of calls of
+    every config (enough for the slowest to last ``min_rep_s``), in an order rotated by one
+    each time, so a slow phase of a shared machine hits all configs alike.
+    """
+    names = list(configs)
+    slowest = 0.0
+    for name in names:
+        for _ in range(warmup):
+            synchronize(device)
+            start = time.perf_counter()
+            configs[name]()
+            synchronize(device)
+            slowest = max(slowest, time.perf_counter() - start)
+    calls = max(1, math.ceil(min_rep_s / slowest)) if slowest > 0 else 1
+    timings = Timings({name: [] for name in names}, {name: [] for name in names}, device)
+    for rep in range(reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                configs[name]()
+            synchronize(device)
+            timings.wall[name].append((time.perf_counter() - start) / calls)
+            timings.cpu[name].append((time.process_time() - start_cpu) / calls)
+    return timings
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median of the per-repetition ratios (pairs measured back to back)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def summary(times: list[float], cpu: list[float] | None = None) -> dict[str, Any]:
+    """Median, extremes and the raw repetitions (seconds per call)."""
+    stats: dict[str, Any] = {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "reps": len(times),
+        "wall_s": times,
+    }
+    if cpu is not None:
+        stats["cpu_median_s"] = statistics.median(cpu)
+        stats["cpu_s"] = cpu
+    return stats
+
+
+def cpu_ratio(timings: Timings, numerator: str, denominator: str) -> float | None:
+    """Median over repetitions of the back-to-back CPU-time ratio, when CPU time is the work.
+
+    With one CPU thread, a step's CPU time is its work whether or not other processes held
+    the core meanwhile; pairing the repetitions also cancels slower drifts (a busy sibling
+    hyper-thread, cache pressure). None on a GPU (CPU time is only the launch overhead) and
+    with several threads (CPU time then counts spin-waits).
+    """
+    if timings.device.type != "cpu" or torch.get_num_threads() > 1:
+        return None
+    return median_ratio(timings.cpu[numerator], timings.cpu[denominator])
+
+
+@dataclass
+class Options:
+    device: torch.device
+    warmup: int
+    reps: int
+    min_rep_s: float
+    precision: str
+    work: dict[str, Workload]
+    selected: list[str]
+    data_images: int
+    ddp_steps: int
+    compile_workloads: list[str]
+
+
+# --------------------------------------------------------------------------------------
+# 1. SAM / base step time
+# --------------------------------------------------------------------------------------
+def bench_ratio(opts: Options, cfg) -> list[dict[str, Any]]:
+    results = []
+    for key in opts.selected:
+        work = opts.work[key]
+        images, targets = make_batch(work, opts.device)
+        base_model = build_model(work, opts.device)
+        sam_model = copy.deepcopy(base_model)
+        engines = {
+            "base": make_engine(
+                base_model, cfg, sam=False, device=opts.device, precision=opts.precision
+            ),
+            "sam": make_engine(
+                sam_model, cfg, sam=True, device=opts.device, precision=opts.precision
+            ),
+        }
+        times = time_interleaved(
+            {name: _step(engine, images, targets) for name, engine in engines.items()},
+            device=opts.device,
+            warmup=opts.warmup,
+            reps=opts.reps,
+            min_rep_s=opts.min_rep_s,
+        )
+        base = summary(times["base"], times.cpu["base"])
+        sam = summary(times["sam"], times.cpu["sam"])
+        results.append(
+            {
+                "workload": work.label,
+                "key": key,
+                "base": base,
+                "sam": sam,
+                "sam_over_base": sam["median_s"] / base["median_s"],
+                "sam_over_base_paired": median_ratio(times["sam"], times["base"]),
+                "sam_over_base_cpu": cpu_ratio(times, "sam", "base"),
+                "sam_images_per_s": work.batch_size / sam["median_s"],
+                "base_images_per_s": work.batch_size / base["median_s"],
+            }
+        )
+        _log(f"ratio {work.label}: SAM/base {results[-1]['sam_over_base']:.3f}")
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# 2. Trainer efficiency
+# --------------------------------------------------------------------------------------
+def bench_trainer(opts: Options, cfg) -> list[dict[str, Any]]:
+    results = []
+    for key in opts.selected:
+        work = opts.work[key]
+        images, targets = make_batch(work, opts.device)
+        model = build_model(work, opts.device)
+        engine = make_engine(model, cfg, sam=True, device=opts.device)
+        minimal = MinimalSAMLoop(copy.deepcopy(model), cfg, opts.device)
+        times = time_interleaved(
+            {"trainer": _step(engine, images, targets), "minimal": _step(minimal, images, targets)},
+            device=opts.device,
+            warmup=opts.warmup,
+            reps=opts.reps,
+            min_rep_s=opts.min_rep_s,
+        )
+        trainer = summary(times["trainer"], times.cpu["trainer"])
+        loop = summary(times["minimal"], times.cpu["minimal"])
+        results.append(
+            {
+                "workload": work.label,
+                "key": key,
+                "trainer": trainer,
+                "minimal": loop,
+                "trainer_efficiency": loop["median_s"] / trainer["median_s"],
+                "trainer_efficiency_paired": median_ratio(times["minimal"], times["trainer"]),
+                "trainer_efficiency_cpu": cpu_ratio(times, "minimal", "trainer"),
+            }
+        )
+        _log(f"trainer {work.label}: efficiency {results[-1]['trainer_efficiency']:.3f}")
+    return results
+
+
+# 3. Memory
+# --------------------------------------------------------------------------------------
+def tensors_held(root: Any, skip: tuple[Any, ...] = ()) -> dict[tuple[str, int], torch.Tensor]:
+    """Every tensor storage reachable from ``root`` through containers and attributes.
+
+    Keys identify storages (device, address), so views and repeated references count once;
+    the value is one tensor on that storage. Objects in ``skip`` are not entered.
+    """
+    skip_ids = {id(obj) for obj in skip}
+    found: dict[tuple[str, int], torch.Tensor] = {}
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or id(obj) in skip_ids:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            found.setdefault((str(obj.device), obj.untyped_storage().data_ptr()), obj)
+            if obj.grad is not None:
+                stack.append(obj.grad)
+        elif isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            stack.extend(vars(obj).values())
+    return found
+
+
+def _nbytes(tensors: dict[Any, torch.Tensor]) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors.values())
+
+
+def sam_extra_bytes(optimizer: SAM, model: nn.Module) -> dict[str, Any]:
+    """Bytes the SAM object keeps beyond the parameters, their gradients and the base state.
+
+    Split into tensors shaped like a parameter (copies of weights) and anything else.
+    """
+    base = optimizer.base_optimizer
+    base_state = tensors_held(list(base.state.values()))  # the keys are the parameters
+    shared = {**tensors_held(list(model.parameters())), **base_state}
+    held = tensors_held(optimizer, skip=(base,))
+    extra = {key: t for key, t in held.items() if key not in shared}
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    copies = {}
+    for key, tensor in extra.items():
+        if tuple(tensor.shape) in shapes:
+            shapes.remove(tuple(tensor.shape))
+            copies[key] = tensor
+    others = [t for key, t in extra.items() if key not in copies]
+    return {
+        "sam_extra_bytes": _nbytes(extra),
+        "sam_weight_copy_bytes": _nbytes(copies),
+        "sam_other_bytes": sum(t.untyped_storage().nbytes() for t in others),
+        "sam_other_tensors": [
+            f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in others
+        ],
+        "base_state_bytes": _nbytes(base_state),
+    }
+
+
+def bench_memory(opts: Options, cfg) -> list[dict[str, Any]]:
+    """What SAM keeps between steps, measured on the objects after two training steps."""
+    results = []
+    for key in opts.selected:
+        work = opts.work[key]
+        images, targets = make_batch(work, opts.device)
+        model = build_model(work, opts.device)
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        engine = make_engine(model, cfg, sam=True, device=opts.device)
+        for _ in range(2):
+            engine.train_step(images, targets)
+        held = sam_extra_bytes(engine.optimizer, model)
+        # What the Engine itself holds: everything it references but the built objects.
+        built = (model, engine.optimizer, engine.scheduler, engine.criterion)
+        engine_held = tensors_held(engine, skip=built)
+        buffers = tensors_held(list(model.buffers()))
+        row = {
+            "workload": work.label,
+            "key": key,
+            "param_bytes": param_bytes,
+            **held,
+            "sam_extra_over_params": held["sam_extra_bytes"] / param_bytes,
+            "sam_weight_copies_over_params": held["sam_weight_copy_bytes"] / param_bytes,
+            # The Engine's copy of norm-layer statistics, restored after the second pass.
+            "running_stats_snapshot_bytes": _nbytes(
+                {k: t for k, t in engine_held.items() if k not in buffers}
+            ),
+        }
+        if opts.device.type == "cuda":
+            row.update(_cuda_memory(work, cfg, opts, images, targets))
+        results.append(row)
+        _log(f"memory {work.label}: SAM extra {row['sam_extra_over_params']:.4f}x params")
+    return results
+
+
+def _cuda_memory(work, cfg, opts, images, targets) -> dict[str, int]:
+    """The allocator's view on CUDA: bytes held after a step and the step's peak."""
+    out = {}
+    for name, sam in (("base", False), ("sam", True)):
+        gc.collect()
+        torch.cuda.empty_cache()
+        start = torch.cuda.memory_allocated(opts.device)
+        model = build_model(work, opts.device)
+        engine = make_engine(model, cfg, sam=sam, device=opts.device)
+        engine.train_step(images, targets)
+        torch.cuda.synchronize(opts.device)
+        torch.cuda.reset_peak_memory_stats(opts.device)
+        engine.train_step(images, targets)
+        torch.cuda.synchronize(opts.device)
+        out[f"cuda_{name}_held_bytes"] = torch.cuda.memory_allocated(opts.device) - start
+        out[f"cuda_{name}_peak_bytes"] = torch.cuda.max_memory_allocated(opts.device) - start
+        del engine, model
+    out["cuda_sam_extra_held_bytes"] = out["cuda_sam_held_bytes"] - out["cuda_base_held_bytes"]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 4. DDP communication
+# --------------------------------------------------------------------------------------
+@dataclass
+class CommCounter:
+    """What DDP sends: gradient buckets (seen by a comm hook) and buffer broadcasts."""
+
+    allreduces: int = 0
+    allreduce_bytes: int = 0
+    buckets: set[int] = field(default_factory=set)
+    broadcasts: int = 0
+    broadcast_bytes: int = 0
+
+    def reset(self) -> None:
+        self.allreduces = self.allreduce_bytes = self.broadcasts = self.broadcast_bytes = 0
+        self.buckets = set()
+
+
+def _counting_allreduce_hook(counter: CommCounter, bucket):  # DDP rejects string annotations
+    """DDP's default all-reduce, counted: one call per gradient bucket per synced backward."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    counter.allreduces += 1
+    counter.allreduce_bytes += bucket.buffer().numel() * bucket.buffer().element_size()
+    counter.buckets.add(bucket.index())
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def instrument_ddp(ddp: nn.parallel.DistributedDataParallel) -> CommCounter:
+    """Count DDP's gradient all-reduces (comm hook) and buffer broadcasts (a wrapper)."""
+    counter = CommCounter()
+    ddp.register_comm_hook(counter, _counting_allreduce_hook)
+    broadcast = ddp._distributed_broadcast_coalesced
+
+    def counted(tensors, buffer_size, authoritative_rank=0):
+        counter.broadcasts += 1
+        counter.broadcast_bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return broadcast(tensors, buffer_size, authoritative_rank)
+
+    ddp._distributed_broadcast_coalesced = counted
+    return counter
+
+
+DDP_MODES = {  # name: (SAM, Engine.sync_perturbation)
+    "base optimizer": (False, False),
+    "sam default": (True, False),
+    "sam sync_perturbation": (True, True),
+}
+
+
+def ddp_measure(
+    work: Workload,
+    cfg,
+    device: torch.device,
+    *,
+    warmup: int,
+    steps: int,
+    bucket_cap_mb: float | None = None,
+) -> dict[str, Any]:
+    """On each rank of an initialised process group: communication per step in each mode.
+
+    ``bucket_cap_mb`` None keeps DDP's default buckets (about 1 MiB first, then 25 MiB).
+    """
+    rank = dist.get_rank()
+    results = {}
+    for mode, (sam, sync) in DDP_MODES.items():
+        model = build_model(work, device)
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+        counter = instrument_ddp(ddp)
+        engine = make_engine(
+            model, cfg, sam=sam, device=device, train_model=ddp, sync_perturbation=sync
+        )
+        images, targets = make_batch(work, device, seed=rank)
+        for _ in range(warmup):  # the first step also rebuilds DDP's buckets
+            engine.train_step(images, targets)
+        counter.reset()
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.train_step(images, targets)
+        elapsed = (time.perf_counter() - start) / steps
+        results[mode] = {
+            "allreduces_per_step": counter.allreduces / steps,
+            "allreduce_bytes_per_step": counter.allreduce_bytes / steps,
+            "buckets": len(counter.buckets),
+            "buffer_broadcasts_per_step": counter.broadcasts / steps,
+            "buffer_broadcast_bytes_per_step": counter.broadcast_bytes / steps,
+            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "step_s": elapsed,
+        }
+    return results
+
+
+def _ddp_worker(rank: int, world_size: int, init_file: str, payload: dict, out: str) -> None:
+    torch.set_num_threads(payload["threads"])
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        register_configs()
+        cfg = compose(payload["overrides"])
+        results = {}
+        for fields in payload["workloads"]:
+            work = Workload(**{**fields, "input_shape": tuple(fields["input_shape"])})
+            results[work.name] = ddp_measure(
+                work, cfg, torch.device("cpu"), warmup=payload["warmup"], steps=payload["steps"]
+            )
+        if rank == 0:
+            Path(out).write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def bench_ddp(opts: Options, overrides: list[str]) -> list[dict[str, Any]]:
+    """Two processes, gloo on the CPU: what is communicated does not depend on the device."""
+    world_size = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "ddp.json")
+        payload = {
+            "workloads": [asdict(opts.work[key]) for key in opts.selected],
+            "overrides": overrides,
+            "warmup": 1,
+            "steps": opts.ddp_steps,
+            "threads": max(1, torch.get_num_threads() // world_size),
+        }
+        mp.spawn(
+            _ddp_worker,
+            args=(world_size, os.path.join(tmp, "init"), payload, out),
+            nprocs=world_size,
+        )
+        measured = json.loads(Path(out).read_text())
+    results = []
+    for key in opts.selected:
+        work, modes = opts.work[key], measured[key]
+        results.append({"workload": work.label, "key": key, "world_size": world_size, **modes})
+        default = modes["sam default"]
+        _log(
+            f"ddp {work.label}: SAM default {default['allreduces_per_step']:g} bucket "
+            f"all-reduce(s) per step, {default['buckets']} bucket(s)"
+        )
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# 5. Data loading against training
+# --------------------------------------------------------------------------------------
+def write_synthetic_cifar10(root: Path, train_images: int, test_images: int) -> Path:
+    """Random images in torchvision's CIFAR-10 pickle layout (five train batches, one test)."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {f"data_batch_{i}": train_images // 5 for i in range(1, 6)}
+    files["test_batch"] = test_images
+    for name, count in files.items():
+        entry = {
+            "data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=count).tolist(),
+        }
+        with open(folder / name, "wb") as handle:
+            pickle.dump(entry, handle)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, handle)
+    return root
+
+
+def _epoch(loader, device: torch.device) -> Callable[[], None]:
+    """One full pass over a loader; the clock starts before its workers get the indices."""
+
+    def run() -> None:
+        for _images, _targets in loader:
+            pass
+        synchronize(device)
+
+    return run
+
+
+def bench_data(opts: Options, overrides: list[str], tmp: Path) -> list[dict[str, Any]]:
+    """Images/s of each loader alone (full epochs) and of SAM training, interleaved."""
+    results = []
+    for dataset in dict.fromkeys(opts.work[key].dataset for key in opts.selected):
+        if dataset == "cifar10":
+            root = write_synthetic_cifar10(tmp / "cifar", opts.data_images, 1000)
+            cfg = compose([*overrides, "dataset=cifar10", f"dataset.root={root}"])
+        else:  # digits as the quickstart reads it
+            cfg = compose([*overrides, "experiment=quickstart"])
+        pair = build_datasets(
+            cfg.dataset.name,
+            root=cfg.dataset.root,
+            num_classes=cfg.dataset.num_classes,
+            download=False,
+            verify_checksums=False,
+            test_fraction=cfg.dataset.test_fraction,
+        )
+        keys = [key for key in opts.selected if opts.work[key].dataset == dataset]
+        batch_size = opts.work[keys[0]].batch_size
+        kinds = ["dataloader", "gpu"] if dataset in ("cifar10", "cifar100") else ["dataloader"]
+        configs: dict[str, Callable[[], Any]] = {}
+        for kind in kinds:
+            loaders = build_loaders(
+                pair.train,
+                pair.test,
+                batch_size=batch_size,
+                eval_batch_size=batch_size,
+                num_workers=cfg.trainer.num_workers,
+                seed=0,
+                pin_memory=opts.device.type == "cuda",
+                kind=kind,
+                device=opts.device,
+            )
+            configs[kind] = _epoch(loaders.train, opts.device)
+        labels = {}
+        for key in keys:
+            work = opts.work[key]
+            images, targets = make_batch(work, opts.device)
+            engine = make_engine(build_model(work, opts.device), cfg, sam=True, device=opts.device)
+            configs[work.label] = _step(engine, images, targets)
+            labels[work.label] = work
+        # A loader "call" is a full epoch, a training call one step; both alternate.
+        times = time_interleaved(
+            configs, device=opts.device, warmup=1, reps=max(3, (opts.reps + 1) // 2)
+        )
+        epoch_images = len(pair.train) // batch_size * batch_size
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "train_images": len(pair.train),
+            "batch_size": batch_size,
+            "num_workers": cfg.trainer.num_workers,
+            "loaders": {
+                kind: {
+                    "images_per_s": epoch_images / statistics.median(times[kind]),
+                    **summary(times[kind]),
+                }
+                for kind in kinds
+            },
+            "training": {},
+        }
+        loader_rate = row["loaders"]["dataloader"]["images_per_s"]
+        for label, work in labels.items():
+            rate = work.batch_size / statistics.median(times[label])
+            row["training"][label] = {
+                "images_per_s": rate,
+                "loader_over_training": loader_rate / rate,
+                **summary(times[label]),
+            }
+        results.append(row)
+        _log(f"data {dataset}: DataLoader {loader_rate:.0f} images/s")
+    return results
+
+
+def _step(engine, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], Any]:
+    return lambda: engine.train_step(images, targets)
+
+
+# --------------------------------------------------------------------------------------
+# 6. torch.compile against eager
+# --------------------------------------------------------------------------------------
+def bench_compile(opts: Options, cfg) -> list[dict[str, Any]]:
+    """``trainer.compile=true``: the Engine running ``torch.compile(model)``, SAM steps."""
+    results = []
+    for key in opts.compile_workloads:
+        work = opts.work[key]
+        images, targets = make_batch(work, opts.device)
+        eager_model = build_model(work, opts.device)
+        compiled_model = copy.deepcopy(eager_model)
+        eager = make_engine(eager_model, cfg, sam=True, device=opts.device)
+        compiled = make_engine(
+            compiled_model,
+            cfg,
+            sam=True,
+            device=opts.device,
+            train_model=torch.compile(compiled_model),
+        )
+        try:
+            start = time.perf_counter()
+            compiled.train_step(images, targets)  # compiles the forward and backward graphs
+            synchronize(opts.device)
+            compile_s = time.perf_counter() - start
+        except Exception as err:  # no C++ compiler, unsupported platform, ...
+            results.append({"workload": work.label, "key": key, "error": repr(err)[:300]})
+            _log(f"compile {work.label}: failed: {err!r}"[:200])
+            continue
+        times = time_interleaved(
+            {"eager": _step(eager, images, targets), "compiled": _step(compiled, images, targets)},
+            device=opts.device,
+            warmup=opts.warmup,
+            reps=opts.reps,
+            min_rep_s=opts.min_rep_s,
+        )
+        row = {
+            "workload": work.label,
+            "key": key,
+            "compile_s": compile_s,
+            "eager": summary(times["eager"], times.cpu["eager"]),
+            "compiled": summary(times["compiled"], times.cpu["compiled"]),
+            "speedup": statistics.median(times["eager"]) / statistics.median(times["compiled"]),
+            "speedup_paired": median_ratio(times["eager"], times["compiled"]),
+            "speedup_cpu": cpu_ratio(times, "eager", "compiled"),
+        }
+        results.append(row)
+        _log(
+            f"compile {work.label}: {row['speedup']:.2f}x eager (compiling took {compile_s:.0f} s)"
+        )
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def headline(row: dict[str, Any], key: str) -> tuple[float, str]:
+    """The ratio a target is judged on: the median of the back-to-back ratios of CPU time
+    where that is the work (one CPU thread), else of wall time."""
+    if row.get(key + "_cpu") is not None:
+        return row[key + "_cpu"], "paired CPU time"
+    return row[key + "_paired"], "paired wall time"
+
+
+def _ratio_cell(row: dict[str, Any], key: str, digits: int = 3) -> str:
+    value, basis = headline(row, key)
+    return (
+        f"**{value:.{digits}f}** ({basis}; medians of wall times {row[key]:.{digits}f}, "
+        f"paired {row[key + '_paired']:.{digits}f})"
+    )
+
+
+def _ms(stats: dict[str, float]) -> str:
+    return f"{1e3 * stats['median_s']:.1f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The targets table, then one table per section."""
+    meta, machine = report["meta"], report["meta"]["machine"]
+    gpu = f", {machine['gpu']}" if "gpu" in machine else ""
+    lines = [
+        f"`{meta['command']}` at commit {machine['git_commit']}: torch {machine['torch']}, "
+        f"{machine['device']}{gpu}, {machine['threads']} thread(s) on {machine['cpu_count']} "
+        f"cores; medians of {meta['reps']} interleaved repetitions after {meta['warmup']} "
+        f"warm-up step(s); {meta['wall_s']} s in all.",
+        f"The machine was shared: load average {meta['load_before'][0]} before, "
+        f"{meta['load_after'][0]} after. Absolute times suffer; each comparison is "
+        "interleaved and judged on its paired ratio (the median over repetitions of the "
+        "back-to-back ratio) of CPU time where that is the work (one thread), else of wall "
+        "time.",
+        "",
+        "| measure | workload | measured | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    t = report["targets"]
+    for row in report.get("ratio", []):
+        value, _ = headline(row, "sam_over_base")
+        lines.append(
+            f"| SAM step / base step | {row['workload']} | {_ratio_cell(row, 'sam_over_base')} "
+            f"| <= {t['sam_over_base']} | {_met(value <= t['sam_over_base'])} |"
+        )
+    for row in report.get("trainer", []):
+        value, _ = headline(row, "trainer_efficiency")
+        lines.append(
+            f"| trainer efficiency (minimal loop / Engine) | {row['workload']} | "
+            f"{_ratio_cell(row, 'trainer_efficiency')} | >= {t['trainer_efficiency']} | "
+            f"{_met(value >= t['trainer_efficiency'])} |"
+        )
+    for row in report.get("memory", []):
+        value = row["sam_weight_copies_over_params"]
+        other = ", ".join(row["sam_other_tensors"]) or "nothing"
+        lines.append(
+            f"| SAM extra memory / parameter bytes | {row['workload']} | {value:.3f} "
+            f"(weight copies, {row['sam_weight_copy_bytes'] / 2**20:.2f} MiB) + "
+            f"{row['sam_other_bytes']} B ({other}) | "
+            f"<= {t['sam_extra_memory_over_params']} | "
+            f"{_met(value <= t['sam_extra_memory_over_params'])} |"
+        )
+    for row in report.get("ddp", []):
+        default = row["sam default"]
+        reductions = default["allreduces_per_step"] / max(default["buckets"], 1)
+        lines.append(
+            f"| gradient all-reduces per step, DDP default (per bucket) | {row['workload']} | "
+            f"{reductions:g} ({default['allreduces_per_step']:g} calls, "
+            f"{default['buckets']} bucket(s)) | 1 | {_met(reductions == 1)} |"
+        )
+    for row in report.get("data", []):
+        for label, train in row["training"].items():
+            value = train["loader_over_training"]
+            target = t["loader_over_training"] if row["dataset"].startswith("cifar") else None
+            lines.append(
+                f"| loader / SAM training images/s ({row['dataset']}, "
+                f"{row['num_workers']} workers) | {label} | {value:.1f} | "
+                + (f">= {target} | {_met(value >= target)} |" if target else "- | - |")
+            )
+    for row in report.get("compile", []):
+        if "error" in row:
+            lines.append(f"| torch.compile speed-up | {row['workload']} | failed | - | - |")
+        else:
+            lines.append(
+                f"| torch.compile speed-up (eager / compiled) | {row['workload']} | "
+                f"{_ratio_cell(row, 'speedup', 2)} | - | - |"
+            )
+    return "\n".join(lines + _detail_tables(report)) + "\n"
+
+
+def _detail_tables(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if report.get("ratio"):
+        lines += [
+            "",
+            "| workload | base ms/step | SAM ms/step | SAM images/s |",
+            "|---|---|---|---|",
+        ]
+        for row in report["ratio"]:
+            lines.append(
+                f"| {row['workload']} | {_ms(row['base'])} | {_ms(row['sam'])} | "
+                f"{row['sam_images_per_s']:.0f} |"
+            )
+    if report.get("trainer"):
+        lines += ["", "| workload | minimal loop ms/step | Engine ms/step |", "|---|---|---|"]
+        for row in report["trainer"]:
+            lines.append(f"| {row['workload']} | {_ms(row['minimal'])} | {_ms(row['trainer'])} |")
+    if report.get("memory"):
+        lines += [
+            "",
+            "| workload | parameters MiB | base optimizer state MiB | SAM extra MiB | "
+            "Engine's running-stats snapshot KiB |",
+            "|---|---|---|---|---|",
+        ]
+        for row in report["memory"]:
+            lines.append(
+                f"| {row['workload']} | {row['param_bytes'] / 2**20:.2f} | "
+                f"{row['base_state_bytes'] / 2**20:.2f} | {row['sam_extra_bytes'] / 2**20:.2f} | "
+                f"{row['running_stats_snapshot_bytes'] / 2**10:.1f} |"
+            )
+    if report.get("ddp"):
+        lines += [
+            "",
+            "| DDP, 2 processes, gloo | mode | all-reduce calls/step | MiB/step | "
+            "buffer broadcasts/step | ms/step (not interleaved) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in report["ddp"]:
+            for mode in DDP_MODES:
+                m = row[mode]
+                lines.append(
+                    f"| {row['workload']} | {mode} | {m['allreduces_per_step']:g} | "
+                    f"{m['allreduce_bytes_per_step'] / 2**20:.2f} | "
+                    f"{m['buffer_broadcasts_per_step']:g} | {1e3 * m['step_s']:.0f} |"
+                )
+    if report.get("data"):
+        lines += ["", "| data set | what | images/s |", "|---|---|---|"]
+        for row in report["data"]:
+            for kind, stats in row["loaders"].items():
+                what = (
+                    f"DataLoader, {row['num_workers']} workers, batch {row['batch_size']}"
+                    if kind == "dataloader"
+                    else f"dataset.loader=gpu on {report['meta']['machine']['device']}"
+                )
+                lines.append(f"| {row['dataset']} | {what} | {stats['images_per_s']:.0f} |")
+            for label, train in row["training"].items():
+                lines.append(
+                    f"| {row['dataset']} | SAM training, {label} | {train['images_per_s']:.0f} |"
+                )
+    if report.get("compile"):
+        lines += [
+            "",
+            "| workload | eager ms/step | compiled ms/step | first compiled step s |",
+            "|---|---|---|---|",
+        ]
+        for row in report["compile"]:
+            if "error" not in row:
+                lines.append(
+                    f"| {row['workload']} | {_ms(row['eager'])} | {_ms(row['compiled'])} | "
+                    f"{row['compile_s']:.0f} |"
+                )
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="sam-train benchmarks (see the module docstring for what each measures)"
+    )
+    parser.add_argument("--quick", action="store_true", help="the `make bench` preset")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument(
+        "--workloads", default="cnn_cifar,wrn16_4,cnn_digits", help="comma-separated"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (--quick on a CPU: 1)"
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="of the CIFAR workloads")
+    parser.add_argument("--warmup", type=int, default=None, help="steps before timing")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions")
+    parser.add_argument("--min-rep-s", type=float, default=None, help="seconds per repetition")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    parser.add_argument("--data-images", type=int, default=5000, help="synthetic CIFAR images")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif args.quick and not on_gpu:
+        # Multi-threaded CPU kernels stall whenever another process holds one of the cores
+        # (each parallel region waits for its slowest thread), which on a shared machine
+        # swamps what is measured; one thread keeps the quick run's ratios meaningful.
+        torch.set_num_threads(1)
+    work = workloads(args.batch_size or (128 if on_gpu else 32))
+    selected = args.workloads.split(",")
+    sections = args.sections.split(",")
+    unknown = [n for n in selected if n not in work] + [n for n in sections if n not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"bench.py: unknown workload or section: {', '.join(unknown)}")
+    quick = args.quick
+    opts = Options(
+        device=device,
+        warmup=args.warmup if args.warmup is not None else (1 if quick else 3),
+        reps=args.reps or (7 if quick else 15),
+        min_rep_s=args.min_rep_s if args.min_rep_s is not None else (1.0 if quick else 2.0),
+        precision=args.amp,
+        work=work,
+        selected=selected,
+        data_images=args.data_images,
+        ddp_steps=3 if quick else 10,
+        # Compiling takes a minute or more per model on 2 CPU cores: one model when quick.
+        compile_workloads=selected[:1] if quick and not on_gpu else selected,
+    )
+    register_configs()
+    overrides = [f"trainer.device={device.type}"]
+    cfg = compose(overrides)
+    shown = argv if argv is not None else sys.argv[1:]
+    report: dict[str, Any] = {
+        "meta": {
+            "command": " ".join(["python scripts/bench.py", *shown]),
+            "machine": machine_info(device),
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+            "warmup": opts.warmup,
+            "reps": opts.reps,
+            "min_rep_s": opts.min_rep_s,
+            "precision": opts.precision,
+            "config": f"optimizer {cfg.optimizer.name} lr {cfg.optimizer.lr}, sam rho "
+            f"{cfg.sam.rho}, scheduler {cfg.scheduler.name}",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        "targets": TARGETS,
+    }
+    started = time.perf_counter()
+    _log(f"device {device}, {torch.get_num_threads()} thread(s), workloads {selected}")
+    with tempfile.TemporaryDirectory() as tmp:
+        runners: dict[str, Callable[[], list[dict[str, Any]]]] = {
+            "ratio": lambda: bench_ratio(opts, cfg),
+            "trainer": lambda: bench_trainer(opts, cfg),
+            "memory": lambda: bench_memory(opts, cfg),
+            "ddp": lambda: bench_ddp(opts, overrides),
+            "data": lambda: bench_data(opts, overrides, Path(tmp)),
+            "compile": lambda: bench_compile(opts, cfg),
+        }
+        for section in SECTIONS:
+            if section in sections:
+                report[section] = runners[section]()
+    report["meta"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out / "bench.md").write_text(table)
+    _log(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
