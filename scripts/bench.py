@@ -474,7 +474,9 @@ def bench_memory(opts: Options, cfg) -> list[dict[str, Any]]:
         # What the Engine itself holds: everything it references but the built objects.
         built = (model, engine.optimizer, engine.scheduler, engine.criterion)
         engine_held = tensors_held(engine, skip=built)
-        buffers = tensors_held(list(model.buffers()))
+        # Not the Engine's own: the model's buffers, and the first-pass gradient norm it keeps
+        # for logging, which is SAM's tensor (counted in SAM's extra memory).
+        not_engine = tensors_held([*model.buffers(), engine.optimizer.last_grad_norm])
         row = {
             "workload": work.label,
             "key": key,
@@ -484,7 +486,7 @@ def bench_memory(opts: Options, cfg) -> list[dict[str, Any]]:
             "sam_weight_copies_over_params": held["sam_weight_copy_bytes"] / param_bytes,
             # The Engine's copy of norm-layer statistics, restored after the second pass.
             "running_stats_snapshot_bytes": _nbytes(
-                {k: t for k, t in engine_held.items() if k not in buffers}
+                {k: t for k, t in engine_held.items() if k not in not_engine}
             ),
         }
         if opts.device.type == "cuda":
