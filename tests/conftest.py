@@ -94,7 +94,8 @@ def run_cli(
     args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``python -m sam_train ARGS`` as a user would, in ``cwd``."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", **(env or {})}
+    # One thread: a second process on 2 shared cores makes threaded kernels spin-wait.
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "sam_train", *args],
         cwd=cwd,
