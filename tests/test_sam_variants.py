@@ -574,5 +574,6 @@ def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_pat
         timeout=300,
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["gsam", "True", "looksam", "True", "interval", "True"]
+    report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, report
+    assert result.stdout.split() == ["gsam", "True", "looksam", "True", "interval", "True"], report
