@@ -7,11 +7,14 @@ form; the NumPy references below are written from the papers' algorithms, not fr
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import REPO, compose_config
 from torch import nn
 
 from sam_train.builders import build_optimizer
@@ -519,3 +522,58 @@ def test_bad_sam_options_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(compose_config(overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- DDP
+_DDP_SCRIPT = """
+import torch, torch.distributed as dist
+from torch import nn
+from sam_train.engine import Engine
+from sam_train.sam import VARIANTS
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+for name, kwargs in [("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2})]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = VARIANTS[name](model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
+    engine = Engine(ddp, opt, nn.CrossEntropyLoss(), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(100 + rank)  # each replica its own data
+    for _ in range(4):
+        x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+        engine.train_step(x, y)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        print(name, torch.equal(gathered[0], gathered[1]))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_path):
+    """Steps without a second pass, and GSAM/LookSAM's combination of the gradient at w with
+    the perturbed one, must use the all-reduced first gradient or the replicas drift apart."""
+    script = tmp_path / "ddp_variants.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, report
+    assert result.stdout.split() == ["gsam", "True", "looksam", "True", "interval", "True"], report

@@ -140,8 +140,9 @@ class SAM(Optimizer):
         self._step_params: list[torch.Tensor] = []
         self._did_perturb = False
         self._pending_combine = False
-        # The mask of ESAM's perturbation comes from a generator of its own: the engine replays
-        # the global generator for the second pass, which would otherwise replay the mask too.
+        # ESAM's masks come from a generator of their own: the engine rewinds the global one
+        # before the second pass (same dropout draws), which would rewind a mask drawn from it
+        # too, and in a model without random layers repeat the same mask every step.
         self._mask_seed = (
             int(torch.randint(0, 2**62, ()).item()) if self.perturb_fraction < 1.0 else 0
         )
