@@ -248,7 +248,7 @@ def check_fp16_overflow_skips_on_every_rank() -> None:
 class SkipsAscent(SAM):
     """A variant that skips the perturbation on every step (first_step returns False)."""
 
-    def first_step(self, zero_grad: bool = False) -> bool:
+    def first_step(self, zero_grad: bool = False, ascent_closure=None) -> bool:
         return False
 
 
