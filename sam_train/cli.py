@@ -45,9 +45,9 @@ class RunFolderCheck(Callback):
             )
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / ".write_test"
+            probe = run_dir / f".write_test.{os.getpid()}"  # one per rank: they run this at once
             probe.write_text("")
-            probe.unlink()
+            probe.unlink(missing_ok=True)
         except OSError as err:
             fail(f"output folder {run_dir} is not writable ({err.strerror or err})")
 
