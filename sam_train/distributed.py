@@ -9,12 +9,14 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 
 from sam_train.errors import ConfigError
 
@@ -67,8 +69,46 @@ def init_distributed(device_type: str | None = None) -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         backend = {None: None, "cuda": "nccl"}.get(device_type, "gloo")
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend, store=restart_safe_store(world_size), rank=rank, world_size=world_size
+        )
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def restart_safe_store(world_size: int) -> dist.Store | None:
+    """The agent's store, namespaced by restart attempt, when torchrun shares its store.
+
+    torchrun's c10d rendezvous hands the workers of every restart attempt the same TCPStore
+    (``TORCHELASTIC_USE_AGENT_STORE``), and ``env://`` adds no per-attempt prefix. The keys
+    that gloo and NCCL write at start-up (each rank's address) then survive a restart, and a
+    restarted rank can read its peer's address from the dead attempt: "connectFullMesh
+    failed ... Connection refused" (pytorch/pytorch#135712). Prefixing the keys with
+    ``TORCHELASTIC_RESTART_COUNT`` (as torchelastic did before sharing the store) separates
+    the attempts. That count is the same on every rank of a single-node job; agents on
+    different nodes can count differently, so a multi-node job with restarts should opt out
+    of the sharing instead, and gets a warning saying so. ``None`` keeps ``env://``.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    if int(env.get("GROUP_WORLD_SIZE", "1")) > 1:
+        if int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and env.get("RANK") == "0":
+            warnings.warn(
+                "multi-node torchrun with --max-restarts shares one store across restarts; "
+                "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 so a restart cannot read the "
+                "previous attempt's addresses (pytorch/pytorch#135712)",
+                stacklevel=2,
+            )
+        return None
+    agent_store = dist.TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=default_pg_timeout,
+    )
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"sam_train/attempt_{attempt}", agent_store)
 
 
 def cleanup() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,12 @@ from sam_train.models import create_model
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
-def torchrun(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def torchrun(
+    args: list[str], cwd: Path, timeout: float = 600, restarts: int = 0
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command.append(f"--max-restarts={restarts}")
     return subprocess.run(
         [*command, "--nproc_per_node=2", *args],
         cwd=cwd,
@@ -55,6 +59,14 @@ def test_engine_under_ddp_matches_single_process_references(tmp_path):
     assert all(
         c["buffer_broadcasts_per_step"] == 0 for k, c in counts.items() if "broadcast" not in k
     )
+
+
+def test_restarted_group_joins_despite_the_previous_attempts_store_keys(tmp_path):
+    """torchrun reuses one store across restarts; a restart must not dial the dead attempt."""
+    result = torchrun([str(REPO / "tests" / "restart_worker.py")], cwd=tmp_path, restarts=1)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    restarted = re.findall(r"RESTARTED rank (\d) attempt (\d)", result.stdout)
+    assert sorted(restarted) == [("0", "1"), ("1", "1")], result.stdout
 
 
 def test_two_process_quickstart_one_run_folder_exact_test_set(tmp_path):

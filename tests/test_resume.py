@@ -149,10 +149,6 @@ def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> subprocess.Popen
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.skip(
-    reason="intermittent: a rank fails gloo's connectFullMesh (connection refused) at start-up "
-    "of this launch; not yet diagnosed, see the issue 7 note"
-)
 def test_two_processes_rank_killed_torchrun_restarts_and_resumes_exactly(tmp_path):
     args = [*RUN, "resume=auto"]
     reference_run = tmp_path / "reference"
