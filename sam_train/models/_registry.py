@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
@@ -42,11 +44,58 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+class PooledLinearHead:
+    """timm's classifier interface for a ``forward_features`` that ends in a feature map.
+
+    The head is global average pooling (or flattening, ``global_pool=""``), dropout and a linear
+    ``fc``, so ``timm.create_model(..., num_classes=0)``, ``reset_classifier`` and
+    ``forward_head(pre_logits=True)`` behave as for timm's own models. Mix it in before
+    ``nn.Module`` and call :meth:`init_head` at the end of ``__init__``: the classifier is the
+    last layer created, so the random initialisation of every model stays what it was.
+    """
+
+    fc: nn.Module
+    num_features: int
+    num_classes: int
+    global_pool: str
+    head_drop_rate: float
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_head(
+        self, num_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0
+    ) -> None:
+        self.num_features = num_features
+        self.head_drop_rate = drop_rate
+        self.global_pool = global_pool
+        self.reset_classifier(num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
+        if self.head_drop_rate:
+            x = F.dropout(x, self.head_drop_rate, self.training)  # type: ignore[attr-defined]
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
+    "PooledLinearHead",
     "cifar_cfg",
     "init_weights",
 ]

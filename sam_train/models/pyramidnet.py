@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import cifar_cfg, init_weights
+from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights
 from sam_train.models.shake import ShakeDrop
 
 
@@ -53,7 +53,7 @@ class PyramidBottleneck(nn.Module):
         return out + shortcut
 
 
-class PyramidNet(nn.Module):
+class PyramidNet(PooledLinearHead, nn.Module):
     """Bottleneck PyramidNet-depth with widening factor alpha; timm's classifier interface."""
 
     def __init__(
@@ -76,9 +76,7 @@ class PyramidNet(nn.Module):
         to_int = round if width_rounding == "round" else math.floor
         blocks = (depth - 2) // 9
         total = 3 * blocks
-        self.num_classes = num_classes
         self.drop_rate = drop_rate
-        self.global_pool = global_pool
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
         )
@@ -94,30 +92,12 @@ class PyramidNet(nn.Module):
                 in_chs = to_int(width) * PyramidBottleneck.expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.num_features = in_chs
         self.norm = nn.BatchNorm2d(in_chs)
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes else nn.Identity()
+        self.init_head(in_chs, num_classes, global_pool, drop_rate)
         init_weights(self)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.norm(self.stages(self.stem(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
-        x = F.dropout(x, self.drop_rate, self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> PyramidNet:

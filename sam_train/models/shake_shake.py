@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import cifar_cfg, init_weights
+from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights
 from sam_train.models.shake import shake_shake
 
 
@@ -63,7 +63,7 @@ class ShakeShakeBlock(nn.Module):
         return mixed + (x if self.shortcut is None else self.shortcut(x))
 
 
-class ShakeShakeResNet(nn.Module):
+class ShakeShakeResNet(PooledLinearHead, nn.Module):
     """Shake-Shake ResNet-depth with widths base_width x (1, 2, 4); timm classifier interface."""
 
     def __init__(
@@ -80,10 +80,7 @@ class ShakeShakeResNet(nn.Module):
             raise ValueError(f"Shake-Shake depth must be 6n + 2 with n >= 1, got {depth}")
         blocks = (depth - 2) // 6
         widths = [base_width, 2 * base_width, 4 * base_width]
-        self.num_classes = num_classes
-        self.num_features = widths[-1]
         self.drop_rate = drop_rate
-        self.global_pool = global_pool
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
         )
@@ -95,28 +92,11 @@ class ShakeShakeResNet(nn.Module):
                 in_chs = width
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.init_head(widths[-1], num_classes, global_pool, drop_rate)
         init_weights(self)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
-        x = F.dropout(x, self.drop_rate, self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs({"shake_shake26_2x96d": cifar_cfg(first_conv="stem.0")})

@@ -8,7 +8,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import cifar_cfg
+from sam_train.models._registry import PooledLinearHead, cifar_cfg
 
 
 def _conv_bn(in_chs: int, out_chs: int) -> nn.Sequential:
@@ -19,7 +19,7 @@ def _conv_bn(in_chs: int, out_chs: int) -> nn.Sequential:
     )
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(PooledLinearHead, nn.Module):
     """Three conv-BN-ReLU stages, one 2x pooling, global average pool, dropout, linear."""
 
     def __init__(
@@ -30,33 +30,17 @@ class SmallCNN(nn.Module):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.num_features = 4 * width
+        self.drop_rate = drop_rate
         self.features = nn.Sequential(
             _conv_bn(in_chans, width),
             _conv_bn(width, 2 * width),
             nn.MaxPool2d(2),
             _conv_bn(2 * width, 4 * width),
         )
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.init_head(4 * width, num_classes, "avg", drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(x.mean((2, 3)))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs(

@@ -12,7 +12,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import cifar_cfg
+from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights
 
 
 class _BasicBlock(nn.Module):
@@ -37,7 +37,7 @@ class _BasicBlock(nn.Module):
         return out + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledLinearHead, nn.Module):
     """WRN-depth-widen for small images, with timm's classifier interface."""
 
     def __init__(
@@ -54,8 +54,7 @@ class WideResNet(nn.Module):
             raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
         blocks = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.num_classes = num_classes
-        self.num_features = widths[-1]
+        self.drop_rate = drop_rate
         self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
         stages = []
         for i, stride in enumerate((1, 2, 2)):
@@ -71,38 +70,12 @@ class WideResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(widths[-1])
-        self.global_pool = global_pool
-        self.fc = nn.Linear(widths[-1], num_classes) if num_classes else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        # WRN's dropout sits between the convolutions of each block, not before the classifier.
+        self.init_head(widths[-1], num_classes, global_pool)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.norm(self.stages(self.stem(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create(variant: str, depth: int, widen_factor: int, pretrained: bool, **kwargs: Any):
