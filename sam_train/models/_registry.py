@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,6 +43,24 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def cifar_stages(
+    block: Callable[[int, int, int], nn.Module],
+    in_chs: int,
+    widths: tuple[int, int, int],
+    blocks_per_stage: int,
+) -> nn.Sequential:
+    """The three stages of the CIFAR ResNets: ``block(in_chs, out_chs, stride)`` repeated, the
+    first block of the second and third stage halving the resolution."""
+    stages = []
+    for width, stride in zip(widths, (1, 2, 2), strict=True):
+        layers = []
+        for b in range(blocks_per_stage):
+            layers.append(block(in_chs, width, stride if b == 0 else 1))
+            in_chs = width
+        stages.append(nn.Sequential(*layers))
+    return nn.Sequential(*stages)
 
 
 class PooledLinearHead:
@@ -97,5 +116,6 @@ __all__ = [
     "IMAGENET_DEFAULT_STD",
     "PooledLinearHead",
     "cifar_cfg",
+    "cifar_stages",
     "init_weights",
 ]

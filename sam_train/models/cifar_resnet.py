@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights
+from sam_train.models._registry import PooledLinearHead, cifar_cfg, cifar_stages, init_weights
 
 
 class BasicBlock(nn.Module):
@@ -52,21 +52,14 @@ class CifarResNet(PooledLinearHead, nn.Module):
         if (depth - 2) % 6 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
         blocks = (depth - 2) // 6
-        widths = [base_width, 2 * base_width, 4 * base_width]
+        widths = (base_width, 2 * base_width, 4 * base_width)
         self.drop_rate = drop_rate
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, base_width, 3, padding=1, bias=False),
             nn.BatchNorm2d(base_width),
             nn.ReLU(inplace=True),
         )
-        stages, in_chs = [], base_width
-        for width, stride in zip(widths, (1, 2, 2), strict=True):
-            layers = []
-            for b in range(blocks):
-                layers.append(BasicBlock(in_chs, width, stride if b == 0 else 1))
-                in_chs = width
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
+        self.stages = cifar_stages(BasicBlock, base_width, widths, blocks)
         self.init_head(widths[-1], num_classes, global_pool, drop_rate)
         init_weights(self)
 

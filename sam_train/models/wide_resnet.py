@@ -6,13 +6,14 @@ architecture of the SAM paper's CIFAR tables (WRN-28-10: 36.5M parameters).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights
+from sam_train.models._registry import PooledLinearHead, cifar_cfg, cifar_stages, init_weights
 
 
 class _BasicBlock(nn.Module):
@@ -53,22 +54,11 @@ class WideResNet(PooledLinearHead, nn.Module):
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
         blocks = (depth - 4) // 6
-        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.drop_rate = drop_rate
         self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
-        stages = []
-        for i, stride in enumerate((1, 2, 2)):
-            layers = [
-                _BasicBlock(
-                    widths[i] if b == 0 else widths[i + 1],
-                    widths[i + 1],
-                    stride if b == 0 else 1,
-                    drop_rate,
-                )
-                for b in range(blocks)
-            ]
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
+        block = partial(_BasicBlock, drop_rate=drop_rate)
+        self.stages = cifar_stages(block, widths[0], widths[1:], blocks)
         self.norm = nn.BatchNorm2d(widths[-1])
         # WRN's dropout sits between the convolutions of each block, not before the classifier.
         self.init_head(widths[-1], num_classes, global_pool)

@@ -17,13 +17,11 @@ buffer, saved in ``state_dict()["sam"]``. One ascent step only (``inner_steps=1`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.optim import Optimizer
 
-from sam_train.sam.sam import SAM
+from sam_train.sam.sam import SAM, BaseOptimizer, Params
 
 
 class FriendlySAM(SAM):
@@ -32,22 +30,19 @@ class FriendlySAM(SAM):
     Args:
         sigma: how much of the EMA to remove, >= 0 (0 is SAM).
         ema_decay: lambda in [0, 1), the EMA's decay.
-        Other arguments as :class:`SAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None,
-        base_optimizer: type[Optimizer] | Optimizer,
-        rho: float = 0.05,
-        adaptive: bool = False,
-        eta: float = 0.01,
+        params: Params,
+        base_optimizer: BaseOptimizer,
         *,
         sigma: float = 1.0,
         ema_decay: float = 0.9,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, rho, adaptive, eta, **kwargs)
+        super().__init__(params, base_optimizer, **kwargs)
         if sigma < 0:
             raise ValueError(f"Friendly SAM needs sigma >= 0, got {sigma}")
         if not 0.0 <= ema_decay < 1.0:

@@ -23,13 +23,11 @@ the learning rate when lr_min = 0). Extra cost per step over SAM: one copy of th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.optim import Optimizer
 
-from sam_train.sam.sam import _NORM_EPS, SAM, global_dot
+from sam_train.sam.sam import _NORM_EPS, SAM, BaseOptimizer, Params, global_dot
 
 
 class GSAM(SAM):
@@ -40,25 +38,22 @@ class GSAM(SAM):
             scheduled radius.
         rho_min: the radius at ``lr_min``; 0 <= rho_min <= rho.
         lr_min: the learning-rate schedule's floor (``scheduler.min_lr``).
-        Other arguments as :class:`SAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
     combines_gradients = True
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None,
-        base_optimizer: type[Optimizer] | Optimizer,
-        rho: float = 0.05,
-        adaptive: bool = False,
-        eta: float = 0.01,
+        params: Params,
+        base_optimizer: BaseOptimizer,
         *,
         alpha: float = 0.2,
         rho_min: float = 0.0,
         lr_min: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, rho, adaptive, eta, **kwargs)
+        super().__init__(params, base_optimizer, **kwargs)
         if alpha < 0:
             raise ValueError(f"GSAM needs alpha >= 0, got {alpha}")
         if lr_min < 0:

@@ -10,13 +10,9 @@ optimizer's one; memory as SAM (one copy of the weights).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-import torch
-from torch.optim import Optimizer
-
-from sam_train.sam.sam import SAM
+from sam_train.sam.sam import SAM, BaseOptimizer, Params
 
 
 class IntervalSAM(SAM):
@@ -24,23 +20,15 @@ class IntervalSAM(SAM):
 
     Args:
         k: SAM once every k steps (k = 1 is SAM).
-        Other arguments as :class:`SAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
     def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None,
-        base_optimizer: type[Optimizer] | Optimizer,
-        rho: float = 0.05,
-        adaptive: bool = False,
-        eta: float = 0.01,
-        *,
-        k: int = 2,
-        **kwargs: Any,
+        self, params: Params, base_optimizer: BaseOptimizer, *, k: int = 2, **kwargs: Any
     ) -> None:
-        super().__init__(params, base_optimizer, rho, adaptive, eta, **kwargs)
+        super().__init__(params, base_optimizer, **kwargs)
         if int(k) != k or k < 1:
-            raise ValueError(f"interval SAM needs an integer k >= 1, got {k}")
+            raise ValueError(f"{type(self).__name__} needs an integer k >= 1, got {k}")
         self.k = int(k)
 
     def will_perturb(self) -> bool:

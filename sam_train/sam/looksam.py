@@ -18,50 +18,43 @@ buffers (g during a SAM step, g_v across steps, saved in ``state_dict()["sam"]``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.optim import Optimizer
 
-from sam_train.sam.sam import _NORM_EPS, SAM, global_dot, global_norm
+from sam_train.sam.interval import IntervalSAM
+from sam_train.sam.sam import _NORM_EPS, BaseOptimizer, Params, global_dot, global_norm
 
 
-class LookSAM(SAM):
+class LookSAM(IntervalSAM):
     """SAM every ``k`` steps; in between, the stored orthogonal direction is added to g.
 
     Args:
         k: a SAM step every k steps (k = 1 is SAM).
         alpha: weight of the reused direction, >= 0.
-        Other arguments as :class:`SAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
     combines_gradients = True
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None,
-        base_optimizer: type[Optimizer] | Optimizer,
-        rho: float = 0.05,
-        adaptive: bool = False,
-        eta: float = 0.01,
+        params: Params,
+        base_optimizer: BaseOptimizer,
         *,
         k: int = 5,
         alpha: float = 0.7,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, rho, adaptive, eta, **kwargs)
-        if int(k) != k or k < 1:
-            raise ValueError(f"LookSAM needs an integer k >= 1, got {k}")
+        super().__init__(params, base_optimizer, k=k, **kwargs)
         if alpha < 0:
             raise ValueError(f"LookSAM needs alpha >= 0, got {alpha}")
-        self.k = int(k)
         self.alpha = float(alpha)
         self._g_v: dict[torch.Tensor, torch.Tensor] = {}
 
     def will_perturb(self) -> bool:
         # A SAM step on the schedule, and whenever there is no stored direction yet.
-        return self._steps % self.k == 0 or not self._g_v
+        return super().will_perturb() or not self._g_v
 
     def _combine_gradients(self, perturbed: bool) -> None:
         params = self._step_params
@@ -79,13 +72,8 @@ class LookSAM(SAM):
         torch._foreach_add_(grads, torch._foreach_mul(g_v, scale))
 
     def _extra_state(self) -> dict[str, Any]:
-        return {
-            **super()._extra_state(),
-            "steps": self._steps,
-            "g_v": self._buffers_to_state(self._g_v),
-        }
+        return {**super()._extra_state(), "g_v": self._buffers_to_state(self._g_v)}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         super()._load_extra_state(state)
-        self._steps = int(state.get("steps", 0))
         self._g_v = self._buffers_from_state(state.get("g_v", {}))

@@ -47,6 +47,10 @@ _NORM_EPS = 1e-12
 _SAM_GROUP_KEYS = ("rho", "adaptive", "eta")
 
 Groups = list[tuple[dict[str, Any], list[torch.Tensor]]]
+#: What a SAM optimizer is built on: parameters or groups (``None`` with a built base optimizer).
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None
+#: The base optimizer: a class built on the same groups, or an instance to wrap.
+BaseOptimizer = type[Optimizer] | Optimizer
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -87,8 +91,8 @@ class SAM(Optimizer):
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None,
-        base_optimizer: type[Optimizer] | Optimizer,
+        params: Params,
+        base_optimizer: BaseOptimizer,
         rho: float = 0.05,
         adaptive: bool = False,
         eta: float = 0.01,
