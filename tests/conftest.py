@@ -90,19 +90,42 @@ def tiny_imagenet(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "imagenet")
 
 
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a test's child process: this checkout importable, one thread.
+
+    One thread: a second process on 2 shared cores makes threaded kernels spin-wait.
+    """
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def sam_train_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "sam_train", *args]
+
+
+def torchrun_command(args: list[str], restarts: int = 0) -> list[str]:
+    """``torchrun --standalone`` with two CPU workers; ``args`` as after torchrun's options."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        f"--max-restarts={restarts}",
+        *args,
+    ]
+
+
 def run_cli(
     args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``python -m sam_train ARGS`` as a user would, in ``cwd``."""
-    # One thread: a second process on 2 shared cores makes threaded kernels spin-wait.
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "sam_train", *args],
+        sam_train_command(args),
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env=subprocess_env(env),
     )
 
 

@@ -8,15 +8,13 @@ skips, evaluation), and the CLI runs the quickstart.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, subprocess_env, torchrun_command
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -30,13 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 def torchrun(
     args: list[str], cwd: Path, timeout: float = 600, restarts: int = 0
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command.append(f"--max-restarts={restarts}")
     return subprocess.run(
-        [*command, "--nproc_per_node=2", *args],
+        torchrun_command(args, restarts),
         cwd=cwd,
-        env=env,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli, sam_train_command, subprocess_env, torchrun_command
 
 # Dropout and label noise make the run depend on every random draw being restored.
 RUN = [
@@ -46,11 +45,10 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "sam_train", *args],
+        sam_train_command(args),
         cwd=cwd,
-        env=env,
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -126,21 +124,10 @@ def _children(pid: int) -> list[int]:
 
 
 def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            f"--max-restarts={restarts}",
-            "-m",
-            "sam_train",
-            *args,
-        ],
+        torchrun_command(["-m", "sam_train", *args], restarts),
         cwd=cwd,
-        env=env,
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -7,14 +7,12 @@ form; the NumPy references below are written from the papers' algorithms, not fr
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import compose_config, subprocess_env, torchrun_command
 from torch import nn
 
 from sam_train.builders import build_optimizer
@@ -558,19 +556,11 @@ def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_pat
     the perturbed one, must use the all-reduced first gradient or the replicas drift apart."""
     script = tmp_path / "ddp_variants.py"
     script.write_text(_DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-        ],
+        torchrun_command([str(script)]),
         capture_output=True,
         text=True,
-        env=env,
+        env=subprocess_env(),
         timeout=300,
         cwd=tmp_path,
     )
