@@ -303,6 +303,21 @@ def cpu_ratio(timings: Timings, numerator: str, denominator: str) -> float | Non
     return median_ratio(timings.cpu[numerator], timings.cpu[denominator])
 
 
+def head_to_head(
+    opts: Options, steps: dict[str, Callable[[], Any]], numerator: str, denominator: str, ratio: str
+) -> dict[str, Any]:
+    """Time ``steps`` interleaved; each one's summary, and ``numerator / denominator`` three ways:
+    ``ratio`` (of the medians), ``ratio_paired`` (back to back) and ``ratio_cpu`` (CPU time)."""
+    times = time_interleaved(
+        steps, device=opts.device, warmup=opts.warmup, reps=opts.reps, min_rep_s=opts.min_rep_s
+    )
+    row: dict[str, Any] = {name: summary(times[name], times.cpu[name]) for name in steps}
+    row[ratio] = row[numerator]["median_s"] / row[denominator]["median_s"]
+    row[f"{ratio}_paired"] = median_ratio(times[numerator], times[denominator])
+    row[f"{ratio}_cpu"] = cpu_ratio(times, numerator, denominator)
+    return row
+
+
 @dataclass
 class Options:
     device: torch.device
@@ -335,28 +350,11 @@ def bench_ratio(opts: Options, cfg) -> list[dict[str, Any]]:
                 sam_model, cfg, sam=True, device=opts.device, precision=opts.precision
             ),
         }
-        times = time_interleaved(
-            {name: _step(engine, images, targets) for name, engine in engines.items()},
-            device=opts.device,
-            warmup=opts.warmup,
-            reps=opts.reps,
-            min_rep_s=opts.min_rep_s,
-        )
-        base = summary(times["base"], times.cpu["base"])
-        sam = summary(times["sam"], times.cpu["sam"])
-        results.append(
-            {
-                "workload": work.label,
-                "key": key,
-                "base": base,
-                "sam": sam,
-                "sam_over_base": sam["median_s"] / base["median_s"],
-                "sam_over_base_paired": median_ratio(times["sam"], times["base"]),
-                "sam_over_base_cpu": cpu_ratio(times, "sam", "base"),
-                "sam_images_per_s": work.batch_size / sam["median_s"],
-                "base_images_per_s": work.batch_size / base["median_s"],
-            }
-        )
+        steps = {name: _step(engine, images, targets) for name, engine in engines.items()}
+        row = head_to_head(opts, steps, "sam", "base", "sam_over_base")
+        for name in engines:
+            row[f"{name}_images_per_s"] = work.batch_size / row[name]["median_s"]
+        results.append({"workload": work.label, "key": key, **row})
         _log(f"ratio {work.label}: SAM/base {results[-1]['sam_over_base']:.3f}")
     return results
 
@@ -372,26 +370,12 @@ def bench_trainer(opts: Options, cfg) -> list[dict[str, Any]]:
         model = build_model(work, opts.device)
         engine = make_engine(model, cfg, sam=True, device=opts.device)
         minimal = MinimalSAMLoop(copy.deepcopy(model), cfg, opts.device)
-        times = time_interleaved(
-            {"trainer": _step(engine, images, targets), "minimal": _step(minimal, images, targets)},
-            device=opts.device,
-            warmup=opts.warmup,
-            reps=opts.reps,
-            min_rep_s=opts.min_rep_s,
-        )
-        trainer = summary(times["trainer"], times.cpu["trainer"])
-        loop = summary(times["minimal"], times.cpu["minimal"])
-        results.append(
-            {
-                "workload": work.label,
-                "key": key,
-                "trainer": trainer,
-                "minimal": loop,
-                "trainer_efficiency": loop["median_s"] / trainer["median_s"],
-                "trainer_efficiency_paired": median_ratio(times["minimal"], times["trainer"]),
-                "trainer_efficiency_cpu": cpu_ratio(times, "minimal", "trainer"),
-            }
-        )
+        steps = {
+            "trainer": _step(engine, images, targets),
+            "minimal": _step(minimal, images, targets),
+        }
+        row = head_to_head(opts, steps, "minimal", "trainer", "trainer_efficiency")
+        results.append({"workload": work.label, "key": key, **row})
         _log(f"trainer {work.label}: efficiency {results[-1]['trainer_efficiency']:.3f}")
     return results
 
@@ -798,23 +782,12 @@ def bench_compile(opts: Options, cfg) -> list[dict[str, Any]]:
             results.append({"workload": work.label, "key": key, "error": repr(err)[:300]})
             _log(f"compile {work.label}: failed: {err!r}"[:200])
             continue
-        times = time_interleaved(
-            {"eager": _step(eager, images, targets), "compiled": _step(compiled, images, targets)},
-            device=opts.device,
-            warmup=opts.warmup,
-            reps=opts.reps,
-            min_rep_s=opts.min_rep_s,
-        )
-        row = {
-            "workload": work.label,
-            "key": key,
-            "compile_s": compile_s,
-            "eager": summary(times["eager"], times.cpu["eager"]),
-            "compiled": summary(times["compiled"], times.cpu["compiled"]),
-            "speedup": statistics.median(times["eager"]) / statistics.median(times["compiled"]),
-            "speedup_paired": median_ratio(times["eager"], times["compiled"]),
-            "speedup_cpu": cpu_ratio(times, "eager", "compiled"),
+        steps = {
+            "eager": _step(eager, images, targets),
+            "compiled": _step(compiled, images, targets),
         }
+        row = {"workload": work.label, "key": key, "compile_s": compile_s}
+        row.update(head_to_head(opts, steps, "eager", "compiled", "speedup"))
         results.append(row)
         _log(
             f"compile {work.label}: {row['speedup']:.2f}x eager (compiling took {compile_s:.0f} s)"
