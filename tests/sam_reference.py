@@ -51,6 +51,22 @@ def train(engine: Engine, data, shard=lambda x: x) -> None:
         engine.train_step(shard(x), shard(y))
 
 
+def closure_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int) -> None:
+    """``steps`` optimizer steps through ``opt.step(closure)`` on random 4-feature batches."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+
+        def closure(x=x, y=y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.zero_grad()
+        closure()
+        opt.step(closure)
+
+
 def weights(model: nn.Module) -> list[torch.Tensor]:
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     return [p.detach().clone() for p in model.parameters()]

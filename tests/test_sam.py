@@ -9,6 +9,7 @@ import pytest
 import timm.optim
 import timm.scheduler
 import torch
+from sam_reference import closure_steps
 from torch import nn
 
 from sam_train.sam import SAM
@@ -114,25 +115,10 @@ def _tiny_model():
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-def _train_steps(model, opt, steps, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
-
-        def closure(x=x, y=y):
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        closure()
-        opt.step(closure)
-        opt.zero_grad()
-
-
 def test_state_dict_carries_momentum_and_resumes_identically():
     model = _tiny_model()
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
-    _train_steps(model, opt, 3)
+    closure_steps(model, opt, 3, seed=1)
     state = copy.deepcopy(opt.state_dict())
     assert any("momentum_buffer" in s for s in state["state"].values())
     assert state["param_groups"][0]["rho"] == 0.05
@@ -141,8 +127,8 @@ def test_state_dict_carries_momentum_and_resumes_identically():
     resumed = SAM(resumed_model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     resumed.load_state_dict(state)
     assert resumed.param_groups is resumed.base_optimizer.param_groups
-    _train_steps(model, opt, 2, seed=7)
-    _train_steps(resumed_model, resumed, 2, seed=7)
+    closure_steps(model, opt, 2, seed=7)
+    closure_steps(resumed_model, resumed, 2, seed=7)
     for p, q in zip(model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(p, q)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config, subprocess_env, torchrun_command
+from sam_reference import closure_steps
 from torch import nn
 
 from sam_train.builders import build_optimizer
@@ -296,21 +297,6 @@ def _tiny_model():
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def _train(model, opt, steps, seed):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
-
-        def closure(x=x, y=y):
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.zero_grad()
-        closure()
-        opt.step(closure)
-
-
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
     [
@@ -323,7 +309,7 @@ def _train(model, opt, steps, seed):
 def test_variant_state_survives_a_state_dict_round_trip(cls, kwargs):
     model = _tiny_model()
     opt = cls(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, **kwargs)
-    _train(model, opt, 4, seed=1)
+    closure_steps(model, opt, 4, seed=1)
     state = copy.deepcopy(opt.state_dict())
     assert "sam" in state and "momentum_buffer" in state["state"][0]
 
@@ -336,7 +322,7 @@ def test_variant_state_survives_a_state_dict_round_trip(cls, kwargs):
     fresh = cls(fresh_model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, **kwargs)
     fresh.base_optimizer.load_state_dict({k: v for k, v in state.items() if k != "sam"})
     for m, o in ((model, opt), (resumed_model, resumed), (fresh_model, fresh)):
-        _train(m, o, 3, seed=2)
+        closure_steps(m, o, 3, seed=2)
     for p, q in zip(model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert any(
