@@ -159,35 +159,24 @@ def average_buffers(module: nn.Module) -> None:
     sum runs in float64, so buffers that are equal on all ranks (SyncBatchNorm statistics,
     constants) come back bit-identical.
     """
-    if not dist.is_initialized():
-        return
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset : offset + b.numel()].view_as(b))
-        offset += b.numel()
+    _average_in_place([b for b in module.buffers() if b.is_floating_point()], torch.float64)
 
 
 @torch.no_grad()
 def average_gradients(params: list[torch.Tensor]) -> None:
     """Average ``.grad`` over ranks outside DDP's backward (a step that skipped the second pass)."""
-    if not dist.is_initialized():
+    _average_in_place([p.grad for p in params if p.grad is not None])
+
+
+def _average_in_place(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> None:
+    """Mean over ranks of every tensor, in one all-reduce of their concatenation (in ``dtype``)."""
+    if not dist.is_initialized() or not tensors:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.detach().reshape(-1).to(dtype or t.dtype) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for t, mean in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(mean.view_as(t))
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
