@@ -55,16 +55,18 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 120) -> None:
-    """Read the progress lines until the run has taken ``global_step`` steps."""
+def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 120) -> str:
+    """Read the progress lines until the run has taken ``global_step`` steps; return them."""
     epoch, step = divmod(global_step - 1, STEPS_PER_EPOCH)
     marker = f"epoch {epoch + 1}/3  step {step + 1}/{STEPS_PER_EPOCH}"
     deadline = time.monotonic() + timeout
+    lines = []
     for line in proc.stdout:
+        lines.append(line)
         if marker in line:
-            return
-        assert time.monotonic() < deadline, "run too slow"
-    raise AssertionError(f"run ended before step {global_step}: rc={proc.wait()}")
+            return "".join(lines)
+        assert time.monotonic() < deadline, "run too slow:\n" + "".join(lines)[-3000:]
+    raise AssertionError(f"run ended before step {global_step}: rc={proc.wait()}\n{''.join(lines)}")
 
 
 @pytest.mark.slow
@@ -149,11 +151,11 @@ def test_two_processes_rank_killed_torchrun_restarts_and_resumes_exactly(tmp_pat
 
     run = tmp_path / "killed"
     proc = _torchrun([*args, f"hydra.run.dir={run}"], tmp_path, restarts=1)
-    _wait_for_step(proc, 30)
+    output = _wait_for_step(proc, 30)
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)  # one rank dies; torchrun restarts the group
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-3000:]
-    assert "resumed from" in (run / "train.log").read_text()
+    output += proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-5000:]
+    assert "resumed from" in (run / "train.log").read_text(), output[-5000:]
     _assert_identical(_final_weights(run), _final_weights(reference_run))
