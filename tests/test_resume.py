@@ -55,7 +55,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 120) -> str:
+def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 300) -> str:
     """Read the progress lines until the run has taken ``global_step`` steps; return them."""
     epoch, step = divmod(global_step - 1, STEPS_PER_EPOCH)
     marker = f"epoch {epoch + 1}/3  step {step + 1}/{STEPS_PER_EPOCH}"

@@ -69,8 +69,8 @@ class PooledLinearHead:
     The head is global average pooling (or flattening, ``global_pool=""``), dropout and a linear
     ``fc``, so ``timm.create_model(..., num_classes=0)``, ``reset_classifier`` and
     ``forward_head(pre_logits=True)`` behave as for timm's own models. Mix it in before
-    ``nn.Module`` and call :meth:`init_head` at the end of ``__init__``: the classifier is the
-    last layer created, so the random initialisation of every model stays what it was.
+    ``nn.Module`` and call :meth:`init_head` at the end of ``__init__``, so the classifier is
+    the last layer created (the order of the random draws at initialisation depends on it).
     """
 
     fc: nn.Module
@@ -78,6 +78,7 @@ class PooledLinearHead:
     num_classes: int
     global_pool: str
     head_drop_rate: float
+    training: bool  # nn.Module's
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -102,7 +103,7 @@ class PooledLinearHead:
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
         if self.head_drop_rate:
-            x = F.dropout(x, self.head_drop_rate, self.training)  # type: ignore[attr-defined]
+            x = F.dropout(x, self.head_drop_rate, self.training)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
