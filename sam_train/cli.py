@@ -115,7 +115,8 @@ def _follower_overrides(args: list[str]) -> list[str]:
 
 def main() -> None:
     """Under torchrun or srun: join the process group first, so rank 0 can name the run
-    folder for everyone before Hydra creates it; then run as a single process would."""
+    folder for everyone before Hydra creates it; then run as a single process would, and
+    leave through :func:`distributed.exit_worker`."""
     if not _launched_distributed():
         _run()
         return
@@ -131,9 +132,21 @@ def main() -> None:
         _launch_time = distributed.shared_time()
         if not info.is_main:
             sys.argv += _follower_overrides(sys.argv[1:])
-        _run()
-    finally:
+        _run()  # Hydra turns every failure of the job into SystemExit
+    except SystemExit as stop:
+        distributed.exit_worker(_exit_code(stop))
+    except BaseException:
         distributed.cleanup()
+        raise
+    distributed.exit_worker(0)
+
+
+def _exit_code(stop: SystemExit) -> int:
+    """The status Python would exit with for ``stop`` (printing a message code, as it does)."""
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or 0
+    print(stop.code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sam_train import distributed  # noqa: E402
 from sam_train.builders import build_optimizer, build_scheduler  # noqa: E402
 from sam_train.config import register_configs  # noqa: E402
 from sam_train.data import build_datasets, build_loaders  # noqa: E402
@@ -610,8 +611,10 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, payload: dict, out: 
             )
         if rank == 0:
             Path(out).write_text(json.dumps(results))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    distributed.exit_worker()  # see there: DDP's gloo group can abort the interpreter's exit
 
 
 def bench_ddp(opts: Options, overrides: list[str]) -> list[dict[str, Any]]:

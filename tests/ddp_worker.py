@@ -310,8 +310,10 @@ def main() -> None:
         check_exact_global_evaluation()
         if info.is_main:
             print("RESULT " + json.dumps(counts), flush=True)
-    finally:
+    except BaseException:
         distributed.cleanup()
+        raise
+    distributed.exit_worker()
 
 
 if __name__ == "__main__":

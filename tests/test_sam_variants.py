@@ -512,6 +512,7 @@ def test_bad_sam_options_fail_with_one_line(overrides, message):
 _DDP_SCRIPT = """
 import torch, torch.distributed as dist
 from torch import nn
+from sam_train import distributed
 from sam_train.engine import Engine
 from sam_train.sam import VARIANTS
 dist.init_process_group("gloo")
@@ -531,7 +532,7 @@ for name, kwargs in [("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2})
     dist.all_gather(gathered, flat)
     if rank == 0:
         print(name, torch.equal(gathered[0], gathered[1]))
-dist.destroy_process_group()
+distributed.exit_worker()
 """
 
 
