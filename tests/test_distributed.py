@@ -1,8 +1,8 @@
 """Two processes on CPU (gloo), launched with torchrun as a user would.
 
-Two launches only (each pays ~15 s of imports): tests/ddp_worker.py runs the engine-level
-checks (perturbation modes against hand-computed SAM, m-sharpness, all-reduce counts, fp16
-skips, evaluation), and the CLI runs the quickstart.
+Few launches (each pays ~15 s of imports): tests/ddp_worker.py runs the engine-level checks
+(perturbation modes against hand-computed SAM, m-sharpness, all-reduce counts, fp16 skips,
+evaluation), tests/restart_worker.py a restart, and the CLI the quickstart and a user error.
 """
 
 from __future__ import annotations
@@ -101,3 +101,14 @@ def test_two_process_quickstart_one_run_folder_exact_test_set(tmp_path):
     assert alone["count"] == 451
     assert alone["acc1"] == pytest.approx(results["final_acc1"], abs=1e-9)
     assert alone["acc5"] == pytest.approx(results["final_acc5"], abs=1e-9)
+
+
+def test_user_error_under_torchrun_stops_every_rank_with_exit_2(tmp_path):
+    result = torchrun(
+        ["-m", "sam_train", "experiment=quickstart", "trainer.batch_size=63"], cwd=tmp_path
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "must be divisible by the 2 processes" in output, output[-3000:]
+    assert re.search(r"exitcode\s*:\s*2\b", output), output[-3000:]  # not a crash (-6)
+    assert not re.search(r'File ".*sam_train/', output), output[-3000:]  # no worker traceback
