@@ -138,10 +138,6 @@ def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> subprocess.Popen
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.skip(
-    reason="still intermittent (1 failure in 22 runs) after the restart-store fix; the failing "
-    "run's output was not captured yet, see the issue 7 note"
-)
 def test_two_processes_rank_killed_torchrun_restarts_and_resumes_exactly(tmp_path):
     args = [*RUN, "resume=auto"]
     reference_run = tmp_path / "reference"
