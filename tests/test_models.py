@@ -78,3 +78,10 @@ def test_head_dropout_follows_drop_rate_except_in_wrn_whose_dropout_is_in_the_bl
     wrn = timm.create_model("wrn16_4", num_classes=0, drop_rate=0.5).train()
     assert wrn.head_drop_rate == 0 and wrn.drop_rate == 0.5
     assert isinstance(wrn.stages[0][0].drop, torch.nn.Dropout)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_VARIANTS))
+def test_a_bad_drop_rate_is_refused_when_the_model_is_built(name):
+    kwargs, _ = SMALL_VARIANTS[name]
+    with pytest.raises(ConfigError, match="dropout probability"):
+        create_model(name, num_classes=3, in_chans=kwargs.pop("in_chans", 3), drop_rate=2, **kwargs)

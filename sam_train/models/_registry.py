@@ -86,6 +86,8 @@ class PooledLinearHead:
     def init_head(
         self, num_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0
     ) -> None:
+        if not 0.0 <= drop_rate <= 1.0:  # nn.Dropout's check, made at build time
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {drop_rate}")
         self.num_features = num_features
         self.head_drop_rate = drop_rate
         self.global_pool = global_pool
