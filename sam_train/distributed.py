@@ -126,7 +126,7 @@ def exit_worker(code: int = 0) -> NoReturn:
     ``gloo_tcp_loop`` and ``pt_gloo_runloop`` threads outlive it, even once the DDP module is
     collected), and a process that tears down the interpreter with those threads still
     running sometimes aborts: "terminate called without an active exception", SIGABRT, after
-    the last line of Python (on this project's CPU: 1 of 21 launches of a 20-line DDP script
+    the last line of Python (on this project's CPU: 1 of 61 launches of a 20-line DDP script
     under torchrun, 1 of 35 killed-and-restarted sam-train runs). torchrun then reports a
     finished run as failed. Everything a run writes is closed by the time this is called;
     only the logs and streams need flushing.
