@@ -128,25 +128,11 @@ def main() -> None:
     except SamTrainError as err:
         print(f"sam-train: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    try:
+    with distributed.exits_worker():
         _launch_time = distributed.shared_time()
         if not info.is_main:
             sys.argv += _follower_overrides(sys.argv[1:])
         _run()  # Hydra turns every failure of the job into SystemExit
-    except SystemExit as stop:
-        distributed.exit_worker(_exit_code(stop))
-    except BaseException:
-        distributed.cleanup()
-        raise
-    distributed.exit_worker(0)
-
-
-def _exit_code(stop: SystemExit) -> int:
-    """The status Python would exit with for ``stop`` (printing a message code, as it does)."""
-    if stop.code is None or isinstance(stop.code, int):
-        return stop.code or 0
-    print(stop.code, file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -136,6 +138,31 @@ def exit_worker(code: int = 0) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+@contextmanager
+def exits_worker() -> Iterator[None]:
+    """Run a worker's body, then end the process through :func:`exit_worker`.
+
+    ``SystemExit`` keeps the status Python would give it; any other exception leaves the
+    process group and propagates, so its traceback is printed as usual.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        exit_worker(exit_status(stop))
+    except BaseException:
+        cleanup()
+        raise
+    exit_worker(0)
+
+
+def exit_status(stop: SystemExit) -> int:
+    """The status Python would exit with for ``stop`` (printing a message code, as it does)."""
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or 0
+    print(stop.code, file=sys.stderr)
+    return 1
 
 
 def shared_time() -> float:

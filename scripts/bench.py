@@ -600,7 +600,8 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, payload: dict, out: 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
-    try:
+    # DDP's gloo group can abort the interpreter's exit: see distributed.exit_worker.
+    with distributed.exits_worker():
         register_configs()
         cfg = compose(payload["overrides"])
         results = {}
@@ -611,10 +612,6 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, payload: dict, out: 
             )
         if rank == 0:
             Path(out).write_text(json.dumps(results))
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    distributed.exit_worker()  # see there: DDP's gloo group can abort the interpreter's exit
 
 
 def bench_ddp(opts: Options, overrides: list[str]) -> list[dict[str, Any]]:

@@ -301,7 +301,7 @@ def main() -> None:
     torch.set_num_threads(1)
     info = distributed.init_distributed("cpu")
     assert info.world_size == 2 and dist.get_backend() == "gloo"
-    try:
+    with distributed.exits_worker():
         check_perturbation_modes()
         check_m_sharpness_under_ddp()
         counts = check_communication_counts()
@@ -310,10 +310,6 @@ def main() -> None:
         check_exact_global_evaluation()
         if info.is_main:
             print("RESULT " + json.dumps(counts), flush=True)
-    except BaseException:
-        distributed.cleanup()
-        raise
-    distributed.exit_worker()
 
 
 if __name__ == "__main__":

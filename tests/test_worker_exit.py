@@ -1,4 +1,4 @@
-"""How a distributed worker ends: ``distributed.exit_worker`` and the CLI's exit status."""
+"""How a distributed worker ends: ``distributed.exit_worker`` and its exit status."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ import sys
 import pytest
 from conftest import subprocess_env
 
-from sam_train.cli import _exit_code
+from sam_train.distributed import exit_status
 
 _WORKER = """
 import logging, sys, torch, torch.distributed as dist
 from sam_train import distributed
 logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
-logging.getLogger("run").info("last log line")
-print("unflushed stdout", end="")
-distributed.exit_worker(3)
+with distributed.exits_worker():
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+    logging.getLogger("run").info("last log line")
+    print("unflushed stdout", end="")
+    sys.exit(3)
 print("never printed")
 """
 
 
-def test_exit_worker_flushes_and_exits_with_the_code(tmp_path):
+def test_a_worker_ends_flushed_with_its_exit_status(tmp_path):
     log = tmp_path / "run.log"
     result = subprocess.run(
         [sys.executable, "-c", _WORKER, str(log)],
@@ -41,5 +42,5 @@ def test_exit_worker_flushes_and_exits_with_the_code(tmp_path):
     ("code", "status", "printed"), [(None, 0, ""), (75, 75, ""), ("bye", 1, "bye\n")]
 )
 def test_exit_status_follows_pythons_rules_for_system_exit(capsys, code, status, printed):
-    assert _exit_code(SystemExit(code)) == status
+    assert exit_status(SystemExit(code)) == status
     assert capsys.readouterr().err == printed
