@@ -1,32 +1,51 @@
-"""Checkpoints: atomic writes, clear errors on load, ``resume=auto`` lookup."""
+"""Checkpoints: atomic writes that keep the previous file on any failure, clear errors on
+load, and the ``resume=auto`` lookup that falls back past an unreadable ``last.pt``."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from sam_train.errors import CheckpointError
+from sam_train.run_folder import CHECKPOINTS_DIR
 
 FORMAT_VERSION = 1
 _MAGIC = "sam-train-checkpoint"
+LAST_NAME = "last.pt"
+BEST_NAME = "best.pt"
+_SNAPSHOT = re.compile(r"step_(\d+)\.pt")  # step_000000040.pt: the history kept by keep_last
+_TEMP_GLOB = ".*.tmp"  # what _atomic_write's mkstemp names look like
+_COPY_CHUNK = 16 << 20
+
+log = logging.getLogger("sam_train")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically: temp file, fsync, rename, fsync the folder.
 
     A crash at any point leaves either the previous file or the new one, never a torn file.
+    A failed write (full disk, I/O error) raises the OSError that caused it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"magic": _MAGIC, "format_version": FORMAT_VERSION, **state}
+    return _atomic_write(Path(path), lambda handle: _torch_save(payload, handle))
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Run ``write(handle)`` into a temp file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; match a plain open()
@@ -42,21 +61,74 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError a ``write`` raised."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.handle.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+
+def _torch_save(payload: dict[str, Any], handle: IO[bytes]) -> None:
+    """``torch.save`` whose failed writes surface as the OSError behind them.
+
+    torch's zip writer turns a failed ``write`` (ENOSPC, EIO) into
+    ``RuntimeError('... unexpected pos 64 vs 0')``; the OSError says what to fix.
+    """
+    recorder = _WriteRecorder(handle)
+    try:
+        torch.save(payload, recorder)
+    except RuntimeError as err:
+        if recorder.error is None:
+            raise
+        raise recorder.error from err
+
+
+def _copy_file(source: Path, path: Path) -> Path:
+    """An independent, atomic byte copy of ``source`` (a second file, not a second link)."""
+    with source.open("rb") as src:
+        return _atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, _COPY_CHUNK))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``; raise CheckpointError otherwise."""
-    path = Path(path)
+    return _load(Path(path), map_location, mmap=False)
+
+
+def _load(path: Path, map_location: str | torch.device, *, mmap: bool) -> dict[str, Any]:
+    """``load_checkpoint``; ``mmap=True`` maps tensors lazily, to read metadata cheaply."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as err:  # truncated zip, pickle garbage, foreign format
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file: {err}") from err
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch file: {_one_line(err)}"
+        ) from err
     if not isinstance(state, dict) or state.get("magic") != _MAGIC:
         raise CheckpointError(f"{path} is not a sam-train checkpoint")
     if state.get("format_version", 0) > FORMAT_VERSION:
@@ -68,16 +140,73 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """``None`` -> fresh start; ``auto`` -> this run's last.pt if present; else the given path."""
+    """``None`` -> fresh start; ``auto`` -> this run's last.pt if present; else the given path.
+
+    Prefer :func:`load_resume`, whose ``auto`` falls back past an unreadable last.pt.
+    """
     if resume is None:
         return None
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
+        last = run_dir / CHECKPOINTS_DIR / LAST_NAME
         return last if last.is_file() else None
     path = Path(resume)
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: no such checkpoint file")
     return path
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """The checkpoint a run continues from, its loaded state, and the files passed over."""
+
+    path: Path
+    state: dict[str, Any]
+    skipped: tuple[str, ...] = ()  # "last.pt (why it could not be read)", newest first
+
+
+def find_resumable(run_dir: Path, map_location: str | torch.device = "cpu") -> Resumable | None:
+    """The newest loadable checkpoint in ``<run_dir>/checkpoints``, or None if there is none.
+
+    Every ``*.pt`` there (last.pt, best.pt, step_*.pt) is a candidate, newest first by the
+    ``global_step`` it holds (last.pt first among equals): an unreadable last.pt falls back
+    to a snapshot, and a best.pt written after the last last.pt (``save_last=false``) wins.
+    Skipped files are logged as one warning and listed in ``skipped``. Raises
+    CheckpointError, listing them, when files exist but none loads.
+    """
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    skipped: list[str] = []
+    ranked: list[tuple[int, bool, Path]] = []
+    for path in files:
+        try:  # tensors memory-mapped: reading global_step costs milliseconds
+            step = _load(path, "cpu", mmap=True).get("global_step", -1)
+        except CheckpointError as err:
+            skipped.append(f"{path.name} ({err})")
+            continue
+        ranked.append((step, path.name == LAST_NAME, path))
+    for _, _, path in sorted(ranked, key=lambda item: item[:2], reverse=True):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            skipped.append(f"{path.name} ({err})")
+            continue
+        if skipped:
+            log.warning("skipped %s; resuming from %s", "; ".join(skipped), path)
+        return Resumable(path, state, tuple(skipped))
+    if skipped:
+        raise CheckpointError(f"no checkpoint in {folder} can be loaded: {'; '.join(skipped)}")
+    return None
+
+
+def load_resume(
+    resume: str | None, run_dir: Path, map_location: str | torch.device = "cpu"
+) -> Resumable | None:
+    """What ``resume=`` asks for: None -> fresh start; ``auto`` -> :func:`find_resumable`
+    (None when the folder has no checkpoint yet); a path -> that file, or CheckpointError."""
+    if resume == "auto":
+        return find_resumable(run_dir, map_location)
+    path = resolve_resume(resume, run_dir)
+    return None if path is None else Resumable(path, load_checkpoint(path, map_location))
 
 
 def rng_states() -> dict[str, Any]:
@@ -131,35 +260,78 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
 
 
 class CheckpointWriter:
-    """Writes ``last.pt``, ``best.pt`` and a bounded history under ``<run>/checkpoints``.
+    """Writes ``last.pt``, ``best.pt`` and a bounded ``step_*.pt`` history under
+    ``<run>/checkpoints``.
 
-    Only rank 0 constructs one. A failed write (full disk) raises CheckpointError and leaves
-    the previous files intact.
+    Only rank 0 constructs one, while it holds the run folder's lock (run_folder.RunLock):
+    temp files left there by a killed save are then known to be dead and are removed. A
+    failed write (full disk) raises CheckpointError and leaves that file's previous version.
     """
 
     def __init__(self, run_dir: Path, *, keep_last: int = 0) -> None:
-        self.folder = Path(run_dir) / "checkpoints"
+        self.folder = Path(run_dir) / CHECKPOINTS_DIR
         self.keep_last = keep_last
+        if self.folder.exists() and not self.folder.is_dir():
+            raise CheckpointError(f"{self.folder} is a file, not a folder; move it away")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot create checkpoint folder {self.folder}: {err.strerror or err}"
+            ) from err
+        for stale in self.folder.glob(_TEMP_GLOB):
+            stale.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted checkpoint write", stale)
 
     @property
     def last(self) -> Path:
-        return self.folder / "last.pt"
+        return self.folder / LAST_NAME
 
-    def _write(self, state: dict[str, Any], path: Path) -> None:
+    @property
+    def best(self) -> Path:
+        return self.folder / BEST_NAME
+
+    def snapshot(self, global_step: int) -> Path:
+        return self.folder / f"step_{global_step:09d}.pt"
+
+    def save(
+        self, state: dict[str, Any], *, last: bool = True, best: bool = False, snapshot: bool = True
+    ) -> list[Path]:
+        """Write the files asked for and return their paths.
+
+        ``snapshot`` adds ``step_<global_step>.pt`` when the writer keeps a history
+        (``keep_last > 0``). The state is serialized once; the other files are byte copies
+        of the first, each its own file, so damage to one never reaches another.
+        """
+        targets = [self.last] if last else []
+        if best:
+            targets.append(self.best)
+        if snapshot and self.keep_last > 0:
+            targets.append(self.snapshot(state["global_step"]))
+        for index, path in enumerate(targets):
+            self._write(path, targets[0] if index else state)
+        if snapshot and self.keep_last > 0:
+            self._prune()
+        return targets
+
+    def _write(self, path: Path, source: dict[str, Any] | Path) -> None:
         try:
-            save_checkpoint(state, path)
+            if isinstance(source, Path):
+                _copy_file(source, path)
+            else:
+                save_checkpoint(source, path)
         except OSError as err:
             raise CheckpointError(
-                f"could not write checkpoint {path}: {err}; the previous checkpoint is intact"
+                f"could not write checkpoint {path}: {err.strerror or _one_line(err)}; "
+                f"its previous version is intact"
             ) from err
 
-    def save(self, state: dict[str, Any], *, is_best: bool = False) -> None:
-        self._write(state, self.last)
-        if is_best:
-            self._write(state, self.folder / "best.pt")
-        if self.keep_last > 0:
-            history = self.folder / f"step_{state['global_step']:09d}.pt"
-            history.unlink(missing_ok=True)
-            os.link(self.last, history)  # same bytes, no second write
-            for old in sorted(self.folder.glob("step_*.pt"))[: -self.keep_last]:
-                old.unlink()
+    def _prune(self) -> None:
+        """Keep the ``keep_last`` snapshots with the highest steps."""
+        steps = sorted(
+            (int(match.group(1)), path)
+            for path in self.folder.glob("step_*.pt")
+            if (match := _SNAPSHOT.fullmatch(path.name))
+        )
+        for _, old in steps[: -self.keep_last]:
+            old.unlink(missing_ok=True)

@@ -26,3 +26,11 @@ class NonFiniteError(SamTrainError, FloatingPointError):
 
 class Preempted(SamTrainError):
     """SIGTERM/SIGUSR1 arrived: the run saved a checkpoint and stops for ``resume=auto``."""
+
+
+class RunFolderError(SamTrainError, RuntimeError):
+    """A run folder that this run may not use; the message names it and what to change."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another live sam-train process holds the run folder's lock."""
