@@ -1,7 +1,9 @@
-"""The ``sam-train`` entry point: Hydra composes the config, ``train`` does the rest.
+"""The ``sam-train`` entry point: Hydra composes, ``validate`` checks (no torch), ``train`` runs.
 
-Nothing else in the package reads Hydra. User errors (bad values, missing data, unusable
-checkpoints) end with one line on stderr and exit code 2.
+Nothing else in the package reads Hydra. Exit codes: 0 done (or already complete), 2 a user
+error (one line on stderr), 75 preempted (SIGTERM/SIGUSR1: continue with ``resume=auto``),
+130 Ctrl-C. In a multirun (``-m``) a failed job is reported and the sweep goes on; the sweep
+then ends with a summary of the failed jobs and exit code 1.
 """
 
 from __future__ import annotations
@@ -10,46 +12,65 @@ import logging
 import os
 import sys
 import time
+import traceback
 from datetime import datetime
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sam_train.config import register_configs, validate
-from sam_train.errors import Preempted, SamTrainError
+from sam_train.config import adjust, register_configs, validate
+from sam_train.errors import SamTrainError
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: requeue and continue with resume=auto
+EXIT_INTERRUPTED = 130
+EXIT_SWEEP_FAILED = 1
+log = logging.getLogger("sam_train")
+
+
+def report(message: str, level: int = logging.ERROR) -> None:
+    """A line for the user: once on stderr, and in the run's log file (not a second time on
+    the console, where the log's stream handler would repeat it)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    prefix = "error: " if level >= logging.ERROR else ""
+    print(f"sam-train: {prefix}{message}", file=sys.stderr)
+
+
+def report_error(message: str) -> None:
+    report(message)
 
 
 def fail(message: str) -> None:
-    """The one line a user sees for an error they can fix; exit code 2."""
-    logging.getLogger("sam_train").error("%s", message)
-    print(f"sam-train: error: {message}", file=sys.stderr)
+    report_error(message)
     sys.exit(EXIT_USER_ERROR)
 
 
+def _ensure_writable(folder: Path, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"  # one per rank: they run this at once
+        probe.write_text("")
+        probe.unlink(missing_ok=True)
+    except OSError as err:
+        fail(f"{key}={folder} is not writable ({err.strerror or err}); choose another {key}")
+
+
 class RunFolderCheck(Callback):
-    """Before Hydra writes anything: the run folder must be writable and must not hold an
-    earlier run, unless that run is being resumed (``resume=auto`` or a path)."""
+    """Before Hydra writes anything (its log file): the run or sweep folder must be writable.
+    Whether it may hold this run is decided by the run itself, under the folder's lock."""
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
-        run_dir = Path(config.hydra.run.dir)
-        if (run_dir / "checkpoints" / "last.pt").is_file() and config.get("resume") is None:
-            fail(
-                f"{run_dir} already holds a run; continue it with resume=auto or choose "
-                "another hydra.run.dir"
-            )
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write_test.{os.getpid()}"  # one per rank: they run this at once
-            probe.write_text("")
-            probe.unlink(missing_ok=True)
-        except OSError as err:
-            fail(f"output folder {run_dir} is not writable ({err.strerror or err})")
+        _ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        _ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 def config_dir() -> str:
@@ -81,20 +102,81 @@ def launch_time(pattern: str) -> str:
 OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 
 
+def write_hydra_files(run_dir: Path) -> None:
+    """Hydra's ``.hydra/`` (config, Hydra's config, overrides), written once the folder is
+    known to be this run's: ``hydra.output_subdir`` is null so that Hydra itself never
+    rewrites the files of a run that a resume refuses or finds complete."""
+    hydra_cfg = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(_task_config, folder / "config.yaml", resolve=False)
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+
+
+_task_config: DictConfig | None = None
+failed_jobs: list[str] = []  # "#N overrides: reason", for the multirun summary
+
+
+def _train_job(cfg: DictConfig) -> float | None:
+    """One job: check, adjust, train. Returns best_acc1 (the value Hydra sweepers optimise)."""
+    global _task_config
+    validate(cfg)
+    for warning in adjust(cfg):
+        log.warning("%s", warning)
+    _task_config = cfg
+    from sam_train.train import train  # torch, timm and torchvision only for a valid config
+
+    results = train(
+        cfg, Path(HydraConfig.get().runtime.output_dir), prepare_folder=write_hydra_files
+    )
+    return results.get("best_acc1")
+
+
+def _exit_code_of_stop(exit_code: int) -> int:
+    """Under torchrun a preempted worker exits 0: a non-zero code would make torchrun report
+    the group FAILED and, with ``--max-restarts``, restart it and undo the stop. The stopped
+    run is continued by launching it again with ``resume=auto``."""
+    if exit_code == EXIT_PREEMPTED and "TORCHELASTIC_RUN_ID" in os.environ:
+        return 0
+    return exit_code
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _run(cfg: DictConfig) -> float | None:
-    try:
-        validate(cfg)
-        from sam_train.train import train  # torch, timm and torchvision only for a valid config
+    from sam_train.trainer import StopTraining
 
-        results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except Preempted as stop:
-        logging.getLogger("sam_train").warning("%s", stop)
-        print(f"sam-train: {stop}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return _train_job(cfg)
+    except StopTraining as stop:
+        run_dir = HydraConfig.get().runtime.output_dir
+        message = (
+            f"{stop}; checkpoint {run_dir}/checkpoints/last.pt; continue with resume=auto "
+            f"hydra.run.dir={run_dir}"
+        )
+        report(message, logging.WARNING)
+        sys.exit(_exit_code_of_stop(stop.request.exit_code))
+    except KeyboardInterrupt:
+        print("sam-train: interrupted (second Ctrl-C): no checkpoint written", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except SamTrainError as err:
-        fail(str(err))
-    return results["best_acc1"]  # the value Hydra sweepers optimise
+        if not multirun:
+            fail(str(err))
+        report_error(str(err))
+        _record_failure(str(err))
+    except Exception as err:  # a bug: in a sweep, report it and go on with the next job
+        if not multirun:
+            raise
+        log.error("%s", traceback.format_exc())
+        _record_failure(f"{type(err).__name__}: {err}")
+    return None
+
+
+def _record_failure(reason: str) -> None:
+    hydra_cfg = HydraConfig.get()
+    overrides = " ".join(hydra_cfg.overrides.task)
+    failed_jobs.append(f"#{hydra_cfg.job.num} {overrides}: {reason}")
 
 
 def _launched_distributed() -> bool:
@@ -106,33 +188,42 @@ def _launched_distributed() -> bool:
 
 
 def _follower_overrides(args: list[str]) -> list[str]:
-    """Ranks other than 0 share rank 0's folder but write nothing to it: no ``.hydra/``, and
-    their log goes to the console (torchrun's ``--log-dir`` keeps per-rank logs)."""
-    extra = {"hydra.output_subdir": "null", "hydra/job_logging": "stdout"}
+    """Ranks other than 0 share rank 0's folder but write nothing to it: their log goes to
+    the console (torchrun's ``--log-dir`` keeps per-rank logs)."""
+    extra = {"hydra/job_logging": "stdout"}
     given = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
     return [f"{key}={value}" for key, value in extra.items() if key not in given]
+
+
+def _run_and_summarise() -> None:
+    _run()
+    if failed_jobs:
+        print(f"sam-train: {len(failed_jobs)} job(s) of the sweep failed:", file=sys.stderr)
+        for line in failed_jobs:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(EXIT_SWEEP_FAILED)
 
 
 def main() -> None:
     """Under torchrun or srun: join the process group first, so rank 0 can name the run
     folder for everyone before Hydra creates it; then run as a single process would, and
-    leave through :func:`distributed.exit_worker`."""
+    leave through :func:`process_group.exit_worker`."""
     if not _launched_distributed():
-        _run()
+        _run_and_summarise()
         return
     global _launch_time
-    from sam_train import distributed
+    from sam_train.strategy import process_group
 
     try:
-        info = distributed.init_distributed()
+        info = process_group.init_distributed()
     except SamTrainError as err:
         print(f"sam-train: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    with distributed.exits_worker():
-        _launch_time = distributed.shared_time()
+    with process_group.exits_worker():
+        _launch_time = process_group.shared_time()
         if not info.is_main:
             sys.argv += _follower_overrides(sys.argv[1:])
-        _run()  # Hydra turns every failure of the job into SystemExit
+        _run_and_summarise()  # Hydra turns every failure of the job into SystemExit
 
 
 if __name__ == "__main__":

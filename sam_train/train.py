@@ -1,45 +1,45 @@
-"""``train(cfg, run_dir)``: build every object from the config, then hand them to the engine.
+"""``train(cfg, run_dir)``: claim the run folder, decide how to start, build, fit.
 
-Reads top to bottom like torchvision's reference scripts: distributed set-up, seeds, data,
-model, optimizer, scheduler, resume, then the epoch loop with evaluation, checkpoints and
-results.json. A run's position is its global step: the epoch and the batches to skip follow
-from it, so a run resumed from any checkpoint (epoch end or mid-epoch) continues exactly.
+Reads top to bottom: the strategy (processes), the run folder's lock and checks, the resume
+decision (a complete run is left untouched; a changed trajectory is refused), the factory,
+the callbacks, ``Trainer.fit``. Everything below this module takes built objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm.layers
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from sam_train import distributed
-from sam_train.builders import build_optimizer, build_scheduler, flat_config, resolve_device
-from sam_train.checkpoint import (
-    CheckpointWriter,
-    load_checkpoint,
-    load_model_state,
-    resolve_resume,
-    rng_states,
-    set_rng_states,
-)
-from sam_train.config import validate
-from sam_train.data import build_datasets, build_loaders
-from sam_train.engine import Engine
-from sam_train.errors import ConfigError, Preempted
-from sam_train.logger import RunLogger, format_duration
-from sam_train.models import create_model
-from sam_train.preemption import PreemptionFlag
+from sam_train import callbacks as cb
+from sam_train.build import Run, build_run, build_strategy, flat_config
+from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
+from sam_train.errors import CheckpointError
+from sam_train.resume import describe, epochs_grown, trajectory_changes
+from sam_train.run_folder import RunLock, check_run_folder
+from sam_train.state import RunState
+from sam_train.strategy import Strategy, process_group
+from sam_train.trainer import Trainer
 
 log = logging.getLogger("sam_train")
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """How this session starts, decided on rank 0 and shared with every process."""
+
+    checkpoint: str | None = None  # resume from this file; None: a fresh run
+    complete_results: dict[str, Any] | None = None  # set when the run has nothing left to do
+    grown: tuple[int, int] | None = None  # (old, new) trainer.epochs
 
 
 def seed_everything(seed: int) -> None:
@@ -48,328 +48,164 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and evaluate as configured; return the results also written to results.json."""
-    validate(cfg)
-    device = resolve_device(cfg.trainer.device)
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    prepare_folder: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
+    """Train as configured; return the results also written to results.json.
+
+    ``prepare_folder(run_dir)`` runs on rank 0 once the folder is known to be this run's
+    (the CLI writes Hydra's ``.hydra/`` files there).
+    """
     owns_group = not torch.distributed.is_initialized()  # the CLI may have joined already
-    dist = distributed.init_distributed(device.type)
+    strategy = build_strategy(cfg.trainer.device)
     try:
-        return _train(cfg, run_dir, device, dist)
+        run_dir = Path(strategy.broadcast_object(str(run_dir)))
+        with contextlib.ExitStack() as folder_lock:
+            config = OmegaConf.to_container(cfg, resolve=True)
+
+            def claim() -> StartPlan:
+                folder_lock.enter_context(RunLock(run_dir))
+                check_run_folder(run_dir, resume=cfg.resume)
+                return plan_start(cfg, run_dir, config)
+
+            plan = strategy.main_decides(claim)
+            if plan.complete_results is not None:
+                return plan.complete_results
+            if prepare_folder is not None and strategy.is_main:
+                prepare_folder(run_dir)
+            return _fit(cfg, run_dir, config, strategy, plan)
     finally:
         if owns_group:
-            distributed.cleanup()
+            process_group.cleanup()
 
 
-def _check_batch_split(cfg: DictConfig, world_size: int) -> int:
-    """The per-device batch, which accumulation and m-sharpness must divide."""
-    from sam_train.errors import ConfigError
-
-    batch = cfg.trainer.batch_size
-    if batch % world_size:
-        raise ConfigError(
-            f"trainer.batch_size={batch} (global) must be divisible by the {world_size} processes"
+def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartPlan:
+    """Fresh, resumed or already complete; refuses a resume that changes the trajectory."""
+    found = load_resume(cfg.resume, run_dir)
+    if found is None:
+        return StartPlan()
+    saved = found.state.get("config") or {}
+    changes = trajectory_changes(saved, config)
+    if changes and cfg.resume_strict:
+        raise CheckpointError(
+            f"resume from {found.path} would change the run ({describe(changes)}); start a new "
+            "run in another hydra.run.dir, or pass resume_strict=false to continue anyway"
         )
-    per_device = batch // world_size
-    if per_device % cfg.trainer.accum_steps:
-        raise ConfigError(
-            f"trainer.accum_steps={cfg.trainer.accum_steps} must divide the per-device batch "
-            f"{per_device} (trainer.batch_size={batch} over {world_size} processes)"
-        )
-    if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
-        raise ConfigError(
-            f"sam.m={cfg.sam.m} must divide the per-device batch {per_device} "
-            f"(trainer.batch_size={batch} over {world_size} processes)"
-        )
-    return per_device
-
-
-def _prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device, world_size: int):
-    """SyncBatchNorm (several processes), then the device and memory format."""
-    from sam_train.errors import ConfigError
-
-    if cfg.model.sync_bn and world_size > 1:
-        if device.type == "cpu":
-            raise ConfigError(
-                "model.sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel"
-            )
-        model = timm.layers.convert_sync_batchnorm(model)
-    model = model.to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def _datasets(cfg: DictConfig, download: bool):
-    return build_datasets(
-        cfg.dataset.name,
-        root=cfg.dataset.root,
-        num_classes=cfg.dataset.num_classes,
-        image_size=cfg.dataset.image_size,
-        download=download,
-        verify_checksums=cfg.dataset.verify_checksums,
-        label_noise=cfg.dataset.label_noise,
-        test_fraction=cfg.dataset.test_fraction,
-        seed=cfg.seed,
-        augment=cfg.augment.name,
-        cutout_size=cfg.augment.cutout_size,
-    )
-
-
-def _train(cfg: DictConfig, run_dir: Path, device: torch.device, dist: distributed.DistInfo):
-    if device.type == "cuda" and dist.enabled:
-        device = torch.device("cuda", dist.local_rank)
-    shared_dir = Path(distributed.broadcast_object(str(run_dir)))
-    if shared_dir != run_dir:
-        log.warning("rank %d: using rank 0's run folder %s, not %s", dist.rank, shared_dir, run_dir)
-    run_dir = shared_dir
-    per_device_batch = _check_batch_split(cfg, dist.world_size)
-    seed_everything(cfg.seed + dist.rank)
-
-    # ---------------------------------------------------------------- data
-    data = _datasets(cfg, download=cfg.dataset.download) if dist.is_main else None
-    distributed.barrier()  # rank 0 downloads; the others read what it wrote
-    if data is None:
-        data = _datasets(cfg, download=False)
-    loaders = build_loaders(
-        data.train,
-        data.test,
-        batch_size=per_device_batch,
-        eval_batch_size=cfg.trainer.eval_batch_size,
-        num_workers=cfg.trainer.num_workers,
-        seed=cfg.seed,
-        pin_memory=device.type == "cuda",
-        rank=dist.rank,
-        world_size=dist.world_size,
-        kind=cfg.dataset.loader,
-        device=device,
-    )
-    steps_per_epoch = len(loaders.train)
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(data.train)} "
-            "training images: no full batch"
-        )
-
-    # ---------------------------------------------------------------- model and optimizer
-    model = create_model(
-        cfg.model.name,
-        num_classes=data.num_classes,
-        in_chans=cfg.dataset.in_chans,
-        pretrained=cfg.model.pretrained,
-        **cfg.model.kwargs,
-    )
-    model = _prepare_model(model, cfg, device, dist.world_size)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-
-    # ---------------------------------------------------------------- resume
-    best: dict[str, Any] = {"acc1": None, "acc5": None, "loss": None, "epoch": -1}
-    global_step, skipped_steps = 0, 0
-    rank_buffers: dict[str, torch.Tensor] | None = None
-    resume_path = resolve_resume(cfg.resume, run_dir)
-    if resume_path is not None:
-        state = load_checkpoint(resume_path, map_location=device)
-        load_model_state(model, state["model"], resume_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        global_step, best = state["global_step"], state["best"]
-        skipped_steps = state.get("skipped_steps", 0)
-        if len(state["rng"]) == dist.world_size:  # same layout: continue each rank exactly
-            set_rng_states(state["rng"][dist.rank])
-            rank_buffers = (state.get("rank_buffers") or [None] * dist.world_size)[dist.rank]
-        log.info("resumed from %s at step %d", resume_path, global_step)
-    start_epoch, skip_steps = divmod(global_step, steps_per_epoch)
-
-    train_model: nn.Module = model  # checkpoints always hold ``model``'s plain state_dict
-    if cfg.trainer.compile:
-        # Inside DDP: the graphs hold no collective, and no_sync() and DDP's gradient hooks
-        # stay in eager code, for both SAM passes.
-        train_model = torch.compile(model)
-    if dist.enabled:
-        train_model = distributed.wrap_ddp(train_model, device)
-    if rank_buffers is not None:  # after the wrap: DDP broadcasts rank 0's buffers at start
-        own = dict(model.named_buffers())
-        with torch.no_grad():
-            for name, value in rank_buffers.items():
-                own[name].copy_(value)
-
-    logger = RunLogger(
-        run_dir,
-        enabled=dist.is_main,
-        tensorboard=cfg.logger.tensorboard,
-        purge_step=global_step if resume_path is not None else None,
-    )
-    engine = Engine(
-        model=train_model,
-        optimizer=optimizer,
-        criterion=criterion,
-        device=device,
-        precision=cfg.trainer.amp,
-        scaler=scaler,
-        clip_grad_norm=cfg.trainer.clip_grad_norm,
-        accum_steps=cfg.trainer.accum_steps,
-        sync_perturbation=cfg.sam.sync_perturbation,
-        sam_chunk=cfg.sam.m,
-        channels_last=cfg.trainer.channels_last,
-        scheduler=scheduler,
-        logger=logger,
-        log_every=cfg.trainer.log_every,
-        global_step=global_step,
-        skip_nonfinite=cfg.trainer.skip_nonfinite,
-        max_bad_steps=cfg.trainer.max_bad_steps,
-        skipped_steps=skipped_steps,
-    )
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info(
-        f"{cfg.model.name} ({n_params / 1e6:.2f}M params) on {cfg.dataset.name} "
-        f"({len(data.train)} train / {len(data.test)} test images), {type(optimizer).__name__} "
-        f"over {type(engine.base_optimizer).__name__}, device {device}, "
-        f"{dist.world_size} process(es), run folder {run_dir}"
-    )
-    if engine.uses_sam and cfg.sam.sync_perturbation and dist.enabled:
-        logger.info("SAM: one eps from the all-reduced first gradient (sync_perturbation)")
-    elif engine.uses_sam and (dist.enabled or cfg.sam.m is not None):
-        m = cfg.sam.m or per_device_batch
-        logger.info(
-            f"SAM: one eps per {m} examples (m-sharpness), per-device batch {per_device_batch}"
-        )
-    logger.hparams(flat_config(cfg), ["test/acc1", "test/acc5", "test/loss", "train/loss"])
-
-    # ---------------------------------------------------------------- checkpoints, signals
-    writer = CheckpointWriter(run_dir, keep_last=cfg.checkpoint.keep_last)
-    config_container = OmegaConf.to_container(cfg, resolve=True)
-
-    def save(is_best: bool = False) -> None:
-        """Gather every rank's RNG state, then rank 0 writes (never the perturbed weights:
-        the engine restores w before a step ends)."""
-        rngs = distributed.gather_object(rng_states())
-        # Replicas keep their own norm statistics between evaluations: keep every rank's.
-        buffers = distributed.gather_object(
-            {name: b.detach().cpu() for name, b in model.named_buffers()} if dist.enabled else None
-        )
-        if not dist.is_main or not cfg.checkpoint.save_last:
-            return
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "global_step": engine.global_step,
-            "epoch": engine.global_step // steps_per_epoch,
-            "skipped_steps": engine.skipped_steps,
-            "best": best,
-            "config": config_container,
-            "rng": rngs,
-            "rank_buffers": buffers if dist.enabled else None,
-        }
-        writer.save(state, is_best=is_best and cfg.checkpoint.save_best)
-
-    preemption = PreemptionFlag().install()
-    check_every = cfg.trainer.log_every if dist.enabled else 1
-    every_n = cfg.checkpoint.every_n_steps
-
-    def on_step(step: int) -> None:
-        at_epoch_end = step == steps_per_epoch  # the epoch-end checkpoint follows evaluation
-        saved = False
-        if every_n and engine.global_step % every_n == 0 and not at_epoch_end:
-            save()
-            saved = True
-        if engine.global_step % check_every == 0 and preemption.should_stop(dist.enabled, device):
-            if not saved:
-                save()
-            raise Preempted(
-                f"stopped by signal {preemption.signal} at step {engine.global_step}; "
-                f"checkpoint {writer.last}; continue with resume=auto hydra.run.dir={run_dir}"
-            )
-
-    # ---------------------------------------------------------------- epochs
-    metric_key = cfg.checkpoint.best_metric.split("/")[1]
-    lower_is_better = metric_key == "loss"
-    epochs = cfg.trainer.epochs
-    started = time.perf_counter()
-    train_stats: dict[str, float] = {"loss": float("nan"), "images_per_sec": 0.0}
-    test_stats: dict[str, float] = {}
-    images_seen = 0
-    try:
-        for epoch in range(start_epoch, epochs):
-            start_step = skip_steps if epoch == start_epoch else 0
-            loaders.train_sampler.set_epoch(epoch, skip=start_step * per_device_batch)
-            stats = engine.train_one_epoch(
-                loaders.train,
-                epoch=epoch,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                start_step=start_step,
-                on_step=on_step,
-            )
-            train_stats = stats.as_dict()
-            images_seen += stats.count  # summed over ranks
-            scheduler.step(epoch + 1)
-            test_stats = engine.evaluate(loaders.test)
-            value = test_stats[metric_key]
-            is_best = best[metric_key] is None or (
-                value < best[metric_key] if lower_is_better else value > best[metric_key]
-            )
-            if is_best:
-                best = {
-                    "acc1": test_stats["acc1"],
-                    "acc5": test_stats["acc5"],
-                    "loss": test_stats["loss"],
-                    "epoch": epoch,
-                }
-            logger.scalars(
-                {
-                    "train/acc1": train_stats["acc1"],
-                    "train/epoch_loss": train_stats["loss"],
-                    "test/loss": test_stats["loss"],
-                    "test/acc1": test_stats["acc1"],
-                    "test/acc5": test_stats["acc5"],
-                },
-                engine.global_step,
-            )
-            logger.info(
-                f"epoch {epoch + 1}/{epochs}  train loss {train_stats['loss']:.4f}  "
-                f"train acc1 {train_stats['acc1']:.2f}  test loss {test_stats['loss']:.4f}  "
-                f"test acc1 {test_stats['acc1']:.2f}  test acc5 {test_stats['acc5']:.2f}  "
-                f"({test_stats['count']} test images)"
-            )
-            save(is_best)
-            logger.flush()
-        if not test_stats:  # resumed after the last epoch: report the checkpoint's accuracy
-            test_stats = engine.evaluate(loaders.test)
-    finally:
-        preemption.uninstall()
-        logger.close()
-
-    wall_time = time.perf_counter() - started
-    results = {
-        "final_acc1": test_stats.get("acc1"),
-        "final_acc5": test_stats.get("acc5"),
-        "best_acc1": best["acc1"],
-        "best_acc5": best["acc5"],
-        "best_epoch": best["epoch"] + 1,
-        "final_train_loss": train_stats["loss"],
-        "epochs": epochs,
-        "epochs_run": epochs - start_epoch,
-        "test_images": test_stats.get("count"),
-        "skipped_steps": engine.skipped_steps,
-        "wall_time_s": round(wall_time, 2),
-        "images_per_sec": round(images_seen / max(wall_time, 1e-9), 1),
-        "world_size": dist.world_size,
-        "sam": cfg.sam.name,
-        "rho": cfg.sam.rho if cfg.sam.name != "none" else 0.0,
-        "seed": cfg.seed,
-    }
-    if dist.is_main:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if changes:
+        log.warning("resuming with a changed config (resume_strict=false): %s", describe(changes))
+    grown = epochs_grown(saved, config)
+    state = RunState.from_checkpoint(found.state)
+    if state.complete and grown is None:
+        results_file = run_dir / cb.results.RESULTS_NAME
+        results = json.loads(results_file.read_text()) if results_file.is_file() else {}
         log.info(
-            f"done in {format_duration(wall_time)}: final test acc1 {results['final_acc1']:.2f}, "
-            f"best {results['best_acc1']:.2f} (epoch {results['best_epoch']}); "
-            f"results in {run_dir / 'results.json'}"
+            "%s is complete (%s epochs, best test acc1 %s): nothing to do; raise "
+            "trainer.epochs to train longer",
+            run_dir,
+            saved.get("trainer", {}).get("epochs"),
+            state.best.get("acc1"),
         )
-    return results
+        return StartPlan(str(found.path), complete_results=results or state.to_dict())
+    return StartPlan(str(found.path), grown=grown)
+
+
+def _fit(
+    cfg: DictConfig, run_dir: Path, config: dict[str, Any], strategy: Strategy, plan: StartPlan
+) -> dict[str, Any]:
+    seed_everything(cfg.seed + strategy.rank)
+    run = build_run(cfg, strategy)
+    state = RunState()
+    callbacks = build_callbacks(cfg, run_dir, config, describe_run(cfg, run, run_dir))
+    if plan.checkpoint is not None:
+        state = restore(run, Path(plan.checkpoint), callbacks, strict=cfg.resume_strict)
+        if plan.grown is not None:
+            state.complete = False
+            log.info(
+                "trainer.epochs grew from %d to %d: the schedule is rebuilt for %d epochs",
+                *plan.grown,
+                plan.grown[1],
+            )
+    if run.step.uses_sam and strategy.distributed:
+        eps = "one eps from the all-reduced first gradient (sam.sync_perturbation)"
+        if not cfg.sam.sync_perturbation:
+            eps = f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
+        log.info("SAM under %d processes: %s", strategy.world_size, eps)
+    metric = cfg.checkpoint.best_metric.split("/")[1]
+    trainer = Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
+    trainer.fit(state)
+    return next(c for c in callbacks if isinstance(c, cb.Results)).results
+
+
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, config: dict[str, Any], description: str
+) -> list[cb.Callback]:
+    """The callbacks a training run uses, in the order they hear each event."""
+    checkpoint = cfg.checkpoint
+    callbacks: list[cb.Callback] = [
+        cb.ConsoleProgress(description),
+        cb.Preemption(),
+        cb.Checkpointing(
+            run_dir,
+            config,
+            save_last=checkpoint.save_last,
+            save_best=checkpoint.save_best,
+            every_n_steps=checkpoint.every_n_steps,
+            keep_last=checkpoint.keep_last,
+        ),
+    ]
+    if cfg.logger.tensorboard:
+        callbacks.append(cb.TensorBoard(run_dir, flat_config(cfg)))
+    rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0
+    callbacks.append(cb.Results(run_dir, {"sam": cfg.sam.name, "rho": rho, "seed": cfg.seed}))
+    return callbacks
+
+
+def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
+    params = sum(p.numel() for p in run.model.parameters())
+    return (
+        f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
+        f"({len(run.data.train)} train / {len(run.data.test)} test images), "
+        f"{type(run.optimizer).__name__} over {type(run.step.base_optimizer).__name__}, "
+        f"device {run.device}, {run.strategy.world_size} process(es), run folder {run_dir}"
+    )
+
+
+def restore(run: Run, path: Path, callbacks: list[cb.Callback], *, strict: bool) -> RunState:
+    """Load a checkpoint into the built run; the schedule follows from the config and the step.
+
+    The scheduler's saved state is not loaded: timm's schedules are functions of the update
+    count, and their state holds the old length, which would override a grown
+    ``trainer.epochs`` (every new step at the final lr).
+    """
+    checkpoint = load_checkpoint(path, map_location=run.device)
+    load_model_state(run.model, checkpoint["model"], path)
+    try:
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        if strict:
+            raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
+        log.warning("optimizer state in %s does not fit (%s): starting it fresh", path, err)
+    if run.scaler is not None and checkpoint.get("scaler"):
+        run.scaler.load_state_dict(checkpoint["scaler"])
+    state = RunState.from_checkpoint(checkpoint)
+    run.scheduler.step_update(num_updates=state.global_step)
+    strategy = run.strategy
+    if len(checkpoint["rng"]) == strategy.world_size:  # same layout: continue each rank exactly
+        set_rng_states(checkpoint["rng"][strategy.rank])
+        rank_buffers = (checkpoint.get("rank_buffers") or [None] * strategy.world_size)[
+            strategy.rank
+        ]
+        if rank_buffers is not None:
+            own = dict(run.model.named_buffers())
+            with torch.no_grad():
+                for name, value in rank_buffers.items():
+                    own[name].copy_(value)
+    saved = checkpoint.get("callbacks", {})
+    for callback in callbacks:
+        if type(callback).__name__ in saved:
+            callback.load_state_dict(saved[type(callback).__name__])
+    log.info("resumed from %s at step %d", path, state.global_step)
+    return state

@@ -113,7 +113,7 @@ def _load(path: Path, args: argparse.Namespace, device):
 
 def _training_batches(cfg, args: argparse.Namespace, device) -> list:
     """The first ``--batches`` training batches, shuffled with ``--seed``, no augmentation."""
-    from sam_train.builders import build_data
+    from sam_train.build import build_data
     from sam_train.data import build_loaders
 
     data = build_data(cfg.dataset, seed=cfg.seed, download=cfg.dataset.download)
@@ -233,7 +233,7 @@ def _summary(results: dict[str, dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sam_train.analysis.plots import plot_1d, plot_2d
-    from sam_train.builders import resolve_device
+    from sam_train.build import resolve_device
 
     device = resolve_device(args.device)
     labels = args.labels or [None] * len(args.checkpoints)

@@ -1,12 +1,12 @@
-"""Process-group set-up from torchrun's (or SLURM's) environment, and rank helpers.
+"""Joining and leaving the process group that torchrun (or srun) describes in the environment.
 
 torch.distributed does the work: NCCL on GPUs, gloo on CPU. A single process without those
-variables runs with ``world_size == 1`` and every helper here is a no-op.
+variables runs with ``world_size == 1``. What a training step communicates is the
+:mod:`sam_train.strategy` classes' business; this module only starts and ends processes.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
@@ -15,11 +15,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.constants import default_pg_timeout
 
 from sam_train.errors import ConfigError
@@ -175,84 +174,3 @@ def shared_time() -> float:
     if dist.is_initialized():
         dist.broadcast(stamp, src=0)
     return stamp.item()
-
-
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
-    """DistributedDataParallel without per-forward buffer broadcasts.
-
-    By default DDP broadcasts rank 0's buffers at the start of every
-    forward that follows a synchronised backward: in the SAM step that is the first pass
-    (per-replica perturbation) or both passes (``sync_perturbation``), and the first
-    evaluation batch. Correct next to the running-statistics guard, but it adds a
-    collective to the step and one inside evaluation, whose shards may hold different
-    numbers of batches. Instead each replica keeps its own statistics and
-    :func:`average_buffers` reconciles them before every evaluation and checkpoint, so a
-    step communicates the gradient buckets and nothing else.
-    """
-    ddp = nn.parallel.DistributedDataParallel
-    # torch 2.15 renamed broadcast_buffers; the new flag still syncs buffers once, at init.
-    if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
-        no_forward_sync = {"forward_sync_buffers": False}
-    else:
-        no_forward_sync = {"broadcast_buffers": False}
-    return ddp(
-        model, device_ids=[device.index] if device.type == "cuda" else None, **no_forward_sync
-    )
-
-
-@torch.no_grad()
-def average_buffers(module: nn.Module) -> None:
-    """Replace every floating-point buffer by its mean over ranks (one all-reduce).
-
-    Running statistics then reflect every replica's data (timm's ``--dist-bn reduce``). The
-    sum runs in float64, so buffers that are equal on all ranks (SyncBatchNorm statistics,
-    constants) come back bit-identical.
-    """
-    _average_in_place([b for b in module.buffers() if b.is_floating_point()], torch.float64)
-
-
-@torch.no_grad()
-def average_gradients(params: list[torch.Tensor]) -> None:
-    """Average ``.grad`` over ranks outside DDP's backward (a step that skipped the second pass)."""
-    _average_in_place([p.grad for p in params if p.grad is not None])
-
-
-def _average_in_place(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> None:
-    """Mean over ranks of every tensor, in one all-reduce of their concatenation (in ``dtype``)."""
-    if not dist.is_initialized() or not tensors:
-        return
-    flat = torch.cat([t.detach().reshape(-1).to(dtype or t.dtype) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    for t, mean in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
-        t.copy_(mean.view_as(t))
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks in place (no-op for a single process)."""
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s value on every rank."""
-    if not dist.is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
-
-
-def gather_object(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` for a single process)."""
-    if not dist.is_initialized():
-        return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()

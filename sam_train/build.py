@@ -1,0 +1,309 @@
+"""The one factory from a checked config to the objects of a run.
+
+Training, ``sam-analyze`` and ``scripts/bench.py`` build through these functions, so what a
+benchmark measures and what an analysis loads is what training runs. Only this module and
+the entry points read the config; everything they build is plain torch, timm or sam_train
+objects that take no config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import timm.layers
+import timm.optim
+import timm.scheduler
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim import Optimizer
+
+from sam_train.config import SAM_VARIANT_OPTIONS
+from sam_train.data import build_datasets, build_loaders
+from sam_train.data.datasets import DatasetPair
+from sam_train.data.loaders import Loaders
+from sam_train.errors import ConfigError
+from sam_train.models import create_model
+from sam_train.sam import VARIANTS
+from sam_train.step import SAMStep
+from sam_train.step.precision import Precision
+from sam_train.strategy import DDPStrategy, SingleProcess, Strategy, process_group
+
+
+@dataclass
+class Run:
+    """Every object a training run needs, built and placed; no config inside."""
+
+    model: nn.Module  # the plain module: state dicts, EMA, evaluation
+    train_model: nn.Module  # what the step runs: compiled and/or wrapped by the strategy
+    optimizer: Optimizer  # a SAM variant over the base optimizer, or the base optimizer
+    scheduler: Any  # timm scheduler, stepped per update
+    step: SAMStep
+    strategy: Strategy
+    data: DatasetPair
+    loaders: Loaders
+    device: torch.device
+    epochs: int
+    steps_per_epoch: int
+    per_device_batch: int
+
+    @property
+    def precision(self) -> Precision:
+        return self.step.precision
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.step.scaler
+
+
+# ---------------------------------------------------------------------------- device, processes
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an explicit CUDA request without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.device={name} but CUDA is not available; use trainer.device=cpu"
+        )
+    return device
+
+
+def build_strategy(device_name: str) -> Strategy:
+    """The strategy the environment asks for: DDP under torchrun or srun, else one process."""
+    device = resolve_device(device_name)
+    info = process_group.init_distributed(device.type)
+    if not info.enabled:
+        return SingleProcess(info, device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    return DDPStrategy(info, device)
+
+
+def per_device_batch(cfg: DictConfig, world_size: int) -> int:
+    """The per-device batch, which accumulation and m-sharpness must divide."""
+    batch = cfg.trainer.batch_size
+    if batch % world_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch} (global) must be divisible by the {world_size} processes"
+        )
+    per_device = batch // world_size
+    where = f"the per-device batch {per_device} (trainer.batch_size={batch} over {world_size}"
+    if per_device % cfg.trainer.accum_steps:
+        raise ConfigError(f"trainer.accum_steps={cfg.trainer.accum_steps} must divide {where})")
+    if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
+        raise ConfigError(f"sam.m={cfg.sam.m} must divide {where} processes)")
+    return per_device
+
+
+# ---------------------------------------------------------------------------- data
+def build_data(cfg: DictConfig, strategy: Strategy | None = None) -> DatasetPair:
+    """The train and test sets (the same split and noisy labels for the same seed).
+
+    Rank 0 downloads while the others wait, then read what it wrote.
+    """
+    strategy = strategy or SingleProcess()
+    node = cfg.dataset
+
+    def make(download: bool) -> DatasetPair:
+        return build_datasets(
+            node.name,
+            root=node.root,
+            num_classes=node.num_classes,
+            image_size=node.image_size,
+            download=download,
+            verify_checksums=node.verify_checksums,
+            label_noise=node.label_noise,
+            test_fraction=node.test_fraction,
+            seed=cfg.seed,
+            augment=cfg.augment.name,
+            cutout_size=cfg.augment.cutout_size,
+            **({"verify": node.verify} if "verify" in node else {}),
+        )
+
+    data = make(node.download) if strategy.is_main else None
+    strategy.barrier()
+    return data if data is not None else make(False)
+
+
+def build_run_loaders(
+    cfg: DictConfig, data: DatasetPair, strategy: Strategy, batch: int, seed: int | None = None
+) -> Loaders:
+    """Loaders for this process: ``batch`` examples per training step."""
+    return build_loaders(
+        data.train,
+        data.test,
+        batch_size=batch,
+        eval_batch_size=cfg.trainer.eval_batch_size,
+        num_workers=cfg.trainer.num_workers,
+        seed=cfg.seed if seed is None else seed,
+        pin_memory=strategy.device.type == "cuda",
+        rank=strategy.rank,
+        world_size=strategy.world_size,
+        kind=cfg.dataset.loader,
+        device=strategy.device,
+    )
+
+
+# ---------------------------------------------------------------------------- model, optimizer
+def build_model(cfg: DictConfig, num_classes: int, strategy: Strategy) -> nn.Module:
+    """timm's model (SyncBatchNorm across processes), on the device, in its memory format."""
+    model = create_model(
+        cfg.model.name,
+        num_classes=num_classes,
+        in_chans=cfg.dataset.in_chans,
+        pretrained=cfg.model.pretrained,
+        **cfg.model.kwargs,
+    )
+    if cfg.model.sync_bn and strategy.distributed:
+        if strategy.device.type == "cpu":
+            raise ConfigError(
+                "model.sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel"
+            )
+        model = timm.layers.convert_sync_batchnorm(model)
+    model = model.to(strategy.device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Arguments for ``timm.optim.create_optimizer_v2``."""
+    kwargs: dict[str, Any] = {
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "filter_bias_and_bn": cfg.filter_bias_and_bn,
+    }
+    if cfg.name == "sgd":  # timm: "sgd" is Nesterov SGD, "momentum" is plain momentum SGD
+        kwargs.update(opt="sgd" if cfg.nesterov else "momentum", momentum=cfg.momentum)
+    else:
+        kwargs.update(opt=cfg.name, betas=tuple(cfg.betas), eps=cfg.eps)
+    return kwargs
+
+
+def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
+    """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
+
+    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs.
+    """
+    kwargs: dict[str, Any] = {
+        key: cfg[key]
+        for key in ("rho", "adaptive", "eta", "p", "perturb_fraction", "include_weight_decay")
+    }
+    kwargs["inner_steps"] = cfg.inner_steps
+    for key, variants in SAM_VARIANT_OPTIONS.items():
+        if cfg.name in variants and cfg[key] is not None:
+            kwargs[key] = cfg[key]
+    if cfg.name == "gsam":
+        kwargs["lr_min"] = lr_min
+    return kwargs
+
+
+def build_optimizer(
+    model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig, lr_min: float = 0.0
+) -> Optimizer:
+    """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
+    unless ``sam=none``."""
+    base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
+    if sam_cfg.name == "none":
+        return base
+    return VARIANTS[sam_cfg.name].wrap(base, **sam_kwargs(sam_cfg, lr_min))
+
+
+def scheduler_kwargs(cfg: DictConfig, epochs: int, updates_per_epoch: int) -> dict[str, Any]:
+    """Arguments for ``timm.scheduler.create_scheduler_v2``, stepping per update."""
+    return {
+        "sched": cfg.name,
+        "num_epochs": epochs,
+        "decay_milestones": list(cfg.milestones),
+        "decay_rate": cfg.decay_rate,
+        "min_lr": cfg.min_lr,
+        "warmup_lr": cfg.warmup_lr,
+        "warmup_epochs": cfg.warmup_epochs,
+        "step_on_epochs": False,
+        "updates_per_epoch": updates_per_epoch,
+    }
+
+
+def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_per_epoch: int):
+    """timm's scheduler on the base optimizer's param groups (SAM shares the same list)."""
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, **scheduler_kwargs(cfg, epochs, updates_per_epoch)
+    )
+    return scheduler
+
+
+def build_step(
+    cfg: DictConfig, model: nn.Module, optimizer: Optimizer, strategy: Strategy
+) -> SAMStep:
+    """The SAM step with the trainer's precision, clipping, accumulation and m-sharpness."""
+    device = strategy.device
+    scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
+    return SAMStep(
+        model,
+        optimizer,
+        nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+        device,
+        strategy=strategy,
+        precision=cfg.trainer.amp,
+        scaler=scaler,
+        clip_grad_norm=cfg.trainer.clip_grad_norm,
+        accum_steps=cfg.trainer.accum_steps,
+        sync_perturbation=cfg.sam.sync_perturbation,
+        sam_chunk=cfg.sam.m,
+        channels_last=cfg.trainer.channels_last,
+        skip_nonfinite=cfg.trainer.skip_nonfinite,
+        max_bad_steps=cfg.trainer.max_bad_steps,
+    )
+
+
+# ---------------------------------------------------------------------------- the whole run
+def build_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
+    """Data, model, optimizer, scheduler and step of a training run, for this process."""
+    strategy = strategy or build_strategy(cfg.trainer.device)
+    batch = per_device_batch(cfg, strategy.world_size)
+    data = build_data(cfg, strategy)
+    loaders = build_run_loaders(cfg, data, strategy, batch)
+    steps_per_epoch = len(loaders.train)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(data.train)} "
+            "training images: no full batch"
+        )
+    model = build_model(cfg, data.num_classes, strategy)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
+    # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's
+    # gradient hooks stay in eager code, for both SAM passes.
+    train_model = torch.compile(model) if cfg.trainer.compile else model
+    train_model = strategy.wrap(train_model)
+    return Run(
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step=build_step(cfg, train_model, optimizer, strategy),
+        strategy=strategy,
+        data=data,
+        loaders=loaders,
+        device=strategy.device,
+        epochs=cfg.trainer.epochs,
+        steps_per_epoch=steps_per_epoch,
+        per_device_batch=batch,
+    )
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as ``{"a.b": value}``."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat

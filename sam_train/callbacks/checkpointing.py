@@ -1,0 +1,94 @@
+"""Checkpoints at epoch ends, every N steps, and always when the run is stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sam_train.callbacks.base import Callback
+from sam_train.checkpoint import CheckpointWriter, rng_states
+
+if TYPE_CHECKING:
+    from sam_train.state import RunState
+    from sam_train.step import StepOutput
+    from sam_train.trainer import Trainer
+
+
+class Checkpointing(Callback):
+    """Writes ``checkpoints/last.pt``, ``best.pt`` and ``step_*.pt`` snapshots (rank 0).
+
+    A stop (signal) always writes last.pt, whatever ``save_last`` says: a stopped run must
+    leave something to resume from. Checkpoints are written after the base step, so they
+    never hold the perturbed weights w + eps.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        *,
+        save_last: bool = True,
+        save_best: bool = True,
+        every_n_steps: int = 0,
+        keep_last: int = 0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config  # the resolved config, compared with the next one on resume
+        self.save_last = save_last
+        self.save_best = save_best
+        self.every_n_steps = every_n_steps
+        self.keep_last = keep_last
+        self.writer: CheckpointWriter | None = None
+        self._saved_step = -1
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def on_fit_start(self, trainer: Trainer, state: RunState) -> None:
+        if trainer.run.strategy.is_main:
+            self.writer = CheckpointWriter(self.run_dir, keep_last=self.keep_last)
+
+    def on_train_step_end(self, trainer: Trainer, state: RunState, output: StepOutput) -> None:
+        at_epoch_end = state.global_step % trainer.run.steps_per_epoch == 0
+        if self.every_n_steps and state.global_step % self.every_n_steps == 0 and not at_epoch_end:
+            self.save(trainer, state, last=True)
+
+    def on_epoch_end(self, trainer: Trainer, state: RunState, is_best: bool) -> None:
+        self.save(trainer, state, last=self.save_last, best=is_best and self.save_best)
+
+    def on_stop(self, trainer: Trainer, state: RunState) -> None:
+        if self._saved_step != state.global_step:
+            self.save(trainer, state, last=True)
+
+    def save(self, trainer: Trainer, state: RunState, *, last: bool, best: bool = False) -> None:
+        """Gather every process's RNG and norm statistics, then rank 0 writes."""
+        run = trainer.run
+        strategy = run.strategy
+        rngs = strategy.gather_object(rng_states())
+        # Replicas keep their own norm statistics between evaluations: keep every rank's.
+        buffers = None
+        if strategy.distributed:
+            own = {name: b.detach().cpu() for name, b in run.model.named_buffers()}
+            buffers = strategy.gather_object(own)
+        self._saved_step = state.global_step
+        if self.writer is None or not (last or best):
+            return
+        checkpoint = {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "global_step": state.global_step,
+            "epoch": state.epoch(run.steps_per_epoch),
+            "run_state": state.to_dict(),
+            "callbacks": {
+                type(cb).__name__: cb.state_dict()
+                for cb in trainer.callbacks
+                if cb.state_dict() is not None
+            },
+            "config": self.config,
+            "rng": rngs,
+            "rank_buffers": buffers,
+        }
+        self.writer.save(checkpoint, last=last, best=best, snapshot=last and self.keep_last > 0)

@@ -1,0 +1,7 @@
+"""One optimizer step (SAM's two passes, accumulation, m-chunks) and its precision policy."""
+
+from sam_train.step.evaluate import evaluate
+from sam_train.step.precision import NonFiniteGuard, Precision
+from sam_train.step.sam_step import SAMStep, StepOutput
+
+__all__ = ["NonFiniteGuard", "Precision", "SAMStep", "StepOutput", "evaluate"]

@@ -1,0 +1,81 @@
+"""Mixed precision and the non-finite policy of a step.
+
+bf16 needs autocast only. fp16 needs a ``torch.amp.GradScaler`` too: eps = rho g / ||g|| does
+not depend on the loss scale, so the first SAM pass is never unscaled; the second pass's
+gradients are unscaled once, before clipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from sam_train.errors import NonFiniteError
+
+PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """Autocast for ``device`` in ``name`` ("none", "bf16" or "fp16"), and fp16's scaler."""
+
+    def __init__(
+        self,
+        name: str = "none",
+        device: torch.device | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+        if name == "fp16" and scaler is None:
+            raise ValueError("fp16 needs a GradScaler")
+        self.name = name
+        self.device = device or torch.device("cpu")
+        self.scaler = scaler
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.name]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def unscaled_norm(self, norm: torch.Tensor | None) -> torch.Tensor | None:
+        """A norm of scaled gradients, without the loss scale (for logging)."""
+        if norm is None or self.scaler is None:
+            return norm
+        return norm / self.scaler._get_scale_async()
+
+    def overflow_factor(self, first_grad_norm: torch.Tensor | None) -> torch.Tensor | None:
+        """fp16: 1, or NaN when the first gradient's norm overflowed, for the second loss.
+
+        The scaler inspects only the gradients it unscales (the second pass's). A NaN factor
+        on the second loss makes them NaN before DDP all-reduces them, so every rank sees the
+        overflow of any one and skips the step, without a host sync or an extra collective.
+        """
+        if self.scaler is None or first_grad_norm is None:
+            return None
+        finite = torch.isfinite(first_grad_norm)
+        return torch.where(finite, 1.0, float("nan")).to(self.device)
+
+
+class NonFiniteGuard:
+    """Counts skipped steps in a row; ``max_bad_steps`` of them stop the run."""
+
+    def __init__(self, max_bad_steps: int = 10) -> None:
+        self.max_bad_steps = max_bad_steps
+        self.streak = 0
+
+    def record(self, finite: bool, step: int) -> None:
+        if finite:
+            self.streak = 0
+            return
+        self.streak += 1
+        if self.streak >= self.max_bad_steps:
+            raise NonFiniteError(
+                f"{self.streak} consecutive steps had a non-finite loss or gradient "
+                f"(up to step {step}); lower the learning rate or rho, or raise "
+                "trainer.max_bad_steps"
+            )

@@ -1,0 +1,277 @@
+"""The SAM two-pass step, usable on its own from any training loop.
+
+One step on a per-device batch, split into ``accum_steps`` micro-batches:
+
+1. forward + backward at w on every micro-batch, updating norm-layer running statistics;
+   under DDP inside ``no_sync()``, so each replica perturbs with its own gradient (the
+   paper's m-sharpness with m = per-device batch) and the step costs one all-reduce, unless
+   ``sync_perturbation`` asks for the all-reduced gradient;
+2. ``optimizer.first_step``: w -> w + eps, from the (loss-scaled, under fp16) gradient.
+   Multi-step ascent runs its extra passes like step 3 through a closure; variants that skip
+   the ascent on some steps return False and step 3 is skipped (the first gradient is then
+   averaged over replicas, and variants that combine both gradients sync the first pass);
+3. forward + backward at w + eps with the same micro-batches and the same random draws
+   (dropout), running statistics frozen; DDP all-reduces these gradients;
+4. ``optimizer.restore``: w copied back; then unscale (fp16), clip, base optimizer step.
+
+With ``sam_chunk=m`` the per-device batch is cut into chunks of m examples that each run
+passes 1-4 with their own eps; the second-pass gradients are averaged (m-sharpness below
+the per-device batch). A step whose gradient is not finite changes nothing: not the weights,
+not the optimizer state, not the running statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from sam_train.sam import SAM, RunningStatsGuard
+from sam_train.step.precision import NonFiniteGuard, Precision
+from sam_train.strategy.base import SingleProcess, Strategy
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class StepOutput:
+    """What one step measured at w (kept on the device: reading them costs a host sync)."""
+
+    loss_sum: torch.Tensor  # summed over the batch's examples
+    correct: torch.Tensor  # top-1 hits
+    count: int
+    finite: bool = True  # False: the step was skipped
+    grad_norm: torch.Tensor | None = None  # SAM's first-pass gradient norm, unscaled
+
+
+class _RngSnapshot:
+    """The CPU (and current CUDA) generator state, so both SAM passes draw the same dropout."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+class SAMStep:
+    """``step(images, targets)`` takes one optimizer step and returns a :class:`StepOutput`.
+
+    ``optimizer`` is a :class:`SAM` (two passes) or any torch optimizer (one pass).
+    ``model`` is the module to run forward (wrapped by ``strategy`` when distributed). The
+    learning-rate schedule is the caller's: the step never reads or advances it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        criterion: nn.Module,
+        device: torch.device,
+        *,
+        strategy: Strategy | None = None,
+        precision: str = "none",
+        scaler: torch.amp.GradScaler | None = None,
+        clip_grad_norm: float | None = None,
+        accum_steps: int = 1,
+        sync_perturbation: bool = False,
+        sam_chunk: int | None = None,
+        channels_last: bool = False,
+        skip_nonfinite: bool = True,
+        max_bad_steps: int = 10,
+    ) -> None:
+        if sam_chunk is not None and sync_perturbation:
+            raise ValueError("sam_chunk (one eps per chunk) excludes sync_perturbation")
+        self.model = model
+        self.optimizer = optimizer
+        self.criterion = criterion
+        self.device = device
+        self.strategy = strategy or SingleProcess(device=device)
+        self.precision = Precision(precision, device, scaler)
+        self.clip_grad_norm = clip_grad_norm
+        self.accum_steps = accum_steps
+        self.sync_perturbation = sync_perturbation
+        self.sam_chunk = sam_chunk
+        self.channels_last = channels_last
+        self.skip_nonfinite = skip_nonfinite
+        self.nonfinite = NonFiniteGuard(max_bad_steps)
+        self.steps_taken = 0
+        self._stats_guard = RunningStatsGuard(model)  # the second pass's frozen statistics
+        self._step_stats = RunningStatsGuard(model)  # put back when a step is skipped
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def uses_sam(self) -> bool:
+        return isinstance(self.optimizer, SAM)
+
+    @property
+    def base_optimizer(self) -> Optimizer:
+        return self.optimizer.base_optimizer if self.uses_sam else self.optimizer
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.base_optimizer.param_groups
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.precision.scaler
+
+    # ------------------------------------------------------------------ one step
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        """One optimizer step on a per-device batch."""
+        images, targets = self._to_device(images, targets)
+        if self.scaler is not None or self.skip_nonfinite:
+            self._step_stats.save()
+        if self.uses_sam:
+            loss_sum, correct, grad_norm = self._sam_passes(images, targets)
+        else:
+            micro = self._micro_batches(images, targets, self.accum_steps)
+            loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))
+            grad_norm = None
+        finite = self._apply_gradients()
+        if not finite:
+            self._step_stats.restore()
+        self.steps_taken += 1
+        self.nonfinite.record(finite, self.steps_taken)
+        return StepOutput(loss_sum, correct, len(targets), finite, grad_norm)
+
+    def _sam_passes(self, images: torch.Tensor, targets: torch.Tensor):
+        """Steps 1-4 of the module docstring for every chunk; the gradient is left in ``.grad``."""
+        batch = len(targets)
+        chunk = self.sam_chunk or batch
+        if batch % chunk:
+            raise ValueError(f"sam_chunk={chunk} does not divide the per-device batch {batch}")
+        micro_size = -(-batch // self.accum_steps)  # the memory budget of one forward
+        chunks = list(zip(images.split(chunk), targets.split(chunk), strict=True))
+        params = [p for group in self.param_groups for p in group["params"]]
+        sync_first = self.sync_perturbation or self.optimizer.needs_synced_first_pass()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        carried: list[torch.Tensor | None] | None = None
+        for index, (chunk_images, chunk_targets) in enumerate(chunks):
+            last_chunk = index == len(chunks) - 1
+            micro = self._micro_batches(chunk_images, chunk_targets, -(-chunk // micro_size))
+            rng = _RngSnapshot(self.device)
+            chunk_loss, chunk_correct = self._forward_backward(
+                micro, sync=sync_first, denominator=chunk
+            )
+            loss_sum += chunk_loss
+            correct += chunk_correct
+
+            def ascent_pass(micro: list[Batch] = micro, rng: _RngSnapshot = rng) -> None:
+                """An extra pass of multi-step ascent, run like the second pass."""
+                rng.restore()
+                with self._stats_guard.frozen():
+                    self._forward_backward(micro, sync=sync_first, denominator=chunk)
+
+            perturbed = self.optimizer.first_step(zero_grad=True, ascent_closure=ascent_pass)
+            if perturbed is False:  # a variant that skips the ascent keeps the first gradient
+                if len(chunks) > 1:
+                    raise RuntimeError("m-sharpness needs an optimizer that perturbs every step")
+                if not sync_first:
+                    self.strategy.average_gradients(params)
+                self.optimizer.restore()  # variants may still combine gradients here
+                break
+            if carried is not None:  # earlier chunks' second-pass gradients
+                for p, grad in zip(params, carried, strict=True):
+                    p.grad = grad
+            rng.restore()
+            with self._stats_guard.frozen():
+                self._forward_backward(
+                    micro,
+                    sync=last_chunk,
+                    denominator=batch,
+                    factor=self.precision.overflow_factor(self.optimizer.last_grad_norm),
+                    track=False,
+                )
+            self.optimizer.restore()
+            if not last_chunk:
+                carried = [p.grad for p in params]
+                for p in params:
+                    p.grad = None
+        return loss_sum, correct, self.precision.unscaled_norm(self.optimizer.last_grad_norm)
+
+    # ------------------------------------------------------------------ passes
+    def _to_device(self, images: torch.Tensor, targets: torch.Tensor) -> Batch:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _micro_batches(images: torch.Tensor, targets: torch.Tensor, pieces: int) -> list[Batch]:
+        pieces = min(pieces, len(targets))  # never an empty micro-batch
+        return list(zip(images.tensor_split(pieces), targets.tensor_split(pieces), strict=True))
+
+    def _forward_backward(
+        self,
+        micro_batches: list[Batch],
+        *,
+        sync: bool,
+        denominator: int,
+        factor: torch.Tensor | None = None,
+        track: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate the gradient of (summed loss / ``denominator``) over the micro-batches.
+
+        Gradients are averaged over processes on the last micro-batch only, and only if
+        ``sync``. ``factor`` multiplies the loss (a NaN there makes every gradient NaN).
+        Returns the summed loss and the number of correct top-1 predictions, detached (left at
+        zero unless ``track``: SAM's second pass does not need them).
+        """
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for index, (images, targets) in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with self.strategy.no_sync(self.model, skip_sync=not (sync and last)):
+                with self.precision.autocast():
+                    logits = self.model(images)
+                    loss = self.criterion(logits, targets)
+                weighted = (
+                    loss if len(targets) == denominator else loss * (len(targets) / denominator)
+                )
+                if factor is not None:
+                    weighted = weighted * factor
+                self.precision.scale(weighted).backward()
+            if track:
+                loss_sum.add_(loss.detach().float(), alpha=len(targets))
+                correct += (logits.detach().argmax(dim=1) == targets).sum()
+        return loss_sum, correct
+
+    def _apply_gradients(self) -> bool:
+        """Unscale (fp16), clip, base-optimizer step, zero the gradients; False if skipped.
+
+        A non-finite gradient never reaches the weights: with fp16 the GradScaler skips the
+        step; otherwise (``skip_nonfinite``) the step is skipped here, at the cost of one host
+        sync per step.
+        """
+        base, scaler = self.base_optimizer, self.scaler
+        params = [p for g in base.param_groups for p in g["params"] if p.grad is not None]
+        if scaler is not None:
+            scaler.unscale_(base)
+        norm = None
+        if self.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm, foreach=True)
+        finite = True
+        if scaler is not None:
+            scale = scaler.get_scale()
+            scaler.step(base)
+            scaler.update()
+            finite = scaler.get_scale() >= scale
+        elif not self.skip_nonfinite:
+            base.step()
+        else:
+            if norm is None and params:
+                grads = [p.grad for p in params]
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            finite = norm is None or bool(torch.isfinite(norm))
+            if finite:
+                base.step()
+        base.zero_grad(set_to_none=True)
+        return finite

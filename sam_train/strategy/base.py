@@ -1,0 +1,91 @@
+"""The strategy interface, and the single-process strategy where every collective is a no-op."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from sam_train.strategy.process_group import DistInfo
+
+T = TypeVar("T")
+
+
+class Strategy:
+    """One process alone: nothing to wrap, nothing to reduce.
+
+    Subclasses (DDP, and later FSDP) override what their processes must communicate; every
+    method keeps the same meaning, so the code calling it never asks how the model is held.
+    """
+
+    def __init__(self, info: DistInfo | None = None, device: torch.device | None = None) -> None:
+        self.info = info or DistInfo()
+        self.device = device or torch.device("cpu")
+
+    # --------------------------------------------------------------- who am I
+    @property
+    def rank(self) -> int:
+        return self.info.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.info.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.info.is_main
+
+    @property
+    def distributed(self) -> bool:
+        return self.info.enabled
+
+    # --------------------------------------------------------------- the model
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the step runs forward and backward through."""
+        return model
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The plain module (for evaluation shards, which need no collective, and state dicts)."""
+        return model
+
+    def no_sync(self, model: nn.Module, skip_sync: bool) -> contextlib.AbstractContextManager:
+        """A backward pass whose gradients stay local to this process when ``skip_sync``."""
+        return contextlib.nullcontext()
+
+    # --------------------------------------------------------------- collectives
+    def average_gradients(self, params: list[torch.Tensor]) -> None:
+        """Mean of ``.grad`` over processes, outside a backward pass."""
+
+    def average_buffers(self, module: nn.Module) -> None:
+        """Mean of the floating-point buffers (norm-layer statistics) over processes."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over processes, in place."""
+        return tensor
+
+    def any_process(self, flag: bool) -> bool:
+        """True on every process when it is true on any (a stop request, a failure)."""
+        return flag
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` in rank order."""
+        return [obj]
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+
+    def main_decides(self, decide: Callable[[], T]) -> T:
+        """Run ``decide`` on rank 0 only; every process returns its value or raises its user
+        error (a SamTrainError), so no process is left waiting in a collective when rank 0
+        refuses the run."""
+        return decide()
+
+
+class SingleProcess(Strategy):
+    """The strategy of a run that torchrun did not start."""
