@@ -1,16 +1,37 @@
 # sam-train: every target sets up .venv first when needed (uv, from the committed uv.lock).
 VENV := .venv
-UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PYTHON ?= python3
+# uv from PATH, else a private copy in UV_BOOTSTRAP: `pip install uv` into the system Python is
+# refused on PEP 668 systems (Debian, Ubuntu: "externally-managed-environment").
+UV_BOOTSTRAP := .uv-bootstrap
+SYSTEM_UV := $(shell command -v uv 2>/dev/null)
+UV := $(or $(SYSTEM_UV),$(UV_BOOTSTRAP)/bin/uv)
 PYTEST := $(VENV)/bin/pytest
 
 .PHONY: install quickstart test test-fast lint format bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+# --compile-bytecode: the first run would otherwise sit silent for 30-40 s compiling torch.
+$(VENV)/.installed: pyproject.toml uv.lock $(if $(SYSTEM_UV),,$(UV_BOOTSTRAP)/bin/uv)
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
+
+# A virtual environment of its own for uv. Without ensurepip (Debian without python3-venv) the
+# environment is made without pip and filled by the system's pip (`pip --python`, pip >= 22.3).
+$(UV_BOOTSTRAP)/bin/uv:
+	@echo "uv is not on PATH: installing it into $(UV_BOOTSTRAP)/ (delete it to reinstall)"
+	@if $(PYTHON) -m venv $(UV_BOOTSTRAP) >/dev/null 2>&1; then \
+		$(UV_BOOTSTRAP)/bin/python -m pip install --quiet --disable-pip-version-check uv; \
+	elif $(PYTHON) -m venv --clear --without-pip $(UV_BOOTSTRAP) \
+		&& $(PYTHON) -m pip --version >/dev/null 2>&1; then \
+		$(PYTHON) -m pip --python $(UV_BOOTSTRAP)/bin/python install --quiet uv; \
+	else \
+		echo "cannot install uv: $(PYTHON) has neither ensurepip nor pip; install uv" \
+			"(https://docs.astral.sh/uv/getting-started/installation/) or python3-venv" >&2; \
+		exit 1; \
+	fi
+	@test -x $@ || { echo "uv did not install into $(UV_BOOTSTRAP)/" >&2; exit 1; }
 
 quickstart: install
 	$(VENV)/bin/sam-train experiment=quickstart
@@ -33,4 +54,4 @@ bench: install
 	$(VENV)/bin/python scripts/bench.py --quick
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(UV_BOOTSTRAP) outputs multirun .pytest_cache .ruff_cache

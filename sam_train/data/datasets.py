@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
 from sam_train.data import transforms as T
+from sam_train.data.cifar_checks import check_loaded, find_bad_file
+from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
 from sam_train.data.label_noise import apply_label_noise
 from sam_train.errors import DatasetError
 
@@ -67,13 +69,19 @@ _CIFAR_FILES = {
 
 
 def _cifar(
-    name: str, root: str, download: bool, verify_checksums: bool, augment: str, cutout_size: int
+    name: str,
+    root: str,
+    download: bool,
+    verify_checksums: bool,
+    augment: str,
+    cutout_size: int,
+    num_classes: int,
 ):
     base = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     cls = base if verify_checksums else _without_checksums(base)
     folder, files = _CIFAR_FILES[name]
     try:
-        return (
+        pair = (
             cls(
                 root,
                 train=True,
@@ -83,10 +91,15 @@ def _cifar(
             cls(root, train=False, download=download, transform=T.cifar_transforms(False)),
         )
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, ...
+        find_bad_file(base, root, num_classes)  # names a damaged file, if that is the cause
         raise DatasetError(
             f"{name} not found or unreadable under dataset.root={root!r} (expected "
-            f"{Path(root) / folder}/ with {files}, or network access to download it): {err}"
+            f"{Path(root) / folder}/ with {files}, or network access to download it): "
+            f"{error_reason(err)}"
         ) from err
+    for split in pair:
+        check_loaded(split, base, root, num_classes)
+    return pair
 
 
 def _without_checksums(base: type) -> type:
@@ -102,23 +115,17 @@ def _without_checksums(base: type) -> type:
     )
 
 
-def _imagenet(root: str, image_size: int):
-    folders = {split: Path(root) / split for split in ("train", "val")}
-    missing = [str(path) for path in folders.values() if not path.is_dir()]
-    if missing:
-        raise DatasetError(
-            f"imagenet folder missing under dataset.root={root!r}: {', '.join(missing)} "
-            "(expected train/<class>/<image> and val/<class>/<image>)"
-        )
-    try:
-        return (
-            tv_datasets.ImageFolder(folders["train"], T.imagenet_transforms(True, image_size)),
-            tv_datasets.ImageFolder(folders["val"], T.imagenet_transforms(False, image_size)),
-        )
-    except (FileNotFoundError, OSError) as err:
-        raise DatasetError(
-            f"imagenet folder under dataset.root={root!r} is malformed: {err}"
-        ) from err
+def _imagenet(root: str, image_size: int, num_classes: int, verify: bool):
+    pair = build_image_folders(
+        root,
+        num_classes,
+        T.imagenet_transforms(True, image_size),
+        T.imagenet_transforms(False, image_size),
+    )
+    if verify:
+        for split in pair:
+            verify_images([path for path, _label in split.samples])
+    return pair
 
 
 def build_datasets(
@@ -134,20 +141,27 @@ def build_datasets(
     seed: int = 0,
     augment: str = "basic",
     cutout_size: int = 16,
+    verify: bool = False,
 ) -> DatasetPair:
     """The train and test sets; ``label_noise`` corrupts training labels only.
 
     ``augment`` (basic | cutout | autoaugment) chooses the CIFAR training pipeline; the other
-    data sets have one pipeline each and accept only ``basic``.
+    data sets have one pipeline each and accept only ``basic``. What is cheap to check is
+    checked here (class folders, label ranges, label counts, damaged CIFAR pickles);
+    ``verify`` (``dataset.verify``) also decodes every image of an image folder once, so a
+    damaged image is refused before training rather than at its first read (see
+    ``image_folder``).
     """
     if augment != "basic" and name not in _CIFAR_FILES:
         raise DatasetError(f"augment={augment} is for CIFAR; {name} supports augment=basic only")
     if name == "digits":
         train, test = _digits(test_fraction, seed)
     elif name in _CIFAR_FILES:
-        train, test = _cifar(name, root, download, verify_checksums, augment, cutout_size)
+        train, test = _cifar(
+            name, root, download, verify_checksums, augment, cutout_size, num_classes
+        )
     elif name == "imagenet":
-        train, test = _imagenet(root, image_size)
+        train, test = _imagenet(root, image_size, num_classes, verify)
     else:
         raise DatasetError(f"unknown dataset {name!r}")
     found = len(getattr(train, "classes", None) or np.unique(train.targets))

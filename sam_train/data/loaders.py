@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler, default_collate
 
 from sam_train.data.samplers import EpochSeededDataset, ResumableSampler, ShardSampler
+from sam_train.errors import SamTrainError
 
 if TYPE_CHECKING:
     from sam_train.data.device_loader import DeviceLoader, DeviceSampler
@@ -78,19 +80,21 @@ def build_loaders(
     if num_workers > 0:
         common["prefetch_factor"] = 4
     return Loaders(
-        train=DataLoader(
-            EpochSeededDataset(train_set, seed),
+        train=CheckedDataLoader(
+            _ErrorsAsValues(EpochSeededDataset(train_set, seed)),
             batch_size,
             sampler=train_sampler,
             drop_last=True,
             generator=_own_generator(seed),
+            collate_fn=_collate,
             **common,
         ),
-        test=DataLoader(
-            test_set,
+        test=CheckedDataLoader(
+            _ErrorsAsValues(test_set),
             eval_batch_size,
             sampler=test_sampler,
             generator=_own_generator(seed),
+            collate_fn=_collate,
             **common,
         ),
     )
@@ -100,3 +104,47 @@ def _own_generator(seed: int) -> torch.Generator:
     """A loader's iterator draws its workers' base seed from this generator; without one it
     would draw from the global stream that dropout uses, and a resumed run would drift."""
     return torch.Generator().manual_seed(seed)
+
+
+class _Failed:
+    """A sample that raised a ``SamTrainError``, carried to the main process as a value."""
+
+    def __init__(self, error: SamTrainError) -> None:
+        self.error = error
+
+
+class _ErrorsAsValues(Dataset):
+    """Returns a user error as a ``_Failed`` sample instead of raising it.
+
+    A worker process that raises has its exception re-created in the main process with the
+    worker's whole traceback as the message; returned as a value, the error arrives intact.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.dataset[key]
+        except SamTrainError as err:
+            return _Failed(err)
+
+
+def _collate(samples: list[Any]) -> Any:
+    """``default_collate``, or the batch's first ``_Failed`` sample in place of the batch."""
+    failed = next((sample for sample in samples if isinstance(sample, _Failed)), None)
+    return failed if failed is not None else default_collate(samples)
+
+
+class CheckedDataLoader(DataLoader):
+    """A DataLoader that raises, in the caller's process, the one-line error a sample met
+    (``DatasetError("cannot read image <path>: ...")``), with or without worker processes."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            if isinstance(batch, _Failed):
+                raise batch.error
+            yield batch
