@@ -55,6 +55,45 @@ CASES = [
     ("non-numeric rho", ["sam.rho=abc"], "Value 'abc' of type 'str' could not be converted", 1),
     ("misspelt key", ["trainer.batchsize=32"], "Key 'batchsize' not in 'TrainerConfig'", 1),
     (
+        "misspelt key added with +",
+        ["+trainer.batchsize=32"],
+        "unknown key trainer.batchsize; did you mean trainer.batch_size?",
+        2,
+    ),
+    ("negative seed", ["seed=-1"], "seed must be in [0, ", 2),
+    ("seed beyond 64 bits", [f"seed={2**64}"], "seed must be in [0, ", 2),
+    ("mps device", ["trainer.device=mps"], "trainer.device='mps' is not one of", 2),
+    ("gpu device", ["trainer.device=gpu"], "trainer.device='gpu' is not one of", 2),
+    ("negative momentum", ["optimizer.momentum=-1"], "optimizer.momentum must be >= 0", 2),
+    (
+        "adamw betas above 1",
+        ["optimizer=adamw", "optimizer.betas=[2,2]"],
+        "optimizer.betas[0] must be in [0, 1)",
+        2,
+    ),
+    ("negative eps", ["optimizer.eps=-1"], "optimizer.eps must be >= 0", 2),
+    ("empty training split", ["dataset.test_fraction=0.9999"], "leaves 0 training", 2),
+    ("digits with 3 channels", ["dataset.in_chans=3"], "set dataset.in_chans=1", 2),
+    ("negative width", ["model.kwargs.width=-4"], "model.kwargs.width=-4 (int) rejected", 2),
+    ("zero width", ["model.kwargs.width=0"], "model.kwargs.width=0 (int) leaves", 2),
+    ("text width", ["model.kwargs.width=abc"], "model.kwargs.width='abc' (str) rejected", 2),
+    ("list drop rate", ["model.kwargs.drop_rate=[0.1]"], "model.kwargs.drop_rate=[0.1]", 2),
+    ("pretrained without weights", ["model.pretrained=true"], "digits_cnn has no pretrained", 2),
+    ("negative warmup lr", ["scheduler.warmup_lr=-1"], "scheduler.warmup_lr must be >= 0", 2),
+    ("min lr above lr", ["scheduler.min_lr=1"], "must not exceed optimizer.lr", 2),
+    (
+        "milestones not increasing",
+        ["scheduler=multistep", "scheduler.milestones=[5,3]"],
+        "scheduler.milestones must be strictly increasing",
+        2,
+    ),
+    (
+        "gpu loader with cutout",
+        ["dataset=cifar10", "dataset.loader=gpu", "augment=cutout"],
+        "dataset.loader=gpu implements random crop and flip only",
+        2,
+    ),
+    (
         "indivisible batch",
         ["trainer.batch_size=64", "trainer.accum_steps=5"],
         "trainer.batch_size=64 must be divisible by trainer.accum_steps=5",
@@ -75,7 +114,7 @@ CASES = [
             "dataset.download=false",
             "dataset.verify_checksums=false",
         ],
-        "cifar10 not found or unreadable",
+        "data_batch_3",  # the one line names the unreadable file
         2,
     ),
     (
@@ -90,7 +129,7 @@ CASES = [
     ("foreign checkpoint", ["resume={ckpt:foreign}"], "is not a sam-train checkpoint", 2),
     (
         "checkpoint of another model",
-        ["resume={ckpt:wrong_model}"],
+        ["resume={ckpt:wrong_model}", "resume_strict=false"],  # past the config comparison
         "does not match the configured model (missing: fc.bias, fc.weight",
         2,
     ),
@@ -146,7 +185,9 @@ FUZZ_KEYS = {
     "optimizer.lr": ["0.1", "0", "-0.1", "1e-9", "abc", "nan"],
     "optimizer.name": ["sgd", "adamw", "adam", "1"],
     "optimizer.weight_decay": ["0", "5e-4", "-1"],
-    "optimizer.betas": ["[0.9,0.99]", "0.9", "[a]"],
+    "optimizer.betas": ["[0.9,0.99]", "0.9", "[a]", "[2,2]"],
+    "optimizer.momentum": ["0.9", "-1"],
+    "optimizer.eps": ["1e-8", "-1"],
     "trainer.batch_size": ["96", "0", "-8", "1.5", "100000"],
     "trainer.accum_steps": ["1", "2", "0", "3"],
     "trainer.epochs": ["1", "0", "-1", "two"],
@@ -154,29 +195,37 @@ FUZZ_KEYS = {
     "trainer.clip_grad_norm": ["null", "1.0", "0", "-1"],
     "trainer.label_smoothing": ["0.1", "-0.1", "2"],
     "trainer.log_every": ["1", "0"],
+    "trainer.device": ["cpu", "mps", "gpu"],
+    "+trainer.batchsize": ["32"],
     "dataset.label_noise": ["0", "0.5", "1", "1.5", "-0.1"],
-    "dataset.test_fraction": ["0.25", "0", "1"],
+    "dataset.test_fraction": ["0.25", "0", "1", "0.9999"],
+    "dataset.in_chans": ["1", "3"],
     "scheduler.name": ["cosine", "multistep", "linear"],
     "scheduler.warmup_epochs": ["0", "1", "5", "-1"],
-    "scheduler.milestones": ["[1]", "[]", "1"],
-    "model.kwargs.drop_rate": ["0.1", "2", "x"],
+    "scheduler.warmup_lr": ["1e-5", "-1"],
+    "scheduler.min_lr": ["0", "1"],
+    "scheduler.milestones": ["[1]", "[]", "1", "[5,3]"],
+    "model.kwargs.drop_rate": ["0.1", "2", "x", "[0.1]"],
+    "model.kwargs.width": ["8", "-4", "0", "abc"],
     "model.kwargs.not_an_arg": ["1"],
     "model.name": ["digits_cnn", "resnet10t", "nope"],
     "checkpoint.best_metric": ["test/acc1", "test/loss", "train/acc1"],
     "checkpoint.every_n_steps": ["0", "5", "-2"],
-    "seed": ["0", "-1", "1.5"],
+    "seed": ["0", "-1", "1.5", str(2**64)],
     "resume": ["null", "auto"],
 }
 
 
 @pytest.mark.slow
 def test_fuzzed_overrides_never_end_in_a_raw_exception(tmp_path):
-    """Random override sets either train (one tiny epoch) or fail with a user error."""
+    """Random override sets either train (one tiny epoch) or fail with a user error; each
+    goes through what the CLI runs: validate, adjust, train."""
+    from sam_train.config import adjust, validate
     from sam_train.train import train
 
     rng = random.Random(1234)
     outcomes = {"trained": 0, "rejected": 0}
-    for trial in range(20):
+    for trial in range(30):
         keys = rng.sample(sorted(FUZZ_KEYS), k=rng.randint(1, 4))
         overrides = [f"{k}={rng.choice(FUZZ_KEYS[k])}" for k in keys]
         base = [
@@ -194,6 +243,8 @@ def test_fuzzed_overrides_never_end_in_a_raw_exception(tmp_path):
         ]
         try:
             cfg = compose_config(overrides)
+            validate(cfg)
+            adjust(cfg)
             train(cfg, tmp_path / f"trial{trial}")
             outcomes["trained"] += 1
         except ConfigCompositionException as err:

@@ -1,0 +1,240 @@
+"""The config schema: dataclasses whose field metadata declares every choice list and range.
+
+Each checked field is made with :func:`checked` (or ``field(metadata=checks(...))``);
+``validate.check_fields`` walks the schema and applies the declared checks, so a list of names
+or a range is written here and nowhere else.
+Torch-free: it is read before torch is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+#: The checks a field's metadata may declare (read by ``validate.check_fields``).
+#: choices: allowed values; ge/gt/le/lt: bounds (finite numbers); pattern: (regex, what it
+#: reads as); items: checks of each list element; length: list length; increasing: strictly
+#: increasing list; variants: the SAM variants that read this option (None otherwise).
+CHECK_KEYS = frozenset(
+    {"choices", "ge", "gt", "le", "lt", "pattern", "items", "length", "increasing", "variants"}
+)
+
+
+def checks(**declared: Any) -> dict[str, Any]:
+    """Field metadata for the generic validator; a misspelt check fails at import."""
+    unknown = set(declared) - CHECK_KEYS
+    if unknown:
+        raise TypeError(f"unknown field checks {sorted(unknown)}; known: {sorted(CHECK_KEYS)}")
+    return declared
+
+
+def checked(default: Any = MISSING, **declared: Any) -> Any:
+    """A dataclass field with a default and the checks the one generic validator applies."""
+    return field(default=default, metadata=checks(**declared))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the validator must know of a data set before any of it is loaded."""
+
+    channels: int
+    images: int | None = None  # split here by dataset.test_fraction: the number of images
+    classes: int | None = None  # ... and its classes (stratified: each split needs one of each)
+    cifar: bool = False  # CIFAR's augmentations and the GPU loader apply
+
+
+DATA_SPECS: dict[str, DataSpec] = {
+    "digits": DataSpec(channels=1, images=1797, classes=10),  # scikit-learn's 8x8 digits
+    "cifar10": DataSpec(channels=3, cifar=True),
+    "cifar100": DataSpec(channels=3, cifar=True),
+    "imagenet": DataSpec(channels=3),  # ImageFolder loads RGB
+}
+DATASETS = tuple(DATA_SPECS)
+CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
+GPU_LOADER_DATASETS = CIFAR_DATASETS
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "multistep")
+PRECISIONS = ("none", "bf16", "fp16")
+BEST_METRICS = ("test/acc1", "test/acc5", "test/loss")
+AUGMENTATIONS = ("basic", "cutout", "autoaugment")  # CIFAR training pipelines (augment group)
+GPU_LOADER_AUGMENTATIONS = ("basic",)  # the GPU loader implements crop + flip only
+LOADERS = ("dataloader", "gpu")
+# SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
+# reads is the ``variants`` metadata of SAMConfig's fields.
+SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam")
+DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
+# Seeds are offset by rank and epoch and must stay within torch's 64-bit generator seed.
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class DatasetConfig:
+    name: str = checked(choices=DATASETS)
+    root: str = "data"
+    num_classes: int = checked(gt=0)
+    in_chans: int = checked(3, gt=0)  # must equal DATA_SPECS[name].channels
+    image_size: int = checked(32, gt=0)
+    download: bool = True
+    verify_checksums: bool = True
+    label_noise: float = checked(0.0, ge=0, le=1)
+    test_fraction: float = checked(0.25, gt=0, lt=1)  # digits only: held-out share
+    loader: str = checked("dataloader", choices=LOADERS)  # gpu: CIFAR kept on the device
+
+
+@dataclass
+class AugmentConfig:
+    name: str = checked("basic", choices=AUGMENTATIONS)  # other than basic: CIFAR only
+    cutout_size: int = checked(16, gt=0)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # any timm model name, or one registered in sam_train.models
+    pretrained: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model's; left open
+    sync_bn: bool = False  # SyncBatchNorm across processes (GPUs; timm's converter)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = checked("sgd", choices=OPTIMIZERS)
+    lr: float = checked(0.1, gt=0)
+    weight_decay: float = checked(5e-4, ge=0)
+    momentum: float = checked(0.9, ge=0)
+    nesterov: bool = False
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999],
+        metadata=checks(length=2, items=checks(ge=0, lt=1)),
+    )
+    eps: float = checked(1e-8, ge=0)
+    filter_bias_and_bn: bool = True  # no weight decay on biases and norm weights (timm's rule)
+
+
+@dataclass
+class SAMConfig:
+    name: str = checked("sam", choices=SAM_VARIANTS)  # sam_train/sam/
+    rho: float = checked(0.05, ge=0)
+    adaptive: bool = False
+    eta: float = checked(0.01, ge=0)
+    # Under DDP each replica perturbs with its own gradient (the paper's m-sharpness with m =
+    # per-device batch, one all-reduce per step); true all-reduces the first gradient too.
+    sync_perturbation: bool = False
+    m: int | None = checked(None, gt=0)  # m-sharpness: one perturbation per m examples/device
+    # Options of every variant (sam_train/sam/sam.py); the defaults are the paper's SAM.
+    p: float = checked(2.0, choices=(2.0, math.inf))  # eps = rho g/||g|| or rho sign(g)
+    perturb_fraction: float = checked(1.0, gt=0, le=1)  # ESAM's stochastic perturbation
+    include_weight_decay: bool = False  # weight_decay * w in the ascent gradient
+    inner_steps: int = checked(1, gt=0)  # ascent steps, each one more forward-backward
+    # Variant options (None: the variant's own default); set by configs/sam/<variant>.yaml.
+    alpha: float | None = checked(None, ge=0, variants=("gsam", "looksam"))  # gap/reuse weight
+    rho_min: float | None = checked(None, ge=0, variants=("gsam",))  # rho at scheduler.min_lr
+    k: int | None = checked(None, gt=0, variants=("looksam", "interval"))  # SAM every k steps
+    sigma: float | None = checked(None, ge=0, variants=("fsam",))  # EMA share removed
+    ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam",))  # the EMA's lambda
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = checked("cosine", choices=SCHEDULERS)
+    warmup_epochs: int = checked(0, ge=0)  # shortened to trainer.epochs - 1 by adjust()
+    warmup_lr: float = checked(1e-5, ge=0)
+    min_lr: float = checked(0.0, ge=0)  # at most optimizer.lr
+    milestones: list[int] = field(
+        default_factory=list, metadata=checks(increasing=True, items=checks(gt=0))
+    )
+    decay_rate: float = checked(0.1, gt=0, le=1)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = checked(10, gt=0)
+    batch_size: int = checked(128, gt=0)
+    eval_batch_size: int = checked(256, gt=0)
+    device: str = checked("auto", pattern=DEVICE_PATTERN)
+    num_workers: int = checked(2, ge=0)
+    log_every: int = checked(50, gt=0)
+    amp: str = checked("none", choices=PRECISIONS)
+    clip_grad_norm: float | None = checked(None, gt=0)
+    accum_steps: int = checked(1, gt=0)  # must divide trainer.batch_size
+    label_smoothing: float = checked(0.0, ge=0, lt=1)
+    channels_last: bool = False
+    compile: bool = False
+    skip_nonfinite: bool = True  # skip steps with a non-finite gradient (one host sync a step)
+    max_bad_steps: int = checked(10, gt=0)  # consecutive skipped steps that stop the run
+
+
+@dataclass
+class CheckpointConfig:
+    save_last: bool = True
+    save_best: bool = True
+    best_metric: str = checked("test/acc1", choices=BEST_METRICS)  # loss: lower is better
+    every_n_steps: int = checked(0, ge=0)  # also save mid-epoch every N steps (0: epoch ends)
+    keep_last: int = checked(0, ge=0)  # step_*.pt snapshots kept besides last.pt
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = checked(0, ge=0, le=MAX_SEED)
+    resume: str | None = None  # None | auto | path to a checkpoint
+    # A resume whose config changes the trajectory is refused unless this is false.
+    resume_strict: bool = True
+    run_name: str = "train"
+
+
+#: option -> the variants that read it (builders passes these to the variant's class).
+SAM_VARIANT_OPTIONS: dict[str, tuple[str, ...]] = {
+    f.name: f.metadata["variants"] for f in fields(SAMConfig) if "variants" in f.metadata
+}
+
+
+def register_configs() -> None:
+    """Register the schema under the name ``configs/train.yaml`` puts first in its defaults.
+
+    ``model.kwargs`` is left open (not struct) so any keyword of any timm model can be set as
+    ``model.kwargs.drop_rate=0.1``, without Hydra's ``+`` prefix for new keys.
+    """
+    register_resolvers()
+    schema = OmegaConf.structured(TrainConfig)
+    OmegaConf.set_struct(schema.model.kwargs, False)
+    ConfigStore.instance().store(name="train_schema", node=schema)
+
+
+def register_resolvers() -> None:
+    """The config's own interpolations (``${scale_lr:...}``, ``${dataset_channels:...}``), for
+    Hydra and for tools that load a run's saved ``.hydra/config.yaml``."""
+    if not OmegaConf.has_resolver("scale_lr"):
+        OmegaConf.register_new_resolver("scale_lr", scale_lr)
+    if not OmegaConf.has_resolver("dataset_channels"):
+        OmegaConf.register_new_resolver("dataset_channels", dataset_channels)
+
+
+def scale_lr(lr: float, base_batch_size: int, *, _root_: Any) -> float:
+    """``${scale_lr:LR,BASE}``: LR is given for a global batch of BASE; scale it linearly to
+    ``trainer.batch_size`` (Goyal et al., 2017), as the paper's ImageNet recipe needs when run
+    with another batch than its 4096."""
+    return float(lr) * _root_.trainer.batch_size / float(base_batch_size)
+
+
+def dataset_channels(name: str) -> int:
+    """``${dataset_channels:NAME}``: the data set's channel count from DATA_SPECS, so the
+    dataset YAML files do not write it a second time (an unknown name: the validator's)."""
+    spec = DATA_SPECS.get(name)
+    return spec.channels if spec is not None else DatasetConfig.in_chans

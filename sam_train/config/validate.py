@@ -1,0 +1,239 @@
+"""Config checks: unknown keys, one generic pass over the schema's field metadata, then the
+few rules that relate several fields. Torch-free, so a bad value fails in seconds.
+
+Every failure is a :class:`~sam_train.errors.ConfigError` of one line naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import operator
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from functools import cache
+from typing import Any, get_type_hints
+
+from omegaconf import OmegaConf, read_write
+
+from sam_train.config.schema import (
+    CIFAR_DATASETS,
+    DATA_SPECS,
+    GPU_LOADER_AUGMENTATIONS,
+    SAM_VARIANT_OPTIONS,
+    TrainConfig,
+)
+from sam_train.errors import ConfigError
+
+_BRACKETS = {"ge": "[", "gt": "(", "le": "]", "lt": ")"}
+_SYMBOLS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_OPS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+
+
+def validate(cfg: Any) -> None:
+    """Check a composed config against the schema and its cross-field rules; raise
+    ConfigError naming the key to change."""
+    check_known_keys(cfg, TrainConfig)
+    check_fields(cfg, TrainConfig)
+    for rule in (_dataset_rules, _sam_rules, _sam_sharpness_rules, _optimization_rules):
+        rule(cfg)
+
+
+def adjust(cfg: Any) -> list[str]:
+    """Shorten settings that a short run cannot honour (a warm-up as long as the run, as when
+    ``trainer.epochs=1`` overrides a preset or in a sweep); returns one warning line each.
+
+    Call after :func:`validate`; changes ``cfg`` in place.
+    """
+    epochs, warmup = cfg.trainer.epochs, cfg.scheduler.warmup_epochs
+    if warmup < epochs:
+        return []
+    with read_write(cfg):
+        cfg.scheduler.warmup_epochs = epochs - 1
+    return [
+        f"scheduler.warmup_epochs={warmup} is not below trainer.epochs={epochs}: "
+        f"shortened to {epochs - 1}"
+    ]
+
+
+@cache
+def _nested(cls: type) -> dict[str, type]:
+    """The fields of dataclass ``cls`` that are dataclasses themselves (config groups)."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if is_dataclass(hints[f.name])}
+
+
+def check_known_keys(node: Any, cls: type, prefix: str = "") -> None:
+    """Refuse keys the schema does not declare: Hydra's ``+group.key=value`` adds them to a
+    struct node (force-add), where they would be silently ignored. ``model.kwargs`` is a dict
+    field, not a dataclass, so it stays open."""
+    known = [f.name for f in fields(cls)]
+    for key in node:
+        if key not in known:
+            raise ConfigError(_unknown_key(prefix, str(key), known))
+    for name, sub in _nested(cls).items():
+        check_known_keys(node[name], sub, f"{prefix}{name}.")
+
+
+def _unknown_key(prefix: str, key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {prefix}{key}; did you mean {prefix}{close[0]}?"
+    group = prefix.rstrip(".") or "the config"
+    return f"unknown key {prefix}{key}; {group} takes: {', '.join(known)}"
+
+
+def check_fields(node: Any, cls: type, prefix: str = "") -> None:
+    """Apply every field's declared checks (``schema.checked``), group by group."""
+    nested = _nested(cls)
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name in nested:
+            check_fields(node[f.name], nested[f.name], f"{key}.")
+        elif f.metadata:
+            if OmegaConf.is_missing(node, f.name):
+                raise ConfigError(f"{key} is not set: choose a value (e.g. {key}=...)")
+            check_value(key, node[f.name], f.metadata)
+
+
+def check_value(key: str, value: Any, checks: Mapping[str, Any]) -> None:
+    """One value against its checks; None (an unset optional) passes."""
+    if value is None:
+        return
+    if "choices" in checks and value not in checks["choices"]:
+        raise ConfigError(_not_one_of(key, value, checks["choices"]))
+    if "pattern" in checks:
+        regex, reads = checks["pattern"]
+        if not re.fullmatch(regex, str(value)):
+            raise ConfigError(f"{key}={value!r} is not one of: {reads}")
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        _check_list(key, list(value), checks)
+        return
+    bounds = {op: checks[op] for op in _SYMBOLS if op in checks}
+    if bounds and not (
+        math.isfinite(value) and all(_OPS[op](value, b) for op, b in bounds.items())
+    ):
+        raise ConfigError(f"{key} must be {_describe(bounds)}, got {value}")
+
+
+def _check_list(key: str, values: list[Any], checks: Mapping[str, Any]) -> None:
+    if "length" in checks and len(values) != checks["length"]:
+        raise ConfigError(f"{key} takes {checks['length']} values, got {values}")
+    for i, item in enumerate(values):
+        check_value(f"{key}[{i}]", item, checks.get("items", {}))
+    if checks.get("increasing") and any(b <= a for a, b in itertools.pairwise(values)):
+        raise ConfigError(f"{key} must be strictly increasing, got {values}")
+
+
+def _describe(bounds: Mapping[str, float]) -> str:
+    """``> 0``, ``>= 0`` or ``in [0, 1)``."""
+    if len(bounds) == 1:
+        ((op, bound),) = bounds.items()
+        return f"{_SYMBOLS[op]} {_num(bound)}"
+    (lo_op, lo), (hi_op, hi) = sorted(bounds.items(), key=lambda item: item[0][0] == "l")
+    return f"in {_BRACKETS[lo_op]}{_num(lo)}, {_num(hi)}{_BRACKETS[hi_op]}"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _not_one_of(key: str, value: Any, choices: Sequence[Any]) -> str:
+    if all(isinstance(c, str) for c in choices):
+        return f"{key}={value!r} is not one of: {', '.join(choices)}"
+    return f"{key} must be {' or '.join(_num(c) for c in choices)}, got {value}"
+
+
+# ------------------------------------------------------------------------ cross-field rules
+def _dataset_rules(cfg: Any) -> None:
+    """The data set against its options: augmentations, loader, channels, split sizes."""
+    data, augment = cfg.dataset, cfg.augment.name
+    spec = DATA_SPECS[data.name]
+    if augment != "basic" and not spec.cifar:
+        raise ConfigError(
+            f"augment={augment} is for CIFAR; dataset={data.name} takes augment=basic"
+        )
+    if data.loader == "gpu" and data.name not in CIFAR_DATASETS:
+        raise ConfigError(
+            f"dataset.loader=gpu keeps CIFAR on the device; {data.name} needs "
+            "dataset.loader=dataloader"
+        )
+    if data.loader == "gpu" and augment not in GPU_LOADER_AUGMENTATIONS:
+        raise ConfigError(
+            f"dataset.loader=gpu implements random crop and flip only; augment={augment} "
+            "needs dataset.loader=dataloader"
+        )
+    if data.in_chans != spec.channels:
+        raise ConfigError(
+            f"dataset.in_chans={data.in_chans} but {data.name} images have {spec.channels} "
+            f"channel{'s' if spec.channels > 1 else ''}: set dataset.in_chans={spec.channels}"
+        )
+    if spec.images is not None:
+        _check_split(data.name, data.test_fraction, spec.images, spec.classes or 1)
+
+
+def _check_split(name: str, fraction: float, images: int, classes: int) -> None:
+    """scikit-learn's stratified split: ceil(fraction * images) test images, the rest for
+    training, each at least one per class."""
+    test = math.ceil(fraction * images)
+    train = images - test
+    if min(train, test) < classes:
+        raise ConfigError(
+            f"dataset.test_fraction={fraction} leaves {train} training and {test} test images "
+            f"of the {images} {name} images, below one per class ({classes}): use a value in "
+            f"({(classes - 1) / images:.4g}, {(images - classes) / images:.4g}]"
+        )
+
+
+def _sam_rules(cfg: Any) -> None:
+    """The options the chosen variant does not read, and the combinations that are wrong."""
+    sam, amp = cfg.sam, cfg.trainer.amp
+    if sam.name == "none":
+        return
+    for key, variants in SAM_VARIANT_OPTIONS.items():
+        if sam[key] is not None and sam.name not in variants:
+            raise ConfigError(
+                f"sam.{key} applies to sam={' or sam='.join(variants)}, not sam={sam.name}"
+            )
+    if sam.rho_min is not None and sam.rho_min > sam.rho:
+        raise ConfigError(f"sam.rho_min must be in [0, sam.rho={sam.rho}], got {sam.rho_min}")
+    if sam.name == "fsam" and sam.inner_steps != 1:
+        raise ConfigError("sam=fsam takes one ascent step: set sam.inner_steps=1")
+    # fp16 gradients carry the loss scale: fine for a normalised direction, wrong when they
+    # are mixed with unscaled terms (weight decay) or with gradients of other scales (EMA).
+    if amp == "fp16" and sam.name == "fsam":
+        raise ConfigError("sam=fsam needs unscaled gradients for its EMA: use trainer.amp=bf16")
+    if amp == "fp16" and sam.include_weight_decay:
+        raise ConfigError(
+            "sam.include_weight_decay=true needs unscaled gradients: use trainer.amp=bf16"
+        )
+
+
+def _sam_sharpness_rules(cfg: Any) -> None:
+    """m-sharpness: plain SAM only, one perturbation per chunk (not one global one)."""
+    sam = cfg.sam
+    if sam.m is None:
+        return
+    if sam.name not in ("sam", "none"):
+        raise ConfigError(f"sam.m (m-sharpness) works with sam=sam or sam=asam, not {sam.name}")
+    if sam.sync_perturbation:
+        raise ConfigError(
+            "sam.m gives each chunk of m examples its own perturbation; it cannot be "
+            "combined with sam.sync_perturbation=true (one global perturbation)"
+        )
+
+
+def _optimization_rules(cfg: Any) -> None:
+    """Batch accumulation, and a schedule that stays below its peak learning rate."""
+    trainer, lr = cfg.trainer, cfg.optimizer.lr
+    if trainer.batch_size % trainer.accum_steps:
+        raise ConfigError(
+            f"trainer.batch_size={trainer.batch_size} must be divisible by "
+            f"trainer.accum_steps={trainer.accum_steps}"
+        )
+    if cfg.scheduler.min_lr > lr:
+        raise ConfigError(
+            f"scheduler.min_lr={cfg.scheduler.min_lr} must not exceed optimizer.lr={lr}"
+        )
