@@ -196,6 +196,7 @@ def _follower_overrides(args: list[str]) -> list[str]:
 
 
 def _run_and_summarise() -> None:
+    failed_jobs.clear()
     _run()
     if failed_jobs:
         print(f"sam-train: {len(failed_jobs)} job(s) of the sweep failed:", file=sys.stderr)

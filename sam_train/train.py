@@ -40,6 +40,7 @@ class StartPlan:
     checkpoint: str | None = None  # resume from this file; None: a fresh run
     complete_results: dict[str, Any] | None = None  # set when the run has nothing left to do
     grown: tuple[int, int] | None = None  # (old, new) trainer.epochs
+    changed: tuple[str, ...] = ()  # keys accepted with resume_strict=false
 
 
 def seed_everything(seed: int) -> None:
@@ -109,7 +110,8 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
             state.best.get("acc1"),
         )
         return StartPlan(str(found.path), complete_results=results or state.to_dict())
-    return StartPlan(str(found.path), grown=grown)
+    changed = tuple(change.key for change in changes)
+    return StartPlan(str(found.path), grown=grown, changed=changed)
 
 
 def _fit(
@@ -120,7 +122,7 @@ def _fit(
     state = RunState()
     callbacks = build_callbacks(cfg, run_dir, config, describe_run(cfg, run, run_dir))
     if plan.checkpoint is not None:
-        state = restore(run, Path(plan.checkpoint), callbacks, strict=cfg.resume_strict)
+        state = restore(run, Path(plan.checkpoint), callbacks, changed=plan.changed)
         if plan.grown is not None:
             state.complete = False
             log.info(
@@ -163,6 +165,20 @@ def build_callbacks(
     return callbacks
 
 
+def _restore_optimizer(run: Run, saved: dict, path: Path, changed: tuple[str, ...]) -> None:
+    if {"optimizer.name", "sam.name"} & set(changed):
+        log.warning("optimizer state in %s is for another optimizer: starting it fresh", path)
+        return
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
+    try:
+        run.optimizer.load_state_dict(saved)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
+    if any(key.startswith(("optimizer.", "sam.")) for key in changed):
+        for group, values in zip(run.optimizer.param_groups, configured, strict=True):
+            group.update(values)
+
+
 def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
     params = sum(p.numel() for p in run.model.parameters())
     return (
@@ -173,21 +189,20 @@ def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
     )
 
 
-def restore(run: Run, path: Path, callbacks: list[cb.Callback], *, strict: bool) -> RunState:
+def restore(
+    run: Run, path: Path, callbacks: list[cb.Callback], *, changed: tuple[str, ...] = ()
+) -> RunState:
     """Load a checkpoint into the built run; the schedule follows from the config and the step.
 
     The scheduler's saved state is not loaded: timm's schedules are functions of the update
     count, and their state holds the old length, which would override a grown
-    ``trainer.epochs`` (every new step at the final lr).
+    ``trainer.epochs`` (every new step at the final lr). ``changed`` lists the config keys a
+    ``resume_strict=false`` resume accepted: the new optimizer hyper-parameters win over the
+    saved ones, and another optimizer or SAM variant starts its state fresh.
     """
     checkpoint = load_checkpoint(path, map_location=run.device)
     load_model_state(run.model, checkpoint["model"], path)
-    try:
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
-    except (KeyError, ValueError, RuntimeError) as err:
-        if strict:
-            raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
-        log.warning("optimizer state in %s does not fit (%s): starting it fresh", path, err)
+    _restore_optimizer(run, checkpoint["optimizer"], path, changed)
     if run.scaler is not None and checkpoint.get("scaler"):
         run.scaler.load_state_dict(checkpoint["scaler"])
     state = RunState.from_checkpoint(checkpoint)

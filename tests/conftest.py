@@ -134,20 +134,28 @@ def cli():
     return run_cli
 
 
-@pytest.fixture
-def cli_in_process(monkeypatch, capsys):
-    """Run ``sam-train ARGS`` through the real entry point in this process (no start-up cost);
-    returns (exit code, stderr)."""
+def run_in_process(args: list[str]) -> tuple[int, str]:
+    """Run ``sam-train ARGS`` through the real entry point in this process (no start-up
+    cost); returns (exit code, stderr)."""
+    import contextlib
+    import io
+
     from sam_train import cli as cli_module
 
-    def run(args: list[str]) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["sam-train", *args])
-        capsys.readouterr()
-        try:
+    stderr = io.StringIO()
+    saved_argv = sys.argv
+    sys.argv = ["sam-train", *args]
+    try:
+        with contextlib.redirect_stderr(stderr):
             cli_module.main()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-        return code, capsys.readouterr().err
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+    return code, stderr.getvalue()
 
-    return run
+
+@pytest.fixture
+def cli_in_process():
+    return run_in_process

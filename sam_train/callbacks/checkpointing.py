@@ -48,6 +48,9 @@ class Checkpointing(Callback):
     def on_fit_start(self, trainer: Trainer, state: RunState) -> None:
         if trainer.run.strategy.is_main:
             self.writer = CheckpointWriter(self.run_dir, keep_last=self.keep_last)
+        # A stop wrote last.pt although save_last=false: keep it current from then on, or a
+        # later resume=auto would go back to that stop.
+        self.save_last = self.save_last or self.last.is_file()
 
     def on_train_step_end(self, trainer: Trainer, state: RunState, output: StepOutput) -> None:
         at_epoch_end = state.global_step % trainer.run.steps_per_epoch == 0
