@@ -119,7 +119,7 @@ def build_data(cfg: DictConfig, strategy: Strategy | None = None) -> DatasetPair
             seed=cfg.seed,
             augment=cfg.augment.name,
             cutout_size=cfg.augment.cutout_size,
-            **({"verify": node.verify} if "verify" in node else {}),
+            verify=node.verify,
         )
 
     data = make(node.download) if strategy.is_main else None

@@ -80,6 +80,9 @@ class DatasetConfig:
     image_size: int = checked(32, gt=0)
     download: bool = True
     verify_checksums: bool = True
+    # ImageFolder: decode every image once before training and refuse the first bad one
+    # (about one epoch of decoding). Off, a bad image stops training at its first read.
+    verify: bool = False
     label_noise: float = checked(0.0, ge=0, le=1)
     test_fraction: float = checked(0.25, gt=0, lt=1)  # digits only: held-out share
     loader: str = checked("dataloader", choices=LOADERS)  # gpu: CIFAR kept on the device
