@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
-from sam_train.errors import SamTrainError
+from sam_train.errors import RunFolderError, SamTrainError
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: requeue and continue with resume=auto
@@ -108,10 +108,13 @@ def write_hydra_files(run_dir: Path) -> None:
     rewrites the files of a run that a resume refuses or finds complete."""
     hydra_cfg = HydraConfig.get()
     folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(_task_config, folder / "config.yaml", resolve=False)
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
-    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(_task_config, folder / "config.yaml", resolve=False)
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+        OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+    except OSError as err:  # a full disk, a folder that turned read-only
+        raise RunFolderError(f"cannot write {folder}: {err.strerror or err}") from err
 
 
 _task_config: DictConfig | None = None
@@ -205,10 +208,20 @@ def _run_and_summarise() -> None:
         sys.exit(EXIT_SWEEP_FAILED)
 
 
+def _escape_unencodable_output() -> None:
+    """A path that is not UTF-8 (a working directory named in another encoding) reaches
+    Python as lone surrogates; printing or logging it would raise. Escape instead."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     """Under torchrun or srun: join the process group first, so rank 0 can name the run
     folder for everyone before Hydra creates it; then run as a single process would, and
     leave through :func:`process_group.exit_worker`."""
+    _escape_unencodable_output()
     if not _launched_distributed():
         _run_and_summarise()
         return

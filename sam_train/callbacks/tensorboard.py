@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_train.callbacks.base import Callback
+from sam_train.errors import ConfigError
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
@@ -14,6 +16,21 @@ if TYPE_CHECKING:
 # Window metrics the trainer reports that are bookkeeping, not scalars to plot.
 _NOT_SCALARS = ("epoch", "step", "eta_seconds")
 HPARAM_METRICS = ("test/acc1", "test/acc5", "test/loss", "train/loss")
+
+
+def _utf8_path(folder: Path) -> str:
+    """TensorBoard encodes paths as UTF-8: a folder below a working directory named in another
+    encoding is given relative to it; a folder whose own name is not UTF-8 is refused."""
+    for candidate in (str(folder), os.path.relpath(folder)):
+        try:
+            candidate.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        return candidate
+    raise ConfigError(
+        f"TensorBoard cannot write to {os.fsencode(folder)!r}, whose name is not UTF-8: choose "
+        "another hydra.run.dir or set logger.tensorboard=false"
+    )
 
 
 class TensorBoard(Callback):
@@ -32,7 +49,7 @@ class TensorBoard(Callback):
         from torch.utils.tensorboard.summary import hparams
 
         purge = state.global_step if state.global_step else None
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=_utf8_path(self.run_dir), purge_step=purge)
         if self.hparams and purge is None:
             plain = {
                 k: v if isinstance(v, int | float | str | bool) else str(v)

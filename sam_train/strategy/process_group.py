@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import NoReturn
 
 import torch
@@ -46,7 +47,14 @@ def env_ranks() -> tuple[int, int, int] | None:
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+        ranks = int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+        missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in env]
+        if ranks[2] > 1 and missing:
+            raise ConfigError(
+                f"RANK={ranks[0]} and WORLD_SIZE={ranks[2]} are set but {' and '.join(missing)} "
+                "not: launch with torchrun, or unset RANK and WORLD_SIZE for a single process"
+            )
+        return ranks
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in env]
         if missing:
@@ -72,10 +80,47 @@ def init_distributed(device_type: str | None = None) -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         backend = {None: None, "cuda": "nccl"}.get(device_type, "gloo")
-        dist.init_process_group(
-            backend, store=restart_safe_store(world_size), rank=rank, world_size=world_size
-        )
+        timeout = rendezvous_timeout()
+        try:
+            dist.init_process_group(
+                backend,
+                store=restart_safe_store(world_size),
+                rank=rank,
+                world_size=world_size,
+                timeout=timeout,
+            )
+        except (RuntimeError, TimeoutError, ValueError) as err:  # DistStoreError, refused
+            address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            raise ConfigError(
+                f"rank {rank} of {world_size} could not join the process group at {address} "
+                f"within {timeout.total_seconds():.0f} s ({_first_line(err)}); start every rank "
+                "with torchrun, or unset RANK and WORLD_SIZE for a single process "
+                f"({RENDEZVOUS_TIMEOUT_ENV} sets the wait)"
+            ) from err
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+RENDEZVOUS_TIMEOUT_ENV = "SAM_TRAIN_RENDEZVOUS_TIMEOUT"
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
+
+
+def rendezvous_timeout() -> timedelta:
+    """How long a rank waits for the others: 5 minutes unless the environment says."""
+    value = os.environ.get(RENDEZVOUS_TIMEOUT_ENV, str(DEFAULT_RENDEZVOUS_TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(
+            f"{RENDEZVOUS_TIMEOUT_ENV}={value!r} is not a number of seconds"
+        ) from None
+    if not seconds > 0:
+        raise ConfigError(f"{RENDEZVOUS_TIMEOUT_ENV} must be > 0, got {value}")
+    return timedelta(seconds=seconds)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def restart_safe_store(world_size: int) -> dist.Store | None:
