@@ -5,8 +5,8 @@ interleaved (A, B, A, B, ... with the order rotated every repetition) after a wa
 reported as medians over repetitions:
 
 1. ``ratio``    SAM step time / base-optimizer step time, same model and batch (floor ~2.0);
-2. ``trainer``  a minimal two-pass SAM loop written here / sam-train's ``Engine.train_step``
-                (trainer efficiency; 1.0 means the trainer adds nothing);
+2. ``trainer``  a minimal two-pass SAM loop written here / sam-train's training step
+                (``SAMStep`` and the schedule's update; 1.0 means the trainer adds nothing);
 3. ``memory``   bytes the SAM optimizer holds beyond the base optimizer's state, against the
                 parameter bytes (found by walking the optimizer's references; on CUDA also the
                 allocator's count);
@@ -16,6 +16,10 @@ reported as medians over repetitions:
                 training throughput, per data set (digits; CIFAR-10 from synthetic images
                 written in torchvision's on-disk format), and the device-resident loader;
 6. ``compile``  ``trainer.compile=true`` (torch.compile) against eager.
+
+Every data set, model, optimizer, schedule, DDP wrap and step timed here is built by
+``sam_train.build`` (``build_run``) from the config ``sam-train`` composes for the same
+overrides, so a benchmark measures what training runs.
 
 Usage::
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import json
 import math
@@ -44,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,18 +59,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from omegaconf import DictConfig
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sam_train import distributed  # noqa: E402
-from sam_train.builders import build_optimizer, build_scheduler  # noqa: E402
+from sam_train import build  # noqa: E402
+from sam_train.build import Run  # noqa: E402
 from sam_train.config import register_configs  # noqa: E402
-from sam_train.data import build_datasets, build_loaders  # noqa: E402
-from sam_train.engine import Engine  # noqa: E402
-from sam_train.models import create_model  # noqa: E402
 from sam_train.sam import SAM  # noqa: E402
+from sam_train.strategy import DDPStrategy, DistInfo, Strategy, process_group  # noqa: E402
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+# Every CIFAR run keeps the configured loader workers, as training does, on however many cores
+# there are; torch's advice to use fewer would repeat for each run built.
+warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
 
 SECTIONS = ("ratio", "trainer", "memory", "ddp", "data", "compile")
 TARGETS = {
@@ -77,19 +88,19 @@ TARGETS = {
 
 
 # --------------------------------------------------------------------------------------
-# Workloads and the objects sam-train builds for them
+# Workloads, and the runs sam-train builds for them (sam_train.build, as training does)
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Workload:
-    """A model at an input size and batch: what every section measures."""
+    """A model on a data set at a batch: what every section measures."""
 
     name: str
     model: str
-    input_shape: tuple[int, int, int]
-    batch_size: int
-    dataset: str  # the data set of that input size (data section)
+    input_shape: tuple[int, int, int]  # the data set's images (make_batch's random batches)
+    batch_size: int  # per process
+    dataset: str
     num_classes: int = 10
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # model.kwargs
 
     @property
     def label(self) -> str:
@@ -108,7 +119,7 @@ def workloads(batch_size: int) -> dict[str, Workload]:
     }
 
 
-def compose(overrides: list[str]):
+def compose(overrides: list[str]) -> DictConfig:
     """The config ``sam-train`` would run with these overrides (Hydra's compose API)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -121,64 +132,79 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="train", overrides=overrides)
 
 
-def build_model(work: Workload, device: torch.device, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(
-        work.model, num_classes=work.num_classes, in_chans=work.input_shape[0], **work.kwargs
-    )
-    return model.to(device).train()
+def run_overrides(
+    work: Workload, base: list[str], cifar_root: str | None = None, world_size: int = 1
+) -> list[str]:
+    """The command line that trains ``work``: its data set, model and (global) batch.
+
+    CIFAR is read from ``cifar_root`` (synthetic images in the real format, no download).
+    """
+    overrides = [
+        *base,
+        f"dataset={work.dataset}",
+        f"model.name={work.model}",
+        f"trainer.batch_size={work.batch_size * world_size}",
+        *(f"+model.kwargs.{key}={value}" for key, value in work.kwargs.items()),
+    ]
+    if work.dataset.startswith("cifar"):
+        if cifar_root is None:
+            raise ValueError(f"workload {work.name} needs a CIFAR root")
+        overrides += [
+            f"dataset.root={cifar_root}",
+            "dataset.download=false",
+            "dataset.verify_checksums=false",
+        ]
+    return overrides
 
 
-def make_batch(work: Workload, device: torch.device, seed: int = 0):
+def bench_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
+    """``build.build_run``: the data, model, optimizer, schedule, wrap and step of training.
+
+    Seeded first, so every mode of a comparison starts from the same weights.
+    """
+    torch.manual_seed(0)
+    run = build.build_run(cfg, strategy or build.build_strategy(cfg.trainer.device))
+    run.train_model.train()
+    return run
+
+
+def make_batch(work: Workload, device: torch.device, seed: int = 0) -> Batch:
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(work.batch_size, *work.input_shape, generator=gen)
     targets = torch.randint(0, work.num_classes, (work.batch_size,), generator=gen)
     return images.to(device), targets.to(device)
 
 
-def make_engine(
-    model: nn.Module,
-    cfg,
-    *,
-    sam: bool,
-    device: torch.device,
-    precision: str = "none",
-    train_model: nn.Module | None = None,
-    **engine_kwargs: Any,
-) -> Engine:
-    """The optimizer, scheduler and Engine as ``train.py`` builds them from ``cfg``.
+def train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+    """One training step as ``Trainer`` takes it: ``run.step``, then the schedule's update."""
+    updates = 0
 
-    The optimizer is built on ``model``; the Engine runs ``train_model`` when given (the
-    DDP-wrapped or compiled ``model``), as in ``train.py``.
-    """
-    sam_cfg = cfg.sam if sam else compose(["sam=none"]).sam
-    optimizer = build_optimizer(model, cfg.optimizer, sam_cfg)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, 1000)
-    return Engine(
-        model=train_model if train_model is not None else model,
-        optimizer=optimizer,
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
-        device=device,
-        precision=precision,
-        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
-        scheduler=scheduler,
-        log_every=cfg.trainer.log_every,
-        **engine_kwargs,
-    )
+    def step() -> None:
+        nonlocal updates
+        run.step(images, targets)
+        updates += 1
+        run.scheduler.step_update(num_updates=updates)
+
+    return step
 
 
 class MinimalSAMLoop:
     """SAM's two passes written out as a user would, with nothing around them.
 
-    The same base optimizer (timm's, built from the same config) and scheduler; the
+    The same base optimizer (timm's, built from the same config) and schedule; the
     perturbation with multi-tensor ops; BatchNorm statistics kept to the first pass by
     zeroing the momentum (the common hand-written trick); w restored by subtracting e(w).
     """
 
-    def __init__(self, model: nn.Module, cfg, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: DictConfig, device: torch.device, steps_per_epoch: int
+    ) -> None:
         self.model = model
-        self.optimizer = build_optimizer(model, cfg.optimizer, compose(["sam=none"]).sam)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, cfg.trainer.epochs, 1000)
+        no_sam = compose(["sam=none"]).sam
+        self.optimizer = build.build_optimizer(model, cfg.optimizer, no_sam)
+        self.scheduler = build.build_scheduler(
+            self.optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch
+        )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
         self.rho = cfg.sam.rho
@@ -331,29 +357,29 @@ class Options:
     data_images: int
     ddp_steps: int
     compile_workloads: list[str]
+    overrides: list[str]  # of every run (the device)
+    cifar_root: str | None = None  # synthetic CIFAR-10, when a workload reads it
+
+    def run_overrides(self, work: Workload, world_size: int = 1) -> list[str]:
+        return run_overrides(work, self.overrides, self.cifar_root, world_size)
 
 
 # --------------------------------------------------------------------------------------
 # 1. SAM / base step time
 # --------------------------------------------------------------------------------------
-def bench_ratio(opts: Options, cfg) -> list[dict[str, Any]]:
+def bench_ratio(opts: Options) -> list[dict[str, Any]]:
     results = []
     for key in opts.selected:
         work = opts.work[key]
         images, targets = make_batch(work, opts.device)
-        base_model = build_model(work, opts.device)
-        sam_model = copy.deepcopy(base_model)
-        engines = {
-            "base": make_engine(
-                base_model, cfg, sam=False, device=opts.device, precision=opts.precision
-            ),
-            "sam": make_engine(
-                sam_model, cfg, sam=True, device=opts.device, precision=opts.precision
-            ),
+        overrides = [*opts.run_overrides(work), f"trainer.amp={opts.precision}"]
+        runs = {
+            "base": bench_run(compose([*overrides, "sam=none"])),
+            "sam": bench_run(compose(overrides)),
         }
-        steps = {name: _step(engine, images, targets) for name, engine in engines.items()}
+        steps = {name: train_step(run, images, targets) for name, run in runs.items()}
         row = head_to_head(opts, steps, "sam", "base", "sam_over_base")
-        for name in engines:
+        for name in runs:
             row[f"{name}_images_per_s"] = work.batch_size / row[name]["median_s"]
         results.append({"workload": work.label, "key": key, **row})
         _log(f"ratio {work.label}: SAM/base {results[-1]['sam_over_base']:.3f}")
@@ -363,17 +389,17 @@ def bench_ratio(opts: Options, cfg) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------
 # 2. Trainer efficiency
 # --------------------------------------------------------------------------------------
-def bench_trainer(opts: Options, cfg) -> list[dict[str, Any]]:
+def bench_trainer(opts: Options) -> list[dict[str, Any]]:
     results = []
     for key in opts.selected:
         work = opts.work[key]
         images, targets = make_batch(work, opts.device)
-        model = build_model(work, opts.device)
-        engine = make_engine(model, cfg, sam=True, device=opts.device)
-        minimal = MinimalSAMLoop(copy.deepcopy(model), cfg, opts.device)
+        cfg = compose(opts.run_overrides(work))
+        run = bench_run(cfg)
+        minimal = MinimalSAMLoop(copy.deepcopy(run.model), cfg, opts.device, run.steps_per_epoch)
         steps = {
-            "trainer": _step(engine, images, targets),
-            "minimal": _step(minimal, images, targets),
+            "trainer": train_step(run, images, targets),
+            "minimal": functools.partial(minimal.train_step, images, targets),
         }
         row = head_to_head(opts, steps, "minimal", "trainer", "trainer_efficiency")
         results.append({"workload": work.label, "key": key, **row})
@@ -381,6 +407,7 @@ def bench_trainer(opts: Options, cfg) -> list[dict[str, Any]]:
     return results
 
 
+# --------------------------------------------------------------------------------------
 # 3. Memory
 # --------------------------------------------------------------------------------------
 def tensors_held(root: Any, skip: tuple[Any, ...] = ()) -> dict[tuple[str, int], torch.Tensor]:
@@ -444,24 +471,23 @@ def sam_extra_bytes(optimizer: SAM, model: nn.Module) -> dict[str, Any]:
     }
 
 
-def bench_memory(opts: Options, cfg) -> list[dict[str, Any]]:
+def bench_memory(opts: Options) -> list[dict[str, Any]]:
     """What SAM keeps between steps, measured on the objects after two training steps."""
     results = []
     for key in opts.selected:
         work = opts.work[key]
         images, targets = make_batch(work, opts.device)
-        model = build_model(work, opts.device)
+        run = bench_run(compose(opts.run_overrides(work)))
+        model, step = run.model, run.step
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        engine = make_engine(model, cfg, sam=True, device=opts.device)
         for _ in range(2):
-            engine.train_step(images, targets)
-        held = sam_extra_bytes(engine.optimizer, model)
-        # What the Engine itself holds: everything it references but the built objects.
-        built = (model, engine.optimizer, engine.scheduler, engine.criterion)
-        engine_held = tensors_held(engine, skip=built)
-        # Not the Engine's own: the model's buffers, and the first-pass gradient norm it keeps
-        # for logging, which is SAM's tensor (counted in SAM's extra memory).
-        not_engine = tensors_held([*model.buffers(), engine.optimizer.last_grad_norm])
+            step(images, targets)
+        held = sam_extra_bytes(run.optimizer, model)
+        # What the step itself holds: everything it references but the built objects.
+        step_held = tensors_held(step, skip=(model, run.train_model, run.optimizer, step.criterion))
+        # Not the step's own: the model's buffers, and the first-pass gradient norm it reports,
+        # which is SAM's tensor (counted in SAM's extra memory).
+        not_step = tensors_held([*model.buffers(), run.optimizer.last_grad_norm])
         row = {
             "workload": work.label,
             "key": key,
@@ -469,35 +495,37 @@ def bench_memory(opts: Options, cfg) -> list[dict[str, Any]]:
             **held,
             "sam_extra_over_params": held["sam_extra_bytes"] / param_bytes,
             "sam_weight_copies_over_params": held["sam_weight_copy_bytes"] / param_bytes,
-            # The Engine's copy of norm-layer statistics, restored after the second pass.
+            # The step's copies of the norm-layer statistics: frozen for the second pass, and
+            # put back when a step is skipped (non-finite gradient).
             "running_stats_snapshot_bytes": _nbytes(
-                {k: t for k, t in engine_held.items() if k not in not_engine}
+                {k: t for k, t in step_held.items() if k not in not_step}
             ),
         }
         if opts.device.type == "cuda":
-            row.update(_cuda_memory(work, cfg, opts, images, targets))
+            row.update(_cuda_memory(opts, work, images, targets))
         results.append(row)
         _log(f"memory {work.label}: SAM extra {row['sam_extra_over_params']:.4f}x params")
     return results
 
 
-def _cuda_memory(work, cfg, opts, images, targets) -> dict[str, int]:
+def _cuda_memory(
+    opts: Options, work: Workload, images: torch.Tensor, targets: torch.Tensor
+) -> dict[str, int]:
     """The allocator's view on CUDA: bytes held after a step and the step's peak."""
     out = {}
-    for name, sam in (("base", False), ("sam", True)):
+    for name, extra in (("base", ["sam=none"]), ("sam", [])):
         gc.collect()
         torch.cuda.empty_cache()
         start = torch.cuda.memory_allocated(opts.device)
-        model = build_model(work, opts.device)
-        engine = make_engine(model, cfg, sam=sam, device=opts.device)
-        engine.train_step(images, targets)
+        run = bench_run(compose([*opts.run_overrides(work), *extra]))
+        run.step(images, targets)
         torch.cuda.synchronize(opts.device)
         torch.cuda.reset_peak_memory_stats(opts.device)
-        engine.train_step(images, targets)
+        run.step(images, targets)
         torch.cuda.synchronize(opts.device)
         out[f"cuda_{name}_held_bytes"] = torch.cuda.memory_allocated(opts.device) - start
         out[f"cuda_{name}_peak_bytes"] = torch.cuda.max_memory_allocated(opts.device) - start
-        del engine, model
+        del run
     out["cuda_sam_extra_held_bytes"] = out["cuda_sam_held_bytes"] - out["cuda_base_held_bytes"]
     return out
 
@@ -545,16 +573,29 @@ def instrument_ddp(ddp: nn.parallel.DistributedDataParallel) -> CommCounter:
     return counter
 
 
-DDP_MODES = {  # name: (SAM, Engine.sync_perturbation)
-    "base optimizer": (False, False),
-    "sam default": (True, False),
-    "sam sync_perturbation": (True, True),
+DDP_MODES = {  # name: the overrides of the run
+    "base optimizer": ["sam=none"],
+    "sam default": [],
+    "sam sync_perturbation": ["sam.sync_perturbation=true"],
 }
+
+
+def ddp_run(
+    overrides: list[str], mode: str, device: torch.device, bucket_cap_mb: float | None = None
+) -> Run:
+    """On a rank of an initialised process group: the run training builds, DDPStrategy's wrap.
+
+    ``bucket_cap_mb`` None keeps DDP's default buckets (about 1 MiB first, then 25 MiB).
+    """
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    info = DistInfo(rank=rank, local_rank=rank, world_size=world_size)
+    strategy = DDPStrategy(info, device, bucket_cap_mb=bucket_cap_mb)
+    return bench_run(compose([*overrides, *DDP_MODES[mode]]), strategy)
 
 
 def ddp_measure(
     work: Workload,
-    cfg,
+    overrides: list[str],
     device: torch.device,
     *,
     warmup: int,
@@ -563,25 +604,21 @@ def ddp_measure(
 ) -> dict[str, Any]:
     """On each rank of an initialised process group: communication per step in each mode.
 
-    ``bucket_cap_mb`` None keeps DDP's default buckets (about 1 MiB first, then 25 MiB).
+    ``overrides`` train ``work`` at its per-process batch on this many processes.
     """
     rank = dist.get_rank()
     results = {}
-    for mode, (sam, sync) in DDP_MODES.items():
-        model = build_model(work, device)
-        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
-        counter = instrument_ddp(ddp)
-        engine = make_engine(
-            model, cfg, sam=sam, device=device, train_model=ddp, sync_perturbation=sync
-        )
+    for mode in DDP_MODES:
+        run = ddp_run(overrides, mode, device, bucket_cap_mb)
+        counter = instrument_ddp(run.train_model)
         images, targets = make_batch(work, device, seed=rank)
         for _ in range(warmup):  # the first step also rebuilds DDP's buckets
-            engine.train_step(images, targets)
+            run.step(images, targets)
         counter.reset()
         dist.barrier()
         start = time.perf_counter()
         for _ in range(steps):
-            engine.train_step(images, targets)
+            run.step(images, targets)
         elapsed = (time.perf_counter() - start) / steps
         results[mode] = {
             "allreduces_per_step": counter.allreduces / steps,
@@ -589,7 +626,7 @@ def ddp_measure(
             "buckets": len(counter.buckets),
             "buffer_broadcasts_per_step": counter.broadcasts / steps,
             "buffer_broadcast_bytes_per_step": counter.broadcast_bytes / steps,
-            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "param_bytes": sum(p.numel() * p.element_size() for p in run.model.parameters()),
             "step_s": elapsed,
         }
     return results
@@ -600,28 +637,34 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, payload: dict, out: 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
-    # DDP's gloo group can abort the interpreter's exit: see distributed.exit_worker.
-    with distributed.exits_worker():
+    # DDP's gloo group can abort the interpreter's exit: see process_group.exit_worker.
+    with process_group.exits_worker():
         register_configs()
-        cfg = compose(payload["overrides"])
         results = {}
         for fields in payload["workloads"]:
             work = Workload(**{**fields, "input_shape": tuple(fields["input_shape"])})
             results[work.name] = ddp_measure(
-                work, cfg, torch.device("cpu"), warmup=payload["warmup"], steps=payload["steps"]
+                work,
+                payload["overrides"][work.name],
+                torch.device("cpu"),
+                warmup=payload["warmup"],
+                steps=payload["steps"],
             )
         if rank == 0:
             Path(out).write_text(json.dumps(results))
 
 
-def bench_ddp(opts: Options, overrides: list[str]) -> list[dict[str, Any]]:
+def bench_ddp(opts: Options) -> list[dict[str, Any]]:
     """Two processes, gloo on the CPU: what is communicated does not depend on the device."""
     world_size = 2
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ddp.json")
         payload = {
             "workloads": [asdict(opts.work[key]) for key in opts.selected],
-            "overrides": overrides,
+            "overrides": {
+                key: [*opts.run_overrides(opts.work[key], world_size), "trainer.device=cpu"]
+                for key in opts.selected
+            },
             "warmup": 1,
             "steps": opts.ddp_steps,
             "threads": max(1, torch.get_num_threads() // world_size),
@@ -639,7 +682,8 @@ def bench_ddp(opts: Options, overrides: list[str]) -> list[dict[str, Any]]:
         default = modes["sam default"]
         _log(
             f"ddp {work.label}: SAM default {default['allreduces_per_step']:g} bucket "
-            f"all-reduce(s) per step, {default['buckets']} bucket(s)"
+            f"all-reduce(s) per step, {default['buckets']} bucket(s), "
+            f"{default['buffer_broadcasts_per_step']:g} buffer broadcast(s)"
         )
     return results
 
@@ -677,55 +721,39 @@ def _epoch(loader, device: torch.device) -> Callable[[], None]:
     return run
 
 
-def bench_data(opts: Options, overrides: list[str], tmp: Path) -> list[dict[str, Any]]:
+def bench_data(opts: Options) -> list[dict[str, Any]]:
     """Images/s of each loader alone (full epochs) and of SAM training, interleaved."""
     results = []
     for dataset in dict.fromkeys(opts.work[key].dataset for key in opts.selected):
-        if dataset == "cifar10":
-            root = write_synthetic_cifar10(tmp / "cifar", opts.data_images, 1000)
-            cfg = compose([*overrides, "dataset=cifar10", f"dataset.root={root}"])
-        else:  # digits as the quickstart reads it
-            cfg = compose([*overrides, "experiment=quickstart"])
-        pair = build_datasets(
-            cfg.dataset.name,
-            root=cfg.dataset.root,
-            num_classes=cfg.dataset.num_classes,
-            download=False,
-            verify_checksums=False,
-            test_fraction=cfg.dataset.test_fraction,
-        )
         keys = [key for key in opts.selected if opts.work[key].dataset == dataset]
+        # digits as the quickstart reads it (no loader workers)
+        extra = ["experiment=quickstart"] if dataset == "digits" else []
+        cfg = compose([*opts.run_overrides(opts.work[keys[0]]), *extra])
+        strategy = build.build_strategy(cfg.trainer.device)
+        data = build.build_data(cfg, strategy)
         batch_size = opts.work[keys[0]].batch_size
         kinds = ["dataloader", "gpu"] if dataset in ("cifar10", "cifar100") else ["dataloader"]
         configs: dict[str, Callable[[], Any]] = {}
         for kind in kinds:
-            loaders = build_loaders(
-                pair.train,
-                pair.test,
-                batch_size=batch_size,
-                eval_batch_size=batch_size,
-                num_workers=cfg.trainer.num_workers,
-                seed=0,
-                pin_memory=opts.device.type == "cuda",
-                kind=kind,
-                device=opts.device,
-            )
+            kind_cfg = copy.deepcopy(cfg)
+            kind_cfg.dataset.loader = kind
+            loaders = build.build_run_loaders(kind_cfg, data, strategy, batch_size, seed=0)
             configs[kind] = _epoch(loaders.train, opts.device)
         labels = {}
         for key in keys:
             work = opts.work[key]
             images, targets = make_batch(work, opts.device)
-            engine = make_engine(build_model(work, opts.device), cfg, sam=True, device=opts.device)
-            configs[work.label] = _step(engine, images, targets)
+            run = bench_run(compose([*opts.run_overrides(work), *extra]))
+            configs[work.label] = train_step(run, images, targets)
             labels[work.label] = work
         # A loader "call" is a full epoch, a training call one step; both alternate.
         times = time_interleaved(
             configs, device=opts.device, warmup=1, reps=max(3, (opts.reps + 1) // 2)
         )
-        epoch_images = len(pair.train) // batch_size * batch_size
+        epoch_images = len(data.train) // batch_size * batch_size
         row: dict[str, Any] = {
             "dataset": dataset,
-            "train_images": len(pair.train),
+            "train_images": len(data.train),
             "batch_size": batch_size,
             "num_workers": cfg.trainer.num_workers,
             "loaders": {
@@ -750,32 +778,21 @@ def bench_data(opts: Options, overrides: list[str], tmp: Path) -> list[dict[str,
     return results
 
 
-def _step(engine, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], Any]:
-    return lambda: engine.train_step(images, targets)
-
-
 # --------------------------------------------------------------------------------------
 # 6. torch.compile against eager
 # --------------------------------------------------------------------------------------
-def bench_compile(opts: Options, cfg) -> list[dict[str, Any]]:
-    """``trainer.compile=true``: the Engine running ``torch.compile(model)``, SAM steps."""
+def bench_compile(opts: Options) -> list[dict[str, Any]]:
+    """``trainer.compile=true``: the run's step through ``torch.compile(model)``, SAM steps."""
     results = []
     for key in opts.compile_workloads:
         work = opts.work[key]
         images, targets = make_batch(work, opts.device)
-        eager_model = build_model(work, opts.device)
-        compiled_model = copy.deepcopy(eager_model)
-        eager = make_engine(eager_model, cfg, sam=True, device=opts.device)
-        compiled = make_engine(
-            compiled_model,
-            cfg,
-            sam=True,
-            device=opts.device,
-            train_model=torch.compile(compiled_model),
-        )
+        overrides = opts.run_overrides(work)
+        eager = bench_run(compose(overrides))
+        compiled = bench_run(compose([*overrides, "trainer.compile=true"]))
         try:
             start = time.perf_counter()
-            compiled.train_step(images, targets)  # compiles the forward and backward graphs
+            compiled.step(images, targets)  # compiles the forward and backward graphs
             synchronize(opts.device)
             compile_s = time.perf_counter() - start
         except Exception as err:  # no C++ compiler, unsupported platform, ...
@@ -783,8 +800,8 @@ def bench_compile(opts: Options, cfg) -> list[dict[str, Any]]:
             _log(f"compile {work.label}: failed: {err!r}"[:200])
             continue
         steps = {
-            "eager": _step(eager, images, targets),
-            "compiled": _step(compiled, images, targets),
+            "eager": train_step(eager, images, targets),
+            "compiled": train_step(compiled, images, targets),
         }
         row = {"workload": work.label, "key": key, "compile_s": compile_s}
         row.update(head_to_head(opts, steps, "eager", "compiled", "speedup"))
@@ -881,7 +898,7 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report.get("trainer", []):
         value, _ = headline(row, "trainer_efficiency")
         lines.append(
-            f"| trainer efficiency (minimal loop / Engine) | {row['workload']} | "
+            f"| trainer efficiency (minimal loop / SAMStep) | {row['workload']} | "
             f"{_ratio_cell(row, 'trainer_efficiency')} | >= {t['trainer_efficiency']} | "
             f"{_met(value >= t['trainer_efficiency'])} |"
         )
@@ -937,14 +954,14 @@ def _detail_tables(report: dict[str, Any]) -> list[str]:
                 f"{row['sam_images_per_s']:.0f} |"
             )
     if report.get("trainer"):
-        lines += ["", "| workload | minimal loop ms/step | Engine ms/step |", "|---|---|---|"]
+        lines += ["", "| workload | minimal loop ms/step | SAMStep ms/step |", "|---|---|---|"]
         for row in report["trainer"]:
             lines.append(f"| {row['workload']} | {_ms(row['minimal'])} | {_ms(row['trainer'])} |")
     if report.get("memory"):
         lines += [
             "",
             "| workload | parameters MiB | base optimizer state MiB | SAM extra MiB | "
-            "Engine's running-stats snapshot KiB |",
+            "SAMStep's running-stats snapshots KiB |",
             "|---|---|---|---|---|",
         ]
         for row in report["memory"]:
@@ -1023,12 +1040,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+def make_options(args: argparse.Namespace) -> Options:
+    """What the command line asks for; sets torch's CPU threads."""
+    device = build.resolve_device(args.device)
     on_gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1044,7 +1058,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"bench.py: unknown workload or section: {', '.join(unknown)}")
     quick = args.quick
-    opts = Options(
+    return Options(
         device=device,
         warmup=args.warmup if args.warmup is not None else (1 if quick else 3),
         reps=args.reps or (7 if quick else 15),
@@ -1056,15 +1070,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ddp_steps=3 if quick else 10,
         # Compiling takes a minute or more per model on 2 CPU cores: one model when quick.
         compile_workloads=selected[:1] if quick and not on_gpu else selected,
+        overrides=[f"trainer.device={device.type}"],
     )
+
+
+RUNNERS: dict[str, Callable[[Options], list[dict[str, Any]]]] = {
+    "ratio": bench_ratio,
+    "trainer": bench_trainer,
+    "memory": bench_memory,
+    "ddp": bench_ddp,
+    "data": bench_data,
+    "compile": bench_compile,
+}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    opts = make_options(args)
     register_configs()
-    overrides = [f"trainer.device={device.type}"]
-    cfg = compose(overrides)
+    cfg = compose(opts.overrides)
     shown = argv if argv is not None else sys.argv[1:]
     report: dict[str, Any] = {
         "meta": {
             "command": " ".join(["python scripts/bench.py", *shown]),
-            "machine": machine_info(device),
+            "machine": machine_info(opts.device),
             "load_before": [round(x, 2) for x in os.getloadavg()],
             "warmup": opts.warmup,
             "reps": opts.reps,
@@ -1077,19 +1106,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets": TARGETS,
     }
     started = time.perf_counter()
-    _log(f"device {device}, {torch.get_num_threads()} thread(s), workloads {selected}")
+    _log(f"device {opts.device}, {torch.get_num_threads()} thread(s), workloads {opts.selected}")
     with tempfile.TemporaryDirectory() as tmp:
-        runners: dict[str, Callable[[], list[dict[str, Any]]]] = {
-            "ratio": lambda: bench_ratio(opts, cfg),
-            "trainer": lambda: bench_trainer(opts, cfg),
-            "memory": lambda: bench_memory(opts, cfg),
-            "ddp": lambda: bench_ddp(opts, overrides),
-            "data": lambda: bench_data(opts, overrides, Path(tmp)),
-            "compile": lambda: bench_compile(opts, cfg),
-        }
+        if any(opts.work[key].dataset == "cifar10" for key in opts.selected):
+            root = write_synthetic_cifar10(Path(tmp) / "cifar", opts.data_images, 1000)
+            opts.cifar_root = str(root)
         for section in SECTIONS:
-            if section in sections:
-                report[section] = runners[section]()
+            if section in args.sections.split(","):
+                report[section] = RUNNERS[section](opts)
     report["meta"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""scripts/bench.py's machinery on a tiny model: timing, memory accounting, DDP counting."""
+"""scripts/bench.py's machinery on a tiny model: timing, memory accounting, DDP counting, and
+that what it times is built by sam_train.build as training builds it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import REPO
+from torch import nn
+from torch.utils.data import Subset
+
+import sam_train.build
+from sam_train.data.datasets import DatasetPair
+from sam_train.strategy import DDPStrategy
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +86,15 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
         trainer["minimal"]["median_s"] / trainer["trainer"]["median_s"]
     )
     (memory,) = saved["memory"]
-    model = bench.build_model(bench.workloads(32)["tiny"], torch.device("cpu"))
+    model = _tiny_run(bench).model
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     # SAM's backup is exactly one copy of the weights; beside it only the 0-dim grad norm.
     assert memory["param_bytes"] == memory["sam_weight_copy_bytes"] == param_bytes
     assert memory["sam_other_tensors"] == ["float32[]"]
     assert memory["base_state_bytes"] == param_bytes  # SGD momentum
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    assert memory["running_stats_snapshot_bytes"] == buffer_bytes
+    # SAMStep's two copies: the second pass's frozen statistics, and a skipped step's restore.
+    assert memory["running_stats_snapshot_bytes"] == 2 * buffer_bytes
     (data,) = saved["data"]
     assert data["dataset"] == "digits" and data["num_workers"] == 0
     assert data["loaders"]["dataloader"]["images_per_s"] > 0
@@ -97,19 +105,29 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     assert report["ratio"] == saved["ratio"]
 
 
-def test_ddp_counts_one_reduction_per_bucket_unless_the_perturbation_is_synced(bench, tmp_path):
+def _tiny_run(bench, *extra: str):
+    overrides = bench.run_overrides(bench.workloads(32)["tiny"], ["trainer.device=cpu"])
+    return bench.bench_run(bench.compose([*overrides, *extra]))
+
+
+@pytest.fixture
+def process_group(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
-    try:
-        results = bench.ddp_measure(
-            bench.workloads(32)["tiny"],
-            bench.compose(["trainer.device=cpu"]),
-            torch.device("cpu"),
-            warmup=1,
-            steps=2,
-            bucket_cap_mb=0.002,  # ~2 KB buckets: several of them for the 7 KB of weights
-        )
-    finally:
-        dist.destroy_process_group()
+    yield
+    dist.destroy_process_group()
+
+
+def _measure_tiny(bench, **kwargs):
+    work = bench.workloads(32)["tiny"]
+    overrides = bench.run_overrides(work, ["trainer.device=cpu"])
+    return bench.ddp_measure(work, overrides, torch.device("cpu"), warmup=1, steps=2, **kwargs)
+
+
+def test_ddp_counts_one_reduction_per_bucket_unless_the_perturbation_is_synced(
+    bench, process_group
+):
+    # ~2 KB buckets (DDPStrategy's bucket_cap_mb): several of them for the 7 KB of weights
+    results = _measure_tiny(bench, bucket_cap_mb=0.002)
     default, synced = results["sam default"], results["sam sync_perturbation"]
     buckets = default["buckets"]
     assert buckets > 1
@@ -117,6 +135,47 @@ def test_ddp_counts_one_reduction_per_bucket_unless_the_perturbation_is_synced(b
     assert default["allreduce_bytes_per_step"] == default["param_bytes"]
     assert synced["allreduces_per_step"] == 2 * buckets
     assert synced["allreduce_bytes_per_step"] == 2 * default["param_bytes"]
-    # DDP broadcasts buffers before each synced forward; the first pass runs in no_sync().
-    assert default["buffer_broadcasts_per_step"] == 1
-    assert synced["buffer_broadcasts_per_step"] == 2
+    # Training's wrap broadcasts no buffers before a forward (DDPStrategy averages them instead).
+    for mode in results.values():
+        assert mode["buffer_broadcasts_per_step"] == 0
+
+
+def test_ddp_times_the_wrap_training_uses(bench, process_group, monkeypatch):
+    wrapped: list[nn.Module] = []
+    wrap = DDPStrategy.wrap
+
+    def spy(self, model):
+        wrapped.append(wrap(self, model))
+        return wrapped[-1]
+
+    monkeypatch.setattr(DDPStrategy, "wrap", spy)
+    results = _measure_tiny(bench)
+    assert len(wrapped) == len(bench.DDP_MODES)  # every mode's model came from DDPStrategy.wrap
+    for ddp in wrapped:
+        assert isinstance(ddp, nn.parallel.DistributedDataParallel)
+        assert ddp.broadcast_buffers is False  # no per-forward buffer broadcast
+    # The counter does see the broadcasts of a DDP that makes them (so the zeros above count).
+    run = _tiny_run(bench)
+    plain = nn.parallel.DistributedDataParallel(run.model)  # broadcast_buffers=True
+    counter = bench.instrument_ddp(plain)
+    run.step.model = plain
+    run.step(*bench.make_batch(bench.workloads(32)["tiny"], torch.device("cpu")))
+    assert counter.broadcasts > 0
+    assert all(mode["buffer_broadcasts_per_step"] == 0 for mode in results.values())
+
+
+def test_data_section_reads_what_build_data_returns(bench, tmp_path, monkeypatch):
+    calls = []
+    build_data = sam_train.build.build_data
+
+    def fewer_images(cfg, strategy=None):
+        pair = build_data(cfg, strategy)
+        calls.append(cfg.dataset.name)
+        return DatasetPair(Subset(pair.train, range(200)), pair.test, pair.num_classes)
+
+    monkeypatch.setattr(sam_train.build, "build_data", fewer_images)
+    args = ["--workloads", "tiny", "--sections", "data", "--reps", "1", "--min-rep-s", "0"]
+    report = bench.main([*args, "--out", str(tmp_path)])
+    (data,) = report["data"]
+    assert data["train_images"] == 200  # the loaders timed read build_data's set
+    assert calls == ["digits", "digits"]  # the loaders' data, and the training run's

@@ -13,6 +13,7 @@ from torch import nn
 
 from sam_train.errors import SamTrainError
 from sam_train.strategy.base import Strategy
+from sam_train.strategy.process_group import DistInfo
 
 T = TypeVar("T")
 
@@ -27,17 +28,32 @@ class DDPStrategy(Strategy):
     of batches. Instead each replica keeps its own statistics and :meth:`average_buffers`
     reconciles them before every evaluation and checkpoint, so a step communicates the
     gradient buckets and nothing else.
+
+    ``bucket_cap_mb`` sets DDP's gradient bucket size (None: DDP's default, about 1 MiB for the
+    first bucket, then 25 MiB); ``scripts/bench.py`` uses it to count buckets on tiny models.
     """
+
+    def __init__(
+        self,
+        info: DistInfo | None = None,
+        device: torch.device | None = None,
+        *,
+        bucket_cap_mb: float | None = None,
+    ) -> None:
+        super().__init__(info, device)
+        self.bucket_cap_mb = bucket_cap_mb
 
     def wrap(self, model: nn.Module) -> nn.Module:
         ddp = nn.parallel.DistributedDataParallel
         # torch 2.15 renamed broadcast_buffers; the new flag still syncs buffers once, at init.
         if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
-            no_forward_sync = {"forward_sync_buffers": False}
+            options: dict[str, Any] = {"forward_sync_buffers": False}
         else:
-            no_forward_sync = {"broadcast_buffers": False}
+            options = {"broadcast_buffers": False}
+        if self.bucket_cap_mb is not None:
+            options["bucket_cap_mb"] = self.bucket_cap_mb
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return ddp(model, device_ids=device_ids, **no_forward_sync)
+        return ddp(model, device_ids=device_ids, **options)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
