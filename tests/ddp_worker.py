@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=2 tests/ddp_worker.py
 
 Every check runs on both ranks (gloo, CPU). Reference results come from plain autograd on
-one process (rank 0, no collective) and are compared with what the engine does under DDP.
+one process (rank 0, no collective) and are compared with what the SAM step does under DDP.
 Rank 0 prints one ``RESULT {json}`` line with the measured communication counts. Any failed
 check raises, so the worker exits non-zero and torchrun reports it.
 """
@@ -11,6 +11,7 @@ check raises, so the worker exits non-zero and torchrun reports it.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 
 import torch
@@ -26,8 +27,8 @@ from sam_reference import (
     close,
     mlp,
     reference_sam,
-    sam_engine,
-    sgd,
+    sam_step,
+    sgd_step,
     train,
     weights,
 )
@@ -35,10 +36,16 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader, TensorDataset
 
-from sam_train import distributed
 from sam_train.data.samplers import ShardSampler
-from sam_train.engine import Engine
 from sam_train.sam import SAM
+from sam_train.step import SAMStep, evaluate
+from sam_train.strategy import DDPStrategy, process_group
+
+
+@functools.cache
+def strategy() -> DDPStrategy:
+    """This worker's strategy, as ``build.build_strategy`` makes it under torchrun."""
+    return DDPStrategy(process_group.init_distributed("cpu"), CPU)
 
 
 def my_half(x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +53,9 @@ def my_half(x: torch.Tensor) -> torch.Tensor:
     return x[dist.get_rank() * half : (dist.get_rank() + 1) * half]
 
 
-def ddp_engine(model: nn.Module, **kwargs) -> Engine:
-    """The engine on the DDP wrapper that train.py builds."""
-    return sam_engine(distributed.wrap_ddp(model, CPU), **kwargs)
+def ddp_step(model: nn.Module, **kwargs) -> SAMStep:
+    """The SAM step on the DDP wrapper that build.py makes."""
+    return sam_step(strategy().wrap(model), strategy=strategy(), **kwargs)
 
 
 def same_on_all_ranks(tensors: list[torch.Tensor]) -> bool:
@@ -62,15 +69,15 @@ def same_on_all_ranks(tensors: list[torch.Tensor]) -> bool:
 def check_perturbation_modes() -> None:
     """sync_perturbation: two halves == one process on the batch; default: per-replica eps."""
     data = batches()
-    synced = ddp_engine(mlp(), sync_perturbation=True)
+    synced = ddp_step(mlp(), sync_perturbation=True)
     train(synced, data, my_half)
-    per_replica = ddp_engine(mlp())
+    per_replica = ddp_step(mlp())
     train(per_replica, data, my_half)
     assert same_on_all_ranks(weights(synced.model)) and same_on_all_ranks(
         weights(per_replica.model)
     )
     if dist.get_rank() == 0:
-        one_process = sam_engine(mlp())
+        one_process = sam_step(mlp())
         train(one_process, data)
         assert close(weights(synced.model), weights(one_process.model)), "sync != one process"
         assert close(weights(synced.model), reference_sam(data, parts=1))
@@ -82,7 +89,7 @@ def check_perturbation_modes() -> None:
         )
         assert gap > 1e-3, f"per-replica and synced eps should differ, max gap {gap}"
         # m-sharpness in one process reproduces per-replica DDP: m = per-device batch.
-        m_half = sam_engine(mlp(), sam_chunk=GLOBAL_BATCH // 2)
+        m_half = sam_step(mlp(), sam_chunk=GLOBAL_BATCH // 2)
         train(m_half, data)
         assert close(weights(m_half.model), per_half)
 
@@ -91,14 +98,14 @@ def check_m_sharpness_under_ddp() -> None:
     """sam.m below the per-device batch: the last chunk's backward carries the earlier chunks'
     gradients through DDP's all-reduce; equal to one process with the same chunks."""
     data = batches()
-    chunked = ddp_engine(mlp(), sam_chunk=4, accum_steps=2)
+    chunked = ddp_step(mlp(), sam_chunk=4, accum_steps=2)
     train(chunked, data, my_half)
     assert same_on_all_ranks(weights(chunked.model))
     if dist.get_rank() == 0:
         assert close(weights(chunked.model), reference_sam(data, parts=GLOBAL_BATCH // 4))
 
 
-def count_communication(engine: Engine, data, shard) -> dict[str, float]:
+def count_communication(step: SAMStep, data, shard) -> dict[str, float]:
     """Gradient-bucket all-reduces (a DDP comm hook), buffer broadcasts and Python-level
     collectives per step, over the steps after DDP's first (it rebuilds buckets then)."""
     hook_calls: list[int] = []
@@ -107,7 +114,7 @@ def count_communication(engine: Engine, data, shard) -> dict[str, float]:
         state.append(bucket.index())
         return default_hooks.allreduce_hook(None, bucket)
 
-    ddp = engine.model
+    ddp = step.model
     ddp.register_comm_hook(hook_calls, counting_allreduce)
     broadcasts = []
     original_broadcast = ddp._distributed_broadcast_coalesced
@@ -124,12 +131,12 @@ def count_communication(engine: Engine, data, shard) -> dict[str, float]:
             name,
             (lambda fn: lambda *a, **k: (python_calls.append(1), fn(*a, **k))[1])(patched[name]),
         )
-    engine.model.train()
+    step.model.train()
     try:
-        engine.train_step(shard(data[0][0]), shard(data[0][1]))
+        step(shard(data[0][0]), shard(data[0][1]))
         hook_calls.clear(), broadcasts.clear(), python_calls.clear()
         for x, y in data[1:]:
-            engine.train_step(shard(x), shard(y))
+            step(shard(x), shard(y))
     finally:
         for name, fn in patched.items():
             setattr(dist, name, fn)
@@ -155,8 +162,8 @@ def check_communication_counts() -> dict[str, dict[str, float]]:
         "accum=2": {"accum_steps": 2},
         "accum=2,sync_perturbation": {"accum_steps": 2, "sync_perturbation": True},
     }.items():
-        counts[name] = count_communication(ddp_engine(bn_mlp(), **kwargs), data, my_half)
-    # The quickstart's CNN on 8x8 digits, as train.py wraps it.
+        counts[name] = count_communication(ddp_step(bn_mlp(), **kwargs), data, my_half)
+    # The quickstart's CNN on 8x8 digits, as build.py wraps it.
     torch.manual_seed(0)
     cnn = create_model("digits_cnn", num_classes=10, in_chans=1)
     gen = torch.Generator().manual_seed(2)
@@ -168,9 +175,7 @@ def check_communication_counts() -> dict[str, dict[str, float]]:
         "digits_cnn default": {},
         "digits_cnn sync": {"sync_perturbation": True},
     }.items():
-        counts[name] = count_communication(
-            ddp_engine(copy.deepcopy(cnn), **kwargs), images, my_half
-        )
+        counts[name] = count_communication(ddp_step(copy.deepcopy(cnn), **kwargs), images, my_half)
     # A 100-byte bucket cap gives several buckets: the count scales with them.
     for name, kwargs in {
         "small buckets default": {},
@@ -179,14 +184,16 @@ def check_communication_counts() -> dict[str, dict[str, float]]:
         ddp = nn.parallel.DistributedDataParallel(
             mlp(), forward_sync_buffers=False, bucket_cap_mb=1e-4
         )
-        counts[name] = count_communication(sam_engine(ddp, **kwargs), data, my_half)
-    # What DDP's default broadcast_buffers=True would add (train.py turns it off).
+        step = sam_step(ddp, strategy=strategy(), **kwargs)
+        counts[name] = count_communication(step, data, my_half)
+    # What DDP's default broadcast_buffers=True would add (DDPStrategy turns it off).
     for name, kwargs in {
         "broadcast_buffers default": {},
         "broadcast_buffers sync": {"sync_perturbation": True},
     }.items():
         ddp = nn.parallel.DistributedDataParallel(bn_mlp(), forward_sync_buffers=True)
-        counts[name] = count_communication(sam_engine(ddp, **kwargs), data, my_half)
+        step = sam_step(ddp, strategy=strategy(), **kwargs)
+        counts[name] = count_communication(step, data, my_half)
 
     # (synchronised passes per step, buffer broadcasts per step); buckets: 1 unless capped
     expected = {
@@ -223,7 +230,7 @@ def check_fp16_overflow_skips_on_every_rank() -> None:
     """An overflow in one rank's first pass skips the step on both ranks.
 
     ``inf``: the usual fp16 overflow. ``1e30``: finite gradients whose norm overflows, so the
-    perturbation is zero and the second pass is finite: only the NaN the engine puts into
+    perturbation is zero and the second pass is finite: only the NaN the step puts into
     the second loss carries that rank's decision through the all-reduce.
     """
     x, y = batches(n=1)[0]
@@ -232,16 +239,16 @@ def check_fp16_overflow_skips_on_every_rank() -> None:
         if dist.get_rank() == 1:
             bomb_first_pass(model, model[0].weight, factor)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-        engine = ddp_engine(model, precision="fp16", scaler=scaler)
+        step = ddp_step(model, precision="fp16", scaler=scaler)
         before = weights(model)
-        engine.model.train()
-        engine.train_step(my_half(x), my_half(y))
+        step.model.train()
+        assert not step(my_half(x), my_half(y)).finite, factor  # on both ranks
         if dist.get_rank() == 1:
-            assert not torch.isfinite(engine.optimizer.last_grad_norm)
+            assert not torch.isfinite(step.optimizer.last_grad_norm)
         assert all(torch.equal(p, q) for p, q in zip(before, weights(model), strict=True)), factor
-        assert not engine.base_optimizer.state, "a skipped step must not create momentum"
+        assert not step.base_optimizer.state, "a skipped step must not create momentum"
         assert scaler.get_scale() == 2.0**9, scaler.get_scale()
-        engine.train_step(my_half(x), my_half(y))  # the next step is taken, on both ranks
+        assert step(my_half(x), my_half(y)).finite  # the next step is taken, on both ranks
         assert not close(before, weights(model), atol=0) and same_on_all_ranks(weights(model))
 
 
@@ -255,13 +262,14 @@ class SkipsAscent(SAM):
 def check_skipped_ascent_still_syncs() -> None:
     """Without a second pass the first (per-replica, unsynchronised) gradient is all-reduced."""
     data = batches()
-    model = distributed.wrap_ddp(mlp(), CPU)
+    model = strategy().wrap(mlp())
     optimizer = SkipsAscent(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM)
-    train(Engine(model, optimizer, nn.CrossEntropyLoss(), CPU), data, my_half)
+    step = SAMStep(model, optimizer, nn.CrossEntropyLoss(), CPU, strategy=strategy())
+    train(step, data, my_half)
     assert same_on_all_ranks(weights(model))
     if dist.get_rank() == 0:
         plain = mlp()
-        train(Engine(plain, sgd(plain), nn.CrossEntropyLoss(), CPU), data)
+        train(sgd_step(plain), data)
         assert close(weights(model), weights(plain))
 
 
@@ -269,9 +277,10 @@ def check_exact_global_evaluation() -> None:
     """Replicas' running statistics differ after training on their own shards; evaluation
     averages them and scores 13 examples split 7/6 (2 and 1 batches) exactly once."""
     data = batches()
-    engine = ddp_engine(bn_mlp())
-    train(engine, data, my_half)
-    module = engine.eval_model
+    step = ddp_step(bn_mlp())
+    train(step, data, my_half)
+    module = strategy().unwrap(step.model)
+    assert module is not step.model
     assert not same_on_all_ranks([module[1].running_mean]), "shards should give other stats"
     stats = [b.detach().clone() for b in module.buffers() if b.is_floating_point()]
     gathered = [[torch.empty_like(b) for _ in range(2)] for b in stats]
@@ -282,7 +291,8 @@ def check_exact_global_evaluation() -> None:
         torch.randn(13, 6, generator=gen), torch.randint(0, 3, (13,), generator=gen)
     )
     sampler = ShardSampler(len(test), dist.get_rank(), dist.get_world_size())
-    result = engine.evaluate(DataLoader(test, batch_size=6, sampler=sampler))
+    loader = DataLoader(test, batch_size=6, sampler=sampler)
+    result = evaluate(step.model, loader, CPU, strategy=strategy())  # unwraps DDP itself
     assert result["count"] == 13, result
     assert same_on_all_ranks([b for b in module.buffers() if b.is_floating_point()])
     for b, out in zip(
@@ -290,18 +300,16 @@ def check_exact_global_evaluation() -> None:
     ):
         torch.testing.assert_close(b, (out[0].double() + out[1].double()).div(2).to(b.dtype))
     if dist.get_rank() == 0:
-        alone = copy.deepcopy(module)
-        single = Engine(alone, sgd(alone), nn.CrossEntropyLoss(), CPU)
-        expected = single.evaluate(DataLoader(test, batch_size=13))
+        expected = evaluate(copy.deepcopy(module), DataLoader(test, batch_size=13), CPU)
         assert result["acc1"] == expected["acc1"] and result["acc5"] == expected["acc5"]
         assert abs(result["loss"] - expected["loss"]) < 1e-6, (result, expected)
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    info = distributed.init_distributed("cpu")
+    info = strategy().info
     assert info.world_size == 2 and dist.get_backend() == "gloo"
-    with distributed.exits_worker():
+    with process_group.exits_worker():
         check_perturbation_modes()
         check_m_sharpness_under_ddp()
         counts = check_communication_counts()

@@ -11,22 +11,23 @@ import time
 import torch
 import torch.distributed as dist
 
-from sam_train import distributed
+from sam_train.strategy import DDPStrategy, process_group
 
 
 def main() -> None:
     attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
     if attempt == 1 and os.environ["RANK"] == "0":
         time.sleep(3)
-    info = distributed.init_distributed("cpu")
-    total = distributed.all_reduce_sum(torch.ones(1))
-    assert total.item() == info.world_size
+    strategy = DDPStrategy(process_group.init_distributed("cpu"), torch.device("cpu"))
+    total = strategy.all_reduce_sum(torch.ones(1))
+    assert total.item() == strategy.world_size
     if attempt == 0:
-        dist.barrier()
-        distributed.cleanup()
+        strategy.barrier()
+        process_group.cleanup()
         sys.exit(1)  # every rank fails: torchrun restarts the group
-    print(f"RESTARTED rank {info.rank} attempt {attempt}", flush=True)
-    distributed.cleanup()
+    assert dist.is_initialized()
+    print(f"RESTARTED rank {strategy.rank} attempt {attempt}", flush=True)
+    process_group.cleanup()
 
 
 if __name__ == "__main__":

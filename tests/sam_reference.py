@@ -1,7 +1,7 @@
-"""Hand-written SAM and the small models and batches the step tests share.
+"""Hand-written SAM and the small models, batches and modules the step tests share.
 
 ``reference_sam`` uses plain autograd and ``torch.optim.SGD``: an independent computation the
-engine's step (accumulation, m-sharpness, DDP modes, clipping) is compared with.
+SAM step (accumulation, m-sharpness, DDP modes, clipping) is compared with.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sam_train.engine import Engine
 from sam_train.sam import SAM
+from sam_train.step import SAMStep
 
 CPU = torch.device("cpu")
 RHO, LR, MOMENTUM = 0.5, 0.1, 0.9
@@ -28,6 +28,33 @@ def bn_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
 
 
+class MaskRecorder(nn.Module):
+    """Dropout (p = 0.5) that remembers each mask it drew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = (torch.rand_like(x) > 0.5).float()
+        self.masks.append(mask)
+        return x * mask * 2
+
+
+class RunningMeanTracker(nn.Module):
+    """Keeps a running mean of its input without being a BatchNorm subclass."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("running", torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self.running.mul_(0.5).add_(0.5 * x.mean(0))
+        return x
+
+
 def batches(n: int = STEPS, size: int = GLOBAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(1)
     return [
@@ -40,15 +67,21 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def sam_engine(model: nn.Module, **kwargs) -> Engine:
+def sam_step(model: nn.Module, **kwargs) -> SAMStep:
+    """SAM over momentum SGD on ``model`` (a DDP-wrapped one needs ``strategy=``)."""
     optimizer = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM)
-    return Engine(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
+    return SAMStep(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
 
 
-def train(engine: Engine, data, shard=lambda x: x) -> None:
-    engine.model.train()
+def sgd_step(model: nn.Module, **kwargs) -> SAMStep:
+    """The step without SAM: one pass of momentum SGD."""
+    return SAMStep(model, sgd(model), nn.CrossEntropyLoss(), CPU, **kwargs)
+
+
+def train(step: SAMStep, data, shard=lambda x: x) -> None:
+    step.model.train()
     for x, y in data:
-        engine.train_step(shard(x), shard(y))
+        step(shard(x), shard(y))
 
 
 def closure_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int) -> None:

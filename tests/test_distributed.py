@@ -1,6 +1,6 @@
 """Two processes on CPU (gloo), launched with torchrun as a user would.
 
-Few launches (each pays ~15 s of imports): tests/ddp_worker.py runs the engine-level checks
+Few launches (each pays ~15 s of imports): tests/ddp_worker.py runs the step-level checks
 (perturbation modes against hand-computed SAM, m-sharpness, all-reduce counts, fp16 skips,
 evaluation), tests/restart_worker.py a restart, and the CLI the quickstart and a user error.
 """
@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, subprocess_env, torchrun_command
-from torch import nn
 from torch.utils.data import DataLoader
 
 from sam_train.data import build_datasets
-from sam_train.engine import Engine
 from sam_train.models import create_model
+from sam_train.step import evaluate
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -38,7 +37,7 @@ def torchrun(
     )
 
 
-def test_engine_under_ddp_matches_single_process_references(tmp_path):
+def test_step_under_ddp_matches_single_process_references(tmp_path):
     result = torchrun([str(REPO / "tests" / "ddp_worker.py")], cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
@@ -94,10 +93,7 @@ def test_two_process_quickstart_one_run_folder_exact_test_set(tmp_path):
     model = create_model("digits_cnn", num_classes=10, in_chans=1)
     model.load_state_dict(state["model"])
     test = build_datasets("digits", num_classes=10, test_fraction=0.2505).test
-    engine = Engine(
-        model, torch.optim.SGD(model.parameters()), nn.CrossEntropyLoss(), torch.device("cpu")
-    )
-    alone = engine.evaluate(DataLoader(test, batch_size=512))
+    alone = evaluate(model, DataLoader(test, batch_size=512), torch.device("cpu"))
     assert alone["count"] == 451
     assert alone["acc1"] == pytest.approx(results["final_acc1"], abs=1e-9)
     assert alone["acc5"] == pytest.approx(results["final_acc5"], abs=1e-9)

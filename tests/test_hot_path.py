@@ -8,14 +8,24 @@ CPU tensors they bypass the dispatcher).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import timm.scheduler
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sam_train.engine import Engine
+from sam_train.build import Run
+from sam_train.callbacks import Callback
+from sam_train.data.loaders import Loaders
 from sam_train.sam import SAM
+from sam_train.state import RunState
+from sam_train.step import SAMStep
+from sam_train.strategy import SingleProcess
+from sam_train.trainer import Trainer
+
+CPU = torch.device("cpu")
 
 
 class HostReads(TorchDispatchMode):
@@ -42,7 +52,7 @@ def _watch_conversions(monkeypatch, reads: list[str]) -> None:
         monkeypatch.setattr(torch.Tensor, name, spy)
 
 
-def _engine(**kwargs) -> Engine:
+def _step(**kwargs) -> SAMStep:
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -53,9 +63,13 @@ def _engine(**kwargs) -> Engine:
         nn.Linear(8 * 6 * 6, 5),
     )
     optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
-    scheduler = timm.scheduler.CosineLRScheduler(optimizer, t_initial=100, warmup_t=5)
-    return Engine(
-        model, optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), scheduler=scheduler, **kwargs
+    return SAMStep(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
+
+
+def _schedule(step: SAMStep) -> timm.scheduler.CosineLRScheduler:
+    """A warm-up that moves the learning rate on every update, as training schedules it."""
+    return timm.scheduler.CosineLRScheduler(
+        step.optimizer, t_initial=100, warmup_t=5, warmup_lr_init=1e-3, t_in_epochs=False
     )
 
 
@@ -70,32 +84,68 @@ def _batches(count: int, size: int = 8):
 @pytest.mark.parametrize(("skip_nonfinite", "reads_per_step"), [(False, 0), (True, 1)])
 def test_sam_step_reads_nothing_back_to_the_host(monkeypatch, skip_nonfinite, reads_per_step):
     """Sync-free with trainer.skip_nonfinite=false; the default pays exactly one read a step
-    (is the final gradient finite?) to keep a NaN away from the weights."""
-    engine = _engine(
-        clip_grad_norm=1.0, accum_steps=2, precision="bf16", skip_nonfinite=skip_nonfinite
-    )
-    engine.model.train()
+    (is the final gradient finite?) to keep a NaN away from the weights. Neither converts a
+    tensor (tolist, numpy, cpu), and the step leaves the learning-rate schedule alone."""
+    step = _step(clip_grad_norm=1.0, accum_steps=2, precision="bf16", skip_nonfinite=skip_nonfinite)
+    _schedule(step)
+    lr = step.param_groups[0]["lr"]
+    step.model.train()
     batches = _batches(3)
-    engine.train_step(*batches[0])  # lazy optimizer state
+    step(*batches[0])  # lazy optimizer state
     reads: list[str] = []
     _watch_conversions(monkeypatch, reads)
     with HostReads() as mode:
-        for images, targets in batches[1:]:
-            engine.train_step(images, targets)
-        assert engine.global_step == 3
+        outputs = [step(images, targets) for images, targets in batches[1:]]
+    assert step.steps_taken == 3 and all(output.finite for output in outputs)
     assert len(mode.reads) == 2 * reads_per_step
-    assert reads == [] or skip_nonfinite
+    assert reads == []
+    assert step.param_groups[0]["lr"] == lr, "the schedule is the caller's"
     with HostReads() as mode:  # the detector sees a read when there is one
-        engine.optimizer.last_grad_norm.item()
+        step.optimizer.last_grad_norm.item()
     assert mode.reads
 
 
+class _Batches(list):
+    """Batches with the sampler interface the trainer positions each epoch with."""
+
+    sampler = SimpleNamespace(set_epoch=lambda epoch, skip=0: None)
+
+
+class _LoggedSteps(Callback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_log(self, trainer, state, metrics) -> None:
+        self.steps.append(metrics["step"])
+
+
 def test_epoch_reads_values_only_at_the_logging_interval(monkeypatch):
-    engine = _engine(log_every=3, skip_nonfinite=False)
+    step = _step(skip_nonfinite=False)
+    scheduler = _schedule(step)
+    run = Run(
+        model=step.model,
+        train_model=step.model,
+        optimizer=step.optimizer,
+        scheduler=scheduler,
+        step=step,
+        strategy=SingleProcess(device=CPU),
+        data=None,
+        loaders=Loaders(train=_Batches(_batches(6)), test=[]),
+        device=CPU,
+        epochs=1,
+        steps_per_epoch=6,
+        per_device_batch=8,
+    )
+    logged = _LoggedSteps()
+    state = RunState()
+    lr = step.param_groups[0]["lr"]
     reads: list[str] = []
     _watch_conversions(monkeypatch, reads)
     with HostReads() as mode:
-        stats = engine.train_one_epoch(_batches(6), epoch=0, epochs=1, steps_per_epoch=6)
-    # Two logging windows (steps 3 and 6), each reading the window loss and SAM's grad norm.
-    assert len(mode.reads) == 4 and reads == []
-    assert stats.count == 48
+        Trainer(run, [logged], log_every=3)._train_epoch(state, epoch=0, start_step=0)
+    # Two logging windows (steps 3 and 6), each reading the window loss and SAM's grad norm;
+    # the epoch's totals are read once, at its end.
+    assert logged.steps == [3, 6]
+    assert len(mode.reads) == 4 and reads == ["tolist"]
+    assert state.images_seen == 48 and state.global_step == 6
+    assert step.param_groups[0]["lr"] != lr, "the trainer advanced the schedule every step"

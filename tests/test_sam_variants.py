@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config, subprocess_env, torchrun_command
-from sam_reference import closure_steps
+from sam_reference import CPU, MaskRecorder, closure_steps
 from torch import nn
 
-from sam_train.builders import build_optimizer
+from sam_train.build import build_optimizer
 from sam_train.config import SAM_VARIANTS, ConfigError, validate
-from sam_train.engine import Engine
 from sam_train.sam import GSAM, SAM, VARIANTS, FriendlySAM, IntervalSAM, LookSAM
+from sam_train.step import SAMStep
 from sam_train.train import train
 
 
@@ -141,7 +141,7 @@ def test_perturb_fraction_keeps_each_coordinate_with_probability_beta_scaled_by_
     full = rho * grad / grad.norm()
     eps_draws = []
     for _ in range(2):
-        torch.manual_seed(123)  # the engine replays the global generator: masks must not repeat
+        torch.manual_seed(123)  # the step replays the global generator: masks must not repeat
         w.grad = grad.clone()
         opt.first_step()
         eps_draws.append(w.detach().clone())
@@ -331,21 +331,10 @@ def test_variant_state_survives_a_state_dict_round_trip(cls, kwargs):
     ), "the variant state must matter, or this test proves nothing"
 
 
-# --------------------------------------------------------------------------- engine
-class _Dropout(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.masks: list[torch.Tensor] = []
-
-    def forward(self, x):
-        mask = (torch.rand_like(x) > 0.5).float()
-        self.masks.append(mask)
-        return x * mask * 2
-
-
-def _engine_model():
+# --------------------------------------------------------------------------- the step
+def _step_model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), _Dropout(), nn.Linear(16, 3))
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), MaskRecorder(), nn.Linear(16, 3))
 
 
 def _batches(n):
@@ -356,6 +345,8 @@ def _batches(n):
 @pytest.mark.parametrize(
     ("cls", "kwargs", "steps", "passes"),
     [
+        (None, {}, 3, 3),  # the base optimizer alone: one pass
+        (SAM, {}, 2, 2 * 2),
         (LookSAM, {"k": 3}, 6, 6 + 2),
         (IntervalSAM, {"k": 2}, 5, 5 + 3),
         (SAM, {"inner_steps": 3}, 2, 2 * 4),
@@ -363,52 +354,21 @@ def _batches(n):
         (FriendlySAM, {}, 2, 4),
     ],
 )
-def test_engine_runs_exactly_the_forward_passes_each_variant_needs(cls, kwargs, steps, passes):
-    model = _engine_model()
+def test_step_runs_exactly_the_forward_passes_each_variant_needs(cls, kwargs, steps, passes):
+    model = _step_model()
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
-    opt = cls(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
-    engine = Engine(model, opt, nn.CrossEntropyLoss(), torch.device("cpu"))
+    if cls is None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    else:
+        opt = cls(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
+    step = SAMStep(model, opt, nn.CrossEntropyLoss(), CPU)
+    assert step.uses_sam == (cls is not None)
     model.train()
     for x, y in _batches(steps):
-        engine.train_step(x, y)
+        assert step(x, y).finite
     assert len(calls) == passes
-    assert engine.global_step == steps
-
-
-def test_engine_multi_step_ascent_replays_dropout_and_freezes_running_stats():
-    model = _engine_model()
-    x, y = _batches(1)[0]
-    reference = copy.deepcopy(model).train()
-    with torch.no_grad():
-        reference(x)  # the only update the running statistics may see
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, inner_steps=3)
-    engine = Engine(model, opt, nn.CrossEntropyLoss(), torch.device("cpu"))
-    model.train()
-    engine.train_step(x, y)
-    masks = model[2].masks
-    assert len(masks) == 4 and all(torch.equal(masks[0], m) for m in masks[1:])
-    torch.testing.assert_close(model[1].running_mean, reference[1].running_mean)
-    assert model[1].num_batches_tracked.item() == 1
-
-
-def test_engine_matches_the_manual_multi_step_api():
-    x, y = _batches(1)[0]
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-    manual_model = copy.deepcopy(model)
-    manual = SAM(manual_model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1, inner_steps=2)
-
-    def closure():
-        loss = nn.functional.cross_entropy(manual_model(x), y)
-        loss.backward()
-        return loss
-
-    closure()
-    manual.step(closure)
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1, inner_steps=2)
-    Engine(model, opt, nn.CrossEntropyLoss(), torch.device("cpu")).train_step(x, y)
-    for p, q in zip(model.parameters(), manual_model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert step.steps_taken == steps
 
 
 def test_first_pass_is_synced_when_no_second_pass_follows_or_gradients_are_combined():
@@ -512,27 +472,27 @@ def test_bad_sam_options_fail_with_one_line(overrides, message):
 _DDP_SCRIPT = """
 import torch, torch.distributed as dist
 from torch import nn
-from sam_train import distributed
-from sam_train.engine import Engine
 from sam_train.sam import VARIANTS
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-for name, kwargs in [("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2})]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-    ddp = nn.parallel.DistributedDataParallel(model)
-    opt = VARIANTS[name](model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
-    engine = Engine(ddp, opt, nn.CrossEntropyLoss(), torch.device("cpu"))
-    gen = torch.Generator().manual_seed(100 + rank)  # each replica its own data
-    for _ in range(4):
-        x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
-        engine.train_step(x, y)
-    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(2)]
-    dist.all_gather(gathered, flat)
-    if rank == 0:
-        print(name, torch.equal(gathered[0], gathered[1]))
-distributed.exit_worker()
+from sam_train.step import SAMStep
+from sam_train.strategy import DDPStrategy, process_group
+strategy = DDPStrategy(process_group.init_distributed("cpu"), torch.device("cpu"))
+rank = strategy.rank
+with process_group.exits_worker():
+    for name, kwargs in [("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2})]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        ddp = strategy.wrap(model)
+        opt = VARIANTS[name](model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
+        step = SAMStep(ddp, opt, nn.CrossEntropyLoss(), strategy.device, strategy=strategy)
+        gen = torch.Generator().manual_seed(100 + rank)  # each replica its own data
+        for _ in range(4):
+            x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+            step(x, y)
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(2)]
+        dist.all_gather(gathered, flat)
+        if rank == 0:
+            print(name, torch.equal(gathered[0], gathered[1]), flush=True)
 """
 
 

@@ -1,4 +1,4 @@
-"""How a distributed worker ends: ``distributed.exit_worker`` and its exit status."""
+"""How a distributed worker ends: ``process_group.exit_worker`` and its exit status."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import sys
 import pytest
 from conftest import subprocess_env
 
-from sam_train.distributed import exit_status
+from sam_train.strategy.process_group import exit_status
 
 _WORKER = """
 import logging, sys, torch, torch.distributed as dist
-from sam_train import distributed
+from sam_train.strategy import process_group
 logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-with distributed.exits_worker():
+with process_group.exits_worker():
     ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
     logging.getLogger("run").info("last log line")
     print("unflushed stdout", end="")
