@@ -23,7 +23,7 @@ from sam_train.config import SAM_VARIANT_OPTIONS
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
-from sam_train.errors import ConfigError
+from sam_train.errors import CheckpointError, ConfigError
 from sam_train.models import create_model
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
@@ -292,6 +292,23 @@ def build_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
         steps_per_epoch=steps_per_epoch,
         per_device_batch=batch,
     )
+
+
+def config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DictConfig:
+    """A checkpoint's resolved config on today's schema: options added since it was written
+    take their defaults, so an older run still rebuilds."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sam_train.config import TrainConfig
+
+    if not isinstance(checkpoint.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} holds no config to rebuild its run from")
+    schema = OmegaConf.structured(TrainConfig)
+    OmegaConf.set_struct(schema.model.kwargs, False)
+    try:
+        return OmegaConf.merge(schema, checkpoint["config"])
+    except OmegaConfBaseException as err:
+        raise CheckpointError(f"the config in {path} does not fit this sam-train: {err}") from err
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

@@ -248,7 +248,7 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         if state[key].shape != own[key].shape
     )
     problems = [
-        f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+        f"{label}: {', '.join(keys[:4])}{f' and {len(keys) - 4} more' if len(keys) > 4 else ''}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched))
         if keys
     ]

@@ -74,11 +74,18 @@ class Trainer:
                 is_best = self._update_best(state, epoch)
                 state.complete = epoch + 1 == run.epochs  # before the epoch's checkpoint
                 self._emit("on_epoch_end", state, is_best)
+                if not state.complete:
+                    self._stop_if_requested(state)
             state.complete = True
             self._emit("on_fit_end", state)
         finally:
             self._emit("teardown", state)
         return state
+
+    def _stop_if_requested(self, state: RunState) -> None:
+        if self.stop_request is not None:
+            self._emit("on_stop", state)
+            raise StopTraining(self.stop_request, state.global_step)
 
     def evaluate(self) -> dict[str, float]:
         run = self.run
@@ -116,9 +123,8 @@ class Trainer:
                 metrics["epoch"], metrics["step"] = epoch, step
                 self._emit("on_log", state, metrics)
             self._emit("on_train_step_end", state, output)
-            if self.stop_request is not None:
-                self._emit("on_stop", state)
-                raise StopTraining(self.stop_request, state.global_step)
+            if step < run.steps_per_epoch:  # at the last step, the epoch's end comes first
+                self._stop_if_requested(state)
         seconds = time.perf_counter() - started
         loss, correct, count = run.strategy.all_reduce_sum(totals).tolist()
         state.images_seen += int(count)

@@ -260,6 +260,21 @@ def test_sam_analyze_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert "is corrupt or not a torch file" in err
 
 
+def test_sam_analyze_names_the_keys_of_a_checkpoint_of_another_model(quickstart_checkpoint, capsys):
+    state = torch.load(quickstart_checkpoint, weights_only=False)
+    state["config"]["model"]["name"] = "cifar_resnet32"  # weights of digits_cnn
+    save_checkpoint(
+        {k: v for k, v in state.items() if k not in ("magic", "format_version")},
+        quickstart_checkpoint,
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(quickstart_checkpoint)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not match the configured model" in err
+    assert "missing: " in err and "unexpected: features.0.0.weight" in err and " more" in err
+
+
 def test_sam_analyze_is_an_installed_console_script():
     (script,) = [s for s in entry_points(group="console_scripts") if s.name == "sam-analyze"]
     assert script.load() is main

@@ -218,6 +218,20 @@ def test_a_stop_checkpoints_even_without_save_last_and_resumes_exactly(
     _assert_same_weights(best["model"], finished_best["model"])
 
 
+def test_a_stop_at_an_epochs_last_step_evaluates_that_epoch_first(
+    cli_in_process, inject, finished, tmp_path
+):
+    run = tmp_path / "run"
+    inject(_Act(STEPS - 1, lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    code, err = cli_in_process([*BASE, f"hydra.run.dir={run}"])
+    assert code == 75 and f"at step {STEPS}" in err, err
+    state = _last(run)["run_state"]
+    assert state["global_step"] == STEPS and state["test_metrics"]["count"] == 450
+    assert "epoch 1/2  train loss" in (run / "train.log").read_text()
+    assert cli_in_process([*BASE, "resume=auto", f"hydra.run.dir={run}"])[0] == 0
+    _assert_same_weights(_last(run)["model"], _last(finished)["model"])  # buffers included
+
+
 def test_a_second_ctrl_c_exits_at_once(cli_in_process, inject, tmp_path):
     run = tmp_path / "run"
 

@@ -84,30 +84,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _load(path: Path, args: argparse.Namespace, device):
-    """(model with the checkpoint's weights, its config, the checkpoint)."""
-    from omegaconf import OmegaConf
-
-    from sam_train.checkpoint import load_checkpoint
+    """(model with the checkpoint's weights, its config, the checkpoint), built by the
+    factory that trained it."""
+    from sam_train.build import build_model, config_from_checkpoint
+    from sam_train.checkpoint import load_checkpoint, load_model_state
     from sam_train.errors import CheckpointError
-    from sam_train.models import create_model
+    from sam_train.strategy import SingleProcess
 
     state = load_checkpoint(path, map_location=device)
-    if "config" not in state or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} has no config or no model weights")
-    cfg = OmegaConf.create(state["config"])
+    if "model" not in state:
+        raise CheckpointError(f"checkpoint {path} has no model weights")
+    cfg = config_from_checkpoint(state, str(path))
     if args.data_root is not None:
         cfg.dataset.root = args.data_root
-    model = create_model(
-        cfg.model.name,
-        num_classes=cfg.dataset.num_classes,
-        in_chans=cfg.dataset.in_chans,
-        **cfg.model.get("kwargs", {}),
-    ).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not fit {cfg.model.name}: {first}") from err
+    cfg.model.pretrained = False  # the checkpoint's weights replace them
+    model = build_model(cfg, cfg.dataset.num_classes, SingleProcess(device=device))
+    load_model_state(model, state["model"], path)  # names the keys that do not fit
     return model, cfg, state
 
 
@@ -116,7 +108,7 @@ def _training_batches(cfg, args: argparse.Namespace, device) -> list:
     from sam_train.build import build_data
     from sam_train.data import build_loaders
 
-    data = build_data(cfg.dataset, seed=cfg.seed, download=cfg.dataset.download)
+    data = build_data(cfg)
     if hasattr(data.train, "transform") and hasattr(data.test, "transform"):
         data.train.transform = data.test.transform  # measure the function, not augmentation
     batch_size = args.batch_size or cfg.trainer.batch_size
