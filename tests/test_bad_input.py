@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, write_cifar
+from conftest import compose_config, write_cifar, write_image_folder
 from hydra.errors import ConfigCompositionException
 from torch import nn
 
@@ -41,7 +42,23 @@ def _bad_data(root: Path) -> dict[str, Path]:
     (imagenet / "train" / "n0").mkdir(parents=True)
     cifar = write_cifar(root / "cifar_bad", "cifar10")
     (cifar / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"corrupt")
-    return {"imagenet_no_val": imagenet, "cifar_corrupt": cifar}
+    labels = write_cifar(root / "cifar_labels", "cifar10")
+    batch = labels / "cifar-10-batches-py" / "data_batch_2"
+    entry = pickle.loads(batch.read_bytes())
+    entry["labels"][0] = 10  # one past the last class
+    batch.write_bytes(pickle.dumps(entry))
+    renamed = write_image_folder(root / "imagenet_renamed")
+    (renamed / "val" / "n00000002").rename(renamed / "val" / "n00000009")
+    truncated = write_image_folder(root / "imagenet_truncated")
+    image = truncated / "train" / "n00000001" / "2.png"
+    image.write_bytes(image.read_bytes()[:60])
+    return {
+        "imagenet_no_val": imagenet,
+        "cifar_corrupt": cifar,
+        "cifar_labels": labels,
+        "imagenet_renamed": renamed,
+        "imagenet_truncated": truncated,
+    }
 
 
 # (case, overrides, expected message fragment, exit code); {ckpt:...} and {data:...} are paths
@@ -115,6 +132,42 @@ CASES = [
             "dataset.verify_checksums=false",
         ],
         "data_batch_3",  # the one line names the unreadable file
+        2,
+    ),
+    (
+        "cifar label out of range",
+        [
+            "dataset=cifar10",
+            "dataset.root={data:cifar_labels}",
+            "dataset.download=false",
+            "dataset.verify_checksums=false",
+        ],
+        "data_batch_2",
+        2,
+    ),
+    (
+        "imagenet val class named differently",
+        [
+            "dataset=imagenet",
+            "dataset.root={data:imagenet_renamed}",
+            "dataset.num_classes=3",
+            "dataset.image_size=32",
+            "model.name=resnet18",
+        ],
+        "n00000009",
+        2,
+    ),
+    (
+        "truncated image, verified before training",
+        [
+            "dataset=imagenet",
+            "dataset.root={data:imagenet_truncated}",
+            "dataset.num_classes=3",
+            "dataset.image_size=32",
+            "dataset.verify=true",
+            "model.name=resnet18",
+        ],
+        "2.png",
         2,
     ),
     (
