@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -19,6 +20,10 @@ from sam_train.config import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 register_configs()
+# In-process runs use one thread like the child processes (subprocess_env): a resumed run is
+# compared bit for bit with its reference, and thread counts change float reductions.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

@@ -144,7 +144,17 @@ class CheckedDataLoader(DataLoader):
     (``DatasetError("cannot read image <path>: ...")``), with or without worker processes."""
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        for batch in batches:
             if isinstance(batch, _Failed):
+                self._stop_workers(batches)
                 raise batch.error
             yield batch
+
+    def _stop_workers(self, batches: Iterator[Any]) -> None:
+        """End the worker processes now: left to the garbage collector, their shutdown waits
+        out torch's join timeouts (about 20 s here) before the error reaches the user."""
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+            self._iterator = None  # a persistent iterator must not be reused once shut down
