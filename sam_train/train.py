@@ -118,7 +118,7 @@ def _fit(
     cfg: DictConfig, run_dir: Path, config: dict[str, Any], strategy: Strategy, plan: StartPlan
 ) -> dict[str, Any]:
     seed_everything(cfg.seed + strategy.rank)
-    run = build_run(cfg, strategy)
+    run = build_run(cfg, strategy, init_weights=plan.checkpoint is None)
     state = RunState()
     callbacks = build_callbacks(cfg, run_dir, config, describe_run(cfg, run, run_dir))
     if plan.checkpoint is not None:

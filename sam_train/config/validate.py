@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from omegaconf import OmegaConf, read_write
@@ -37,7 +38,8 @@ def validate(cfg: Any) -> None:
     ConfigError naming the key to change."""
     check_known_keys(cfg, TrainConfig)
     check_fields(cfg, TrainConfig)
-    for rule in (_dataset_rules, _sam_rules, _sam_sharpness_rules, _optimization_rules):
+    rules = (_dataset_rules, _sam_rules, _sam_sharpness_rules, _optimization_rules, _init_rules)
+    for rule in rules:
         rule(cfg)
 
 
@@ -237,3 +239,18 @@ def _optimization_rules(cfg: Any) -> None:
         raise ConfigError(
             f"scheduler.min_lr={cfg.scheduler.min_lr} must not exceed optimizer.lr={lr}"
         )
+
+
+def _init_rules(cfg: Any) -> None:
+    """``model.init_from``: an existing file, and not together with the hub's weights."""
+    model = cfg.model
+    if model.init_from is None:
+        if model.init_ema:
+            raise ConfigError("model.init_ema=true needs model.init_from=PATH")
+        return
+    if model.pretrained:
+        raise ConfigError(
+            "model.init_from and model.pretrained=true both set the starting weights: choose one"
+        )
+    if not Path(model.init_from).is_file():
+        raise ConfigError(f"model.init_from={model.init_from}: no such file")
