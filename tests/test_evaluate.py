@@ -193,7 +193,7 @@ def test_init_strict_refuses_keys_that_do_not_fit_and_non_strict_loads_the_rest(
     source["extra.weight"] = torch.ones(3)
     del source["features.0.1.running_mean"]
     torch.save(source, tmp_path / "w.pth")
-    with pytest.raises(CheckpointError, match="missing: features.0.1.running_mean.*unexpected"):
+    with pytest.raises(CheckpointError, match=r"missing: features\.0\.1\.running_mean.*unexpected"):
         init_model_weights(_digits_cnn(10), tmp_path / "w.pth")
     target = _digits_cnn(10)
     report = init_model_weights(target, tmp_path / "w.pth", strict=False)
