@@ -96,3 +96,40 @@ def test_pretrained_without_the_hub_is_one_line(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="could not be fetched and are not in the local cache"):
         create_model("resnet18", 10, 3, pretrained=True)
+
+
+def test_vit_cifar_preset_trains_then_fine_tunes_with_layer_decay_and_checkpointing(
+    cli_in_process, tmp_path, tiny_cifar10
+):
+    """The CIFAR ViT preset on 40 tiny CIFAR images, then a fine-tune from its checkpoint
+    with layer decay and gradient checkpointing: the whole path through the entry point."""
+    tiny = [
+        "experiment=vit_cifar_sam",
+        f"dataset.root={tiny_cifar10}",
+        "dataset.verify_checksums=false",
+        "trainer.epochs=1",
+        "trainer.batch_size=8",
+        "trainer.num_workers=0",
+        "trainer.device=cpu",
+        "logger.tensorboard=false",
+        "model.kwargs.depth=2",
+    ]
+    first, second = tmp_path / "first", tmp_path / "second"
+    code, err = cli_in_process([*tiny, f"hydra.run.dir={first}"])
+    assert code == 0, err
+    best = first / "checkpoints" / "best.pt"
+    code, err = cli_in_process(
+        [
+            *tiny,
+            f"model.init_from={best}",
+            "optimizer.layer_decay=0.75",
+            "model.grad_checkpointing=true",
+            f"hydra.run.dir={second}",
+        ]
+    )
+    assert code == 0, err
+    log = (second / "train.log").read_text()
+    assert "tensors loaded, 0 missing, 0 unexpected" in log
+    saved = torch.load(second / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["config"]["optimizer"]["layer_decay"] == 0.75
+    assert len({g["lr_scale"] for g in saved["optimizer"]["param_groups"]}) == 4  # 2 blocks
