@@ -52,6 +52,10 @@ DATA_SPECS: dict[str, DataSpec] = {
     "cifar10": DataSpec(channels=3, cifar=True),
     "cifar100": DataSpec(channels=3, cifar=True),
     "imagenet": DataSpec(channels=3),  # ImageFolder loads RGB
+    # The SAM paper's Table 3 fine-tuning sets, through torchvision's classes (RGB)
+    "food101": DataSpec(channels=3),
+    "oxford_pets": DataSpec(channels=3),
+    "flowers102": DataSpec(channels=3),
 }
 DATASETS = tuple(DATA_SPECS)
 CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
