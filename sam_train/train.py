@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train import callbacks as cb
-from sam_train.build import Run, build_run, build_strategy, flat_config
+from sam_train.build import Run, build_run, build_strategy, config_from_checkpoint, flat_config
 from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
 from sam_train.errors import CheckpointError
 from sam_train.resume import describe, epochs_grown, trajectory_changes
@@ -88,7 +88,9 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
     found = load_resume(cfg.resume, run_dir)
     if found is None:
         return StartPlan()
-    saved = found.state.get("config") or {}
+    # On today's schema: an option added since the checkpoint was written takes its default
+    # instead of reading as a change from None.
+    saved = OmegaConf.to_container(config_from_checkpoint(found.state, found.path), resolve=True)
     changes = trajectory_changes(saved, config)
     if changes and cfg.resume_strict:
         raise CheckpointError(
