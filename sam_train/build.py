@@ -373,10 +373,11 @@ def model_from_checkpoint(
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"checkpoint {path} has no model weights")
     cfg = config_from_checkpoint(state, str(path))
+    cfg.model.pretrained = False  # the checkpoint's weights replace both (and a fine-tune's
+    cfg.model.init_from = None  # starting file may be gone)
+    cfg.model.init_ema = False
     if overrides:
         cfg = apply_overrides(cfg, overrides)
-    cfg.model.pretrained = False  # the checkpoint's weights replace both
-    cfg.model.init_from = None
     model = build_model(cfg, cfg.dataset.num_classes, strategy)
     load_model_state(model, state["model"], Path(path))  # names the keys that do not fit
     return model, cfg, state

@@ -129,7 +129,7 @@ def test_init_from_a_runs_checkpoint_starts_where_that_run_was(trained, compose_
 
 
 def test_init_from_a_state_dict_with_another_head_reinitialises_it_and_trains(
-    trained, tmp_path, caplog
+    trained, tmp_path, capsys
 ):
     """A plain (timm-style) state dict of a 5-class model into a 10-class run."""
     import timm
@@ -158,6 +158,11 @@ def test_init_from_a_state_dict_with_another_head_reinitialises_it_and_trains(
     assert results["final_acc1"] > 80  # the features carried over: one epoch suffices
     trained_model = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     assert trained_model["fc.weight"].shape == (10, 128)
+    path.unlink()  # a fine-tune's checkpoint still evaluates without its starting file
+    code, _, err = _eval(
+        [str(run / "checkpoints" / "best.pt"), "trainer.eval_batch_size=50"], capsys
+    )
+    assert code == 0, err
 
 
 def _digits_cnn(classes: int = 10):
