@@ -59,7 +59,15 @@ GPU_LOADER_DATASETS = CIFAR_DATASETS
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
-BEST_METRICS = ("test/acc1", "test/acc5", "test/loss")
+# checkpoint.best_metric: the live model's test metrics, or the EMA's (ema.decay set).
+BEST_METRICS = (
+    "test/acc1",
+    "test/acc5",
+    "test/loss",
+    "test_ema/acc1",
+    "test_ema/acc5",
+    "test_ema/loss",
+)
 AUGMENTATIONS = ("basic", "cutout", "autoaugment")  # CIFAR training pipelines (augment group)
 GPU_LOADER_AUGMENTATIONS = ("basic",)  # the GPU loader implements crop + flip only
 LOADERS = ("dataloader", "gpu")
@@ -180,6 +188,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class EMAConfig:
+    """Model EMA (timm's ModelEmaV3), evaluated beside the live model each epoch."""
+
+    decay: float | None = checked(None, ge=0, lt=1)  # null or 0: off; e.g. 0.9998
+    # timm's warm-up: decay_t = min(decay, 1 - (1 + t) ** -warmup_power) at update t, so a
+    # short run's EMA is not dominated by its first, random weights.
+    warmup: bool = False
+    warmup_power: float = checked(2 / 3, gt=0)  # timm: 2/3 for long runs, 3/4 for short
+
+
+@dataclass
 class LoggerConfig:
     tensorboard: bool = True
 
@@ -195,11 +214,19 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     seed: int = checked(0, ge=0, le=MAX_SEED)
     resume: str | None = None  # None | auto | path to a checkpoint
     # A resume whose config changes the trajectory is refused unless this is false.
     resume_strict: bool = True
     run_name: str = "train"
+
+
+def best_metric_key(name: str) -> str:
+    """``checkpoint.best_metric`` -> its key in ``RunState.test_metrics``: ``test/acc1`` ->
+    ``acc1``, ``test_ema/acc1`` -> ``ema_acc1``."""
+    split, metric = name.split("/")
+    return metric if split == "test" else f"ema_{metric}"
 
 
 #: option -> the variants that read it (builders passes these to the variant's class).

@@ -37,7 +37,13 @@ def validate(cfg: Any) -> None:
     ConfigError naming the key to change."""
     check_known_keys(cfg, TrainConfig)
     check_fields(cfg, TrainConfig)
-    for rule in (_dataset_rules, _sam_rules, _sam_sharpness_rules, _optimization_rules):
+    for rule in (
+        _dataset_rules,
+        _sam_rules,
+        _sam_sharpness_rules,
+        _optimization_rules,
+        _recipe_rules,
+    ):
         rule(cfg)
 
 
@@ -236,4 +242,13 @@ def _optimization_rules(cfg: Any) -> None:
     if cfg.scheduler.min_lr > lr:
         raise ConfigError(
             f"scheduler.min_lr={cfg.scheduler.min_lr} must not exceed optimizer.lr={lr}"
+        )
+
+
+def _recipe_rules(cfg: Any) -> None:
+    """EMA and Mixup/CutMix against the options that depend on them."""
+    if cfg.checkpoint.best_metric.startswith("test_ema/") and not cfg.ema.decay:
+        raise ConfigError(
+            f"checkpoint.best_metric={cfg.checkpoint.best_metric} scores the EMA: set "
+            "ema.decay (e.g. ema.decay=0.9998)"
         )
