@@ -1,5 +1,7 @@
 """Model EMA (``ema.decay``): fed only the weights after the base step, resumed bit for bit,
-scored beside the live model, and usable as ``checkpoint.best_metric``."""
+scored beside the live model, and usable as ``checkpoint.best_metric``. The runs mix their
+batches too (Mixup/CutMix), so the resume test also covers mixing, and shows a mixed run
+learns digits."""
 
 from __future__ import annotations
 
@@ -20,13 +22,16 @@ from sam_train.config import ConfigError, validate
 from sam_train.state import RunState
 from sam_train.trainer import Trainer
 
-# 10 steps of 128 digits per epoch; dropout makes the run depend on every restored draw, and
-# the warm-up makes the EMA depend on the step it resumes at.
+# 10 steps of 128 digits per epoch; dropout and Mixup make the run depend on every restored
+# draw, and the warm-up makes the EMA depend on the step it resumes at.
 BASE = [
     "experiment=quickstart",
     "trainer.epochs=2",
     "scheduler.warmup_epochs=1",
     "trainer.batch_size=128",
+    "optimizer.lr=0.2",
+    "augment.mixup_alpha=0.8",
+    "augment.cutmix_alpha=1.0",
     "trainer.log_every=5",
     "model.kwargs.drop_rate=0.2",
     "ema.decay=0.9",
@@ -52,7 +57,7 @@ class _Epochs(Callback):
 
 
 def test_the_ema_is_fed_the_weights_after_the_base_step_never_w_plus_eps(monkeypatch):
-    cfg = compose_config([*BASE, "trainer.log_every=50"])
+    cfg = compose_config([*BASE, "trainer.batch_size=256", "trainer.log_every=50"])
     run = build_run(cfg)
     after_step: list[list[torch.Tensor]] = []
     forwards: list[list[torch.Tensor]] = []  # two per step: at w, then at w + eps
@@ -130,6 +135,7 @@ def test_a_crashed_run_resumed_mid_epoch_ends_with_the_same_ema(monkeypatch, tmp
     results = [json.loads((run / "results.json").read_text()) for run in (whole, broken)]
     for key in ("ema_final_acc1", "ema_best_acc1", "ema_best_epoch", "final_acc1"):
         assert results[0][key] == results[1][key] and results[0][key] is not None
+    assert results[0]["final_acc1"] > 40, "a mixed run learns digits (chance: 10%)"
     events = EventAccumulator(str(whole)).Reload()
     assert len(events.Scalars("test_ema/acc1")) == 2
     assert events.Scalars("test_ema/acc1")[-1].value == pytest.approx(results[0]["ema_final_acc1"])
