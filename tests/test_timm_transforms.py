@@ -15,11 +15,13 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as classic
 from torchvision.transforms import v2
 
+from sam_train.build import build_run_loaders
 from sam_train.config import ConfigError, validate
 from sam_train.config.schema import transform_options
 from sam_train.data import build_datasets
 from sam_train.data.samplers import EpochSeededDataset
 from sam_train.data.transforms import Cutout, cifar_transforms, imagenet_transforms
+from sam_train.strategy import SingleProcess
 
 OPTIONS = [
     ("augment.auto_augment=rand-m9-mstd0.5", RandAugment),
@@ -88,6 +90,9 @@ def test_options_reach_the_training_sets_and_repeat_per_epoch_and_index(tmp_path
     folder_pair = build_datasets(
         "imagenet", root=str(folder), num_classes=3, image_size=24, transform_options=options
     )
+    cfg = compose_config(["dataset=cifar10", "augment.reprob=0.5", "trainer.num_workers=0"])
+    loader = build_run_loaders(cfg, cifar_pair, SingleProcess(), batch=4).train
+    assert loader.dataset.dataset.host_rngs, "the training loader seeds Python's and NumPy's"
     for pair in (cifar_pair, folder_pair):
         assert RandAugment in [type(t) for t in pair.train.transform.transforms]
         assert RandAugment not in [type(t) for t in pair.test.transform.transforms]
