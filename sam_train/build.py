@@ -215,7 +215,10 @@ def build_optimizer(
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
-    return VARIANTS[sam_cfg.name].wrap(base, **sam_kwargs(sam_cfg, lr_min))
+    kwargs = sam_kwargs(sam_cfg, lr_min)
+    if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
+        kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
+    return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
 
 
 def scheduler_kwargs(cfg: DictConfig, epochs: int, updates_per_epoch: int) -> dict[str, Any]:

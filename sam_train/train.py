@@ -89,9 +89,9 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
     found = load_resume(cfg.resume, run_dir)
     if found is None:
         return StartPlan()
-    saved = found.state.get("config") or {}
-    if saved:  # on today's schema: options added since it was written take their defaults
-        saved = OmegaConf.to_container(config_from_checkpoint(found.state, str(found.path)))
+    # On today's schema: an option added since the checkpoint was written takes its default
+    # instead of reading as a change from None.
+    saved = OmegaConf.to_container(config_from_checkpoint(found.state, found.path), resolve=True)
     changes = trajectory_changes(saved, config)
     if changes and cfg.resume_strict:
         raise CheckpointError(

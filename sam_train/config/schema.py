@@ -85,6 +85,8 @@ ERASE_MODES = ("pixel", "const", "rand")  # timm's RandomErasing fills
 # SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
 # reads is the ``variants`` metadata of SAMConfig's fields.
 SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam")
+# ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
+ADAPTIVE_PARAMS = ("all", "weights")
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 # Seeds are offset by rank and epoch and must stay within torch's 64-bit generator seed.
 MAX_SEED = 2**63 - 1
@@ -155,6 +157,9 @@ class SAMConfig:
     rho: float = checked(0.05, ge=0)
     adaptive: bool = False
     eta: float = checked(0.01, ge=0)
+    # With adaptive: which parameters ASAM scales by |w| + eta (the rest by 1). configs/sam/
+    # asam.yaml picks "weights", the official code's rule, under which its rho was tuned.
+    adaptive_params: str = checked("all", choices=ADAPTIVE_PARAMS)
     # Under DDP each replica perturbs with its own gradient (the paper's m-sharpness with m =
     # per-device batch, one all-reduce per step); true all-reduces the first gradient too.
     sync_perturbation: bool = False
