@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from sam_train import callbacks as cb
 from sam_train.build import Run, build_run, build_strategy, config_from_checkpoint, flat_config
 from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
+from sam_train.config.schema import best_metric_key
 from sam_train.errors import CheckpointError
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
@@ -137,7 +138,7 @@ def _fit(
         if not cfg.sam.sync_perturbation:
             eps = f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
         log.info("SAM under %d processes: %s", strategy.world_size, eps)
-    metric = cfg.checkpoint.best_metric.split("/")[1]
+    metric = best_metric_key(cfg.checkpoint.best_metric)
     trainer = Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
     trainer.fit(state)
     return next(c for c in callbacks if isinstance(c, cb.Results)).results
@@ -148,7 +149,11 @@ def build_callbacks(
 ) -> list[cb.Callback]:
     """The callbacks a training run uses, in the order they hear each event."""
     checkpoint = cfg.checkpoint
-    callbacks: list[cb.Callback] = [
+    callbacks: list[cb.Callback] = []
+    if cfg.ema.decay:  # first: a step's checkpoint must hold the EMA updated by that step
+        ema = cfg.ema
+        callbacks.append(cb.ModelEMA(ema.decay, warmup=ema.warmup, warmup_power=ema.warmup_power))
+    callbacks += [
         cb.ConsoleProgress(description),
         cb.Preemption(),
         cb.Checkpointing(

@@ -87,9 +87,15 @@ def _folder_exists(self: Any) -> bool:
 
 
 def torchvision_pair(
-    name: str, root: str, image_size: int, download: bool, verify_checksums: bool
+    name: str,
+    root: str,
+    image_size: int,
+    download: bool,
+    verify_checksums: bool,
+    options: dict[str, Any] | None = None,
 ) -> tuple[LabelledSplit, LabelledSplit]:
-    """The training and test splits of ``name`` with the ImageNet-style pipelines."""
+    """The training and test splits of ``name`` with the ImageNet-style pipelines
+    (``options``: timm's training stages, as for ImageNet)."""
     spec = TORCHVISION_SETS[name]
     cls = spec.cls if verify_checksums or name != "flowers102" else _unchecked(spec.cls)
     train_split, test_split = spec.splits
@@ -97,7 +103,7 @@ def torchvision_pair(
         train = cls(
             root,
             split=train_split,
-            transform=T.imagenet_transforms(True, image_size),
+            transform=T.imagenet_transforms(True, image_size, options),
             download=download,
         )
         test = cls(
