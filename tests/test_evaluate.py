@@ -20,9 +20,11 @@ QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A 2-epoch quickstart run (about 5 s)."""
+    """A 2-epoch quickstart run with model EMA (about 5 s)."""
     run = tmp_path_factory.mktemp("eval") / "run"
-    code, err = run_in_process([*QUICK, f"hydra.run.dir={run}", "logger.tensorboard=false"])
+    code, err = run_in_process(
+        [*QUICK, f"hydra.run.dir={run}", "logger.tensorboard=false", "ema.decay=0.9"]
+    )
     assert code == 0, err
     return run
 
@@ -47,7 +49,15 @@ def test_sam_eval_of_best_pt_equals_the_best_top1_of_results_json(trained, capsy
     assert scored["acc1"] == results["best_acc1"] and scored["acc5"] == results["best_acc5"]
     assert scored["count"] == results["test_images"] == 450
     assert f"top-1 {results['best_acc1']:.2f}%" in out and out.count("\n") == 2
-    assert "ema_acc1" not in scored
+
+
+def test_sam_eval_of_last_pt_scores_the_ema_callbacks_weights_as_training_did(trained, capsys):
+    code, _, err = _eval([str(trained / "checkpoints" / "last.pt")], capsys)
+    assert code == 0, err
+    (scored,) = json.loads((trained / "eval.json").read_text())["results"]
+    results = json.loads((trained / "results.json").read_text())
+    assert scored["acc1"] == results["final_acc1"]
+    assert scored["ema_acc1"] == results["ema_final_acc1"] != scored["acc1"]
 
 
 def test_sam_eval_scores_the_ema_weights_a_checkpoint_holds(trained, tmp_path, capsys):
