@@ -91,7 +91,11 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
         return StartPlan()
     # On today's schema: an option added since the checkpoint was written takes its default
     # instead of reading as a change from None.
-    saved = OmegaConf.to_container(config_from_checkpoint(found.state, found.path), resolve=True)
+    saved: dict[str, Any] = {}
+    if isinstance(found.state.get("config"), dict):
+        saved = OmegaConf.to_container(
+            config_from_checkpoint(found.state, found.path), resolve=True
+        )
     changes = trajectory_changes(saved, config)
     if changes and cfg.resume_strict:
         raise CheckpointError(
