@@ -8,9 +8,10 @@ Every variant trains ``experiment=paper/noisy_digits`` (scikit-learn's digits, 4
 label noise, rho 0.5 for every variant) over the seeds, as a ``sam-train -m`` sweep per variant
 whose jobs resume (``resume=auto``), so an interrupted table continues where it stopped. The
 cost columns are measured on the same runs' first batches, built by ``build.build_run``:
-forward-backward passes per step counted by a forward hook over 20 steps (LookSAM's and the
-interval's cycles divide 20), and the step's CPU time, interleaved with SGD's (one thread:
-CPU time is the step's work even on a shared machine). Prints a Markdown table.
+forward-backward passes per step counted by a forward hook, and the step's CPU time, both
+over whole cycles of 10 steps (LookSAM's and the interval's k divide 10), interleaved with
+SGD's (one thread: CPU time is the step's work even on a shared machine, where wall times
+of whole runs are not comparable). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "F-SAM": ["sam=fsam"],
     "ESAM beta=0.5": ["sam=sam", "sam.perturb_fraction=0.5"],
 }
-COUNTED_STEPS = 20
+CYCLE = 10  # steps timed and counted together: a multiple of every k above
 
 
 def slug(label: str) -> str:
@@ -67,20 +68,16 @@ def train_variant(label: str, seeds: int, out: Path, extra: list[str]) -> int:
     return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def accuracies(label: str, out: Path) -> tuple[list[float], list[float]]:
-    """Final clean test top-1 and training seconds of the variant's finished runs."""
-    acc, seconds = [], []
-    for path in sorted((out / slug(label)).glob("seed*/results.json")):
-        results = json.loads(path.read_text())
-        acc.append(results["final_acc1"])
-        seconds.append(results["train_seconds"])
-    return acc, seconds
+def accuracies(label: str, out: Path) -> list[float]:
+    """Final clean test top-1 of the variant's finished runs."""
+    paths = sorted((out / slug(label)).glob("seed*/results.json"))
+    return [json.loads(path.read_text())["final_acc1"] for path in paths]
 
 
 def cost(labels: list[str], reps: int) -> dict[str, tuple[float, float, float]]:
     """label -> (passes per step, CPU ms per step, CPU time relative to SGD)."""
     torch.set_num_threads(1)
-    steps, passes = {}, {}
+    cycles, passes = {}, {}
     for label in labels:
         run = bench_run(compose([PRESET, *VARIANTS[label], "trainer.num_workers=0"]))
         images, targets = next(iter(run.loaders.train))
@@ -89,17 +86,17 @@ def cost(labels: list[str], reps: int) -> dict[str, tuple[float, float, float]]:
             lambda module, args, calls=calls: calls.__setitem__(0, calls[0] + module.training)
         )
         step = train_step(run, images, targets)
-        for _ in range(COUNTED_STEPS):
+        for _ in range(CYCLE):
             step()
         hook.remove()
-        passes[label] = calls[0] / COUNTED_STEPS
-        steps[label] = step
-    timings = time_interleaved(steps, device=torch.device("cpu"), warmup=3, reps=reps)
+        passes[label] = calls[0] / CYCLE
+        cycles[label] = lambda step=step: [step() for _ in range(CYCLE)]
+    timings = time_interleaved(cycles, device=torch.device("cpu"), warmup=1, reps=reps)
     base = "SGD" if "SGD" in labels else labels[0]
     return {
         label: (
             passes[label],
-            1e3 * statistics.median(timings.cpu[label]),
+            1e3 * statistics.median(timings.cpu[label]) / CYCLE,
             median_ratio(timings.cpu[label], timings.cpu[base]),
         )
         for label in labels
@@ -109,19 +106,15 @@ def cost(labels: list[str], reps: int) -> dict[str, tuple[float, float, float]]:
 def table(labels: list[str], out: Path, reps: int) -> str:
     costs = cost(labels, reps)
     rows = [
-        "| variant | passes / step | CPU ms / step | × SGD | clean test top-1 (%) | seeds |"
-        " train s / run |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | passes / step | CPU ms / step | × SGD | clean test top-1 (%) | seeds |",
+        "|---|---|---|---|---|---|",
     ]
     for label in labels:
-        acc, seconds = accuracies(label, out)
+        acc = accuracies(label, out)
         spread = f" ± {statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
         shown = f"{statistics.mean(acc):.1f}{spread}" if acc else "not run"
-        wall = f"{statistics.mean(seconds):.0f}" if seconds else "-"
         passes, ms, ratio = costs[label]
-        rows.append(
-            f"| {label} | {passes:.2f} | {ms:.1f} | {ratio:.2f} | {shown} | {len(acc)} | {wall} |"
-        )
+        rows.append(f"| {label} | {passes:.2f} | {ms:.1f} | {ratio:.2f} | {shown} | {len(acc)} |")
     return "\n".join(rows)
 
 
@@ -130,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/efficiency"))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--reps", type=int, default=7, help="timing repetitions per variant")
+    parser.add_argument("--reps", type=int, default=9, help="timing repetitions per variant")
     parser.add_argument("--table-only", action="store_true", help="train nothing")
     parser.add_argument("overrides", nargs="*", help="key=value passed to every run")
     args = parser.parse_intermixed_args(argv)
