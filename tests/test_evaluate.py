@@ -123,7 +123,7 @@ def test_sam_eval_under_torchrun_scores_every_test_image_once(trained, tmp_path)
     (scored,) = json.loads((out / "eval.json").read_text())["results"]
     results = json.loads((trained / "results.json").read_text())
     assert scored["count"] == 450 and scored["acc1"] == results["best_acc1"]
-    assert result.stdout.count("top-1") == 1  # rank 0 prints
+    assert result.stdout.count(f"{best}:") == 1  # rank 0 prints
 
 
 # ---------------------------------------------------------------------------- init_from
