@@ -174,7 +174,7 @@ def smoke_config(preset: str, data: dict[str, Path]):
             "trainer.num_workers=0",
             "trainer.device=cpu",
             "scheduler.warmup_epochs=0",
-            "logger.tensorboard=false",
+            "logger=none",
             "checkpoint.save_last=false",
         ]
     )

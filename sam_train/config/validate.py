@@ -7,6 +7,7 @@ Every failure is a :class:`~sam_train.errors.ConfigError` of one line naming the
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import itertools
 import math
 import operator
@@ -14,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from functools import cache
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
 
@@ -22,7 +23,9 @@ from sam_train.config.schema import (
     CIFAR_DATASETS,
     DATA_SPECS,
     GPU_LOADER_AUGMENTATIONS,
+    LOGGER_PACKAGES,
     SAM_VARIANT_OPTIONS,
+    LoggerConfig,
     TrainConfig,
 )
 from sam_train.errors import ConfigError
@@ -37,7 +40,8 @@ def validate(cfg: Any) -> None:
     ConfigError naming the key to change."""
     check_known_keys(cfg, TrainConfig)
     check_fields(cfg, TrainConfig)
-    for rule in (_dataset_rules, _sam_rules, _sam_sharpness_rules, _optimization_rules):
+    rules = (_dataset_rules, _sam_rules, _sam_sharpness_rules, _optimization_rules, _logger_rules)
+    for rule in rules:
         rule(cfg)
 
 
@@ -147,6 +151,24 @@ def _not_one_of(key: str, value: Any, choices: Sequence[Any]) -> str:
 
 
 # ------------------------------------------------------------------------ cross-field rules
+def _logger_rules(cfg: Any) -> None:
+    """Each chosen logger's options, and its package: a missing one is refused before any work
+    (the extras that install it are in pyproject.toml)."""
+    hints = get_type_hints(LoggerConfig)
+    for name, (package, extra) in LOGGER_PACKAGES.items():
+        node = cfg.logger[name]
+        if node is None:
+            continue
+        options = next(arg for arg in get_args(hints[name]) if is_dataclass(arg))
+        check_known_keys(node, options, f"logger.{name}.")
+        check_fields(node, options, f"logger.{name}.")
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger={name} needs the {package} package, not installed here: run "
+                f"`uv sync --extra {extra}` (or `pip install '.[{extra}]'` in the checkout)"
+            )
+
+
 def _dataset_rules(cfg: Any) -> None:
     """The data set against its options: augmentations, loader, channels, split sizes."""
     data, augment = cfg.dataset, cfg.augment.name
