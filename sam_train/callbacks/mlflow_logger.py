@@ -1,7 +1,8 @@
-"""``logger=mlflow``: MLflow (``uv sync --extra mlflow``), by default a file store in the run
-folder (``<run folder>/mlruns``; view it with ``mlflow ui --backend-store-uri``). Through
-``MlflowClient``, not MLflow's process-global active run. A resumed run continues the same
-MLflow run (its id is in the checkpoint)."""
+"""``logger=mlflow``: MLflow (``uv sync --extra mlflow``), by default a local SQLite store in
+the run folder (``<run folder>/mlflow.db``; MLflow 3 refuses its old ``mlruns/`` file store
+unless told otherwise): view it with ``mlflow ui --backend-store-uri sqlite:///<run
+folder>/mlflow.db``. Through ``MlflowClient``, not MLflow's process-global active run. A
+resumed run continues the same MLflow run (its id is in the checkpoint)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from sam_train.trainer import Trainer
 
 BATCH = 100  # MLflow's limit of params per log_batch call
+STORE_NAME = "mlflow.db"
 
 
 class MLflowLogger(MetricLogger):
@@ -29,7 +31,7 @@ class MLflowLogger(MetricLogger):
         experiment: str = "sam-train",
     ) -> None:
         super().__init__(run_dir, hparams, config)
-        self.tracking_uri = tracking_uri or (self.run_dir / "mlruns").resolve().as_uri()
+        self.tracking_uri = tracking_uri or f"sqlite:///{(self.run_dir / STORE_NAME).resolve()}"
         self.experiment = experiment
         self.run_id: str | None = None
         self.client = None

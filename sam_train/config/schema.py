@@ -199,7 +199,7 @@ class WandbLoggerConfig:
 
 @dataclass
 class MLflowLoggerConfig:
-    tracking_uri: str | None = None  # None: a file store in the run folder (mlruns/)
+    tracking_uri: str | None = None  # None: a SQLite file in the run folder (mlflow.db)
     experiment: str = "sam-train"
 
 
