@@ -297,3 +297,19 @@ def test_the_eta_counts_the_evaluations_still_to_come(inject, tmp_path, monkeypa
     assert first_evaluation >= 1.5
     assert Record.etas[1, STEPS] == pytest.approx(first_evaluation)
     assert Record.etas[1, 3] > first_evaluation  # the steps left, and the evaluation
+
+
+# ----------------------------------------------------------------------------- plot_runs
+def test_plot_runs_reads_metrics_csv_by_epoch(reference, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import plot_runs
+
+    (panel,) = plot_runs.collect([reference], "test_acc1").values()
+    ((curve,),) = panel.values()
+    rows = _rows(reference / "metrics.csv")
+    assert list(curve.epochs) == [1, 2] and not curve.stopped
+    assert list(curve.values) == [float(r["test_acc1"]) for r in rows]
+    assert plot_runs.collect([reference], "test_ema_acc1") == {}  # no EMA: no curve
+    out = tmp_path / "curves.png"
+    assert plot_runs.main([str(reference), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
