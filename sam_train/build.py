@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm.data
 import timm.layers
+import timm.loss
 import timm.optim
 import timm.scheduler
 import torch
@@ -23,6 +25,7 @@ from torch.optim import Optimizer
 
 from sam_train import callbacks as cb
 from sam_train.config import SAM_VARIANT_OPTIONS
+from sam_train.config.schema import transform_options
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -98,6 +101,8 @@ def per_device_batch(cfg: DictConfig, world_size: int) -> int:
         raise ConfigError(f"trainer.accum_steps={cfg.trainer.accum_steps} must divide {where})")
     if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
         raise ConfigError(f"sam.m={cfg.sam.m} must divide {where} processes)")
+    if mixes(cfg) and per_device % 2:
+        raise ConfigError(f"Mixup/CutMix pairs images: {where} processes) must be even")
     return per_device
 
 
@@ -124,6 +129,7 @@ def build_data(cfg: DictConfig, strategy: Strategy | None = None) -> DatasetPair
             augment=cfg.augment.name,
             cutout_size=cfg.augment.cutout_size,
             verify=node.verify,
+            transform_options=transform_options(cfg.augment),
         )
 
     data = make(node.download) if strategy.is_main else None
@@ -147,6 +153,7 @@ def build_run_loaders(
         world_size=strategy.world_size,
         kind=cfg.dataset.loader,
         device=strategy.device,
+        host_rngs=bool(transform_options(cfg.augment)),  # timm's transforms draw from them
     )
 
 
@@ -212,7 +219,10 @@ def build_optimizer(
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
-    return VARIANTS[sam_cfg.name].wrap(base, **sam_kwargs(sam_cfg, lr_min))
+    kwargs = sam_kwargs(sam_cfg, lr_min)
+    if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
+        kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
+    return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
 
 
 def scheduler_kwargs(cfg: DictConfig, epochs: int, updates_per_epoch: int) -> dict[str, Any]:
@@ -238,16 +248,44 @@ def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_
     return scheduler
 
 
+def mixes(cfg: DictConfig) -> bool:
+    """Mixup or CutMix is on (either alpha above 0)."""
+    return bool(cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha)
+
+
+def build_mixup(cfg: DictConfig) -> timm.data.Mixup | None:
+    """timm's Mixup/CutMix over whole batches, with the label smoothing folded into its soft
+    targets (as timm's train.py does), or None when both alphas are 0."""
+    if not mixes(cfg):
+        return None
+    augment = cfg.augment
+    return timm.data.Mixup(
+        mixup_alpha=augment.mixup_alpha,
+        cutmix_alpha=augment.cutmix_alpha,
+        prob=augment.mix_prob,
+        switch_prob=augment.switch_prob,
+        label_smoothing=cfg.trainer.label_smoothing,
+        num_classes=cfg.dataset.num_classes,
+    )
+
+
 def build_step(
     cfg: DictConfig, model: nn.Module, optimizer: Optimizer, strategy: Strategy
 ) -> SAMStep:
-    """The SAM step with the trainer's precision, clipping, accumulation and m-sharpness."""
+    """The SAM step with the trainer's precision, clipping, accumulation and m-sharpness;
+    with Mixup/CutMix, one mixing per batch and timm's soft-target loss."""
     device = strategy.device
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
+    mixup = build_mixup(cfg)
+    criterion = (
+        timm.loss.SoftTargetCrossEntropy()
+        if mixup is not None
+        else nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    )
     return SAMStep(
         model,
         optimizer,
-        nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+        criterion,
         device,
         strategy=strategy,
         precision=cfg.trainer.amp,
@@ -259,6 +297,7 @@ def build_step(
         channels_last=cfg.trainer.channels_last,
         skip_nonfinite=cfg.trainer.skip_nonfinite,
         max_bad_steps=cfg.trainer.max_bad_steps,
+        mix=mixup,
     )
 
 

@@ -21,8 +21,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train import callbacks as cb
-from sam_train.build import Run, build_loggers, build_run, build_strategy
+from sam_train.build import (
+    Run,
+    build_loggers,
+    build_run,
+    build_strategy,
+    config_from_checkpoint,
+)
 from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
+from sam_train.config.schema import best_metric_key
 from sam_train.errors import CheckpointError
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
@@ -90,7 +97,9 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
     found = load_resume(cfg.resume, run_dir)
     if found is None:
         return StartPlan()
-    saved = found.state.get("config") or {}
+    # On today's schema: an option added since the checkpoint was written takes its default
+    # instead of reading as a change from None.
+    saved = OmegaConf.to_container(config_from_checkpoint(found.state, found.path), resolve=True)
     changes = trajectory_changes(saved, config)
     if changes and cfg.resume_strict:
         raise CheckpointError(
@@ -143,7 +152,7 @@ def _fit(
         if not cfg.sam.sync_perturbation:
             eps = f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
         log.info("SAM under %d processes: %s", strategy.world_size, eps)
-    metric = cfg.checkpoint.best_metric.split("/")[1]
+    metric = best_metric_key(cfg.checkpoint.best_metric)
     trainer = Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
     trainer.fit(state)
     return next(c for c in callbacks if isinstance(c, cb.Results)).results
@@ -160,7 +169,11 @@ def build_callbacks(
     the loggers come before checkpointing: an epoch's rows are written before its checkpoint,
     so a resume drops only what came after the checkpoint and never misses an epoch."""
     checkpoint = cfg.checkpoint
-    callbacks: list[cb.Callback] = [
+    callbacks: list[cb.Callback] = []
+    if cfg.ema.decay:  # first: a step's checkpoint must hold the EMA updated by that step
+        ema = cfg.ema
+        callbacks.append(cb.ModelEMA(ema.decay, warmup=ema.warmup, warmup_power=ema.warmup_power))
+    callbacks += [
         cb.ConsoleProgress(description),
         cb.Preemption(),
         cb.MetricsCSV(run_dir),

@@ -313,3 +313,12 @@ def test_plot_runs_reads_metrics_csv_by_epoch(reference, tmp_path, monkeypatch):
     out = tmp_path / "curves.png"
     assert plot_runs.main([str(reference), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_csv_and_the_loggers_carry_the_ema_scores(tmp_path):
+    results = _one_epoch(tmp_path / "run", "ema.decay=0.9", "logger=csv")
+    (row,) = _rows(tmp_path / "run" / "metrics.csv")
+    assert float(row["test_ema_acc1"]) == pytest.approx(results["ema_final_acc1"], abs=1e-4)
+    assert float(row["test_ema_acc1"]) != float(row["test_acc1"])
+    scalars = {r["name"]: float(r["value"]) for r in _rows(tmp_path / "run" / "scalars.csv")}
+    assert scalars["final_ema/acc1"] == pytest.approx(results["ema_final_acc1"])

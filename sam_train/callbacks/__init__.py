@@ -4,6 +4,7 @@
 from sam_train.callbacks.base import Callback
 from sam_train.callbacks.checkpointing import Checkpointing
 from sam_train.callbacks.csv_logger import CSVLogger
+from sam_train.callbacks.ema import ModelEMA
 from sam_train.callbacks.loggers import MetricLogger
 from sam_train.callbacks.metrics_csv import MetricsCSV
 from sam_train.callbacks.mlflow_logger import MLflowLogger
@@ -23,6 +24,7 @@ __all__ = [
     "MLflowLogger",
     "MetricLogger",
     "MetricsCSV",
+    "ModelEMA",
     "Preemption",
     "Results",
     "TensorBoard",

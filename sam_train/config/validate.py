@@ -27,6 +27,7 @@ from sam_train.config.schema import (
     SAM_VARIANT_OPTIONS,
     LoggerConfig,
     TrainConfig,
+    transform_options,
 )
 from sam_train.errors import ConfigError
 
@@ -40,8 +41,14 @@ def validate(cfg: Any) -> None:
     ConfigError naming the key to change."""
     check_known_keys(cfg, TrainConfig)
     check_fields(cfg, TrainConfig)
-    rules = (_dataset_rules, _sam_rules, _sam_sharpness_rules, _optimization_rules, _logger_rules)
-    for rule in rules:
+    for rule in (
+        _dataset_rules,
+        _sam_rules,
+        _sam_sharpness_rules,
+        _optimization_rules,
+        _recipe_rules,
+        _logger_rules,
+    ):
         rule(cfg)
 
 
@@ -187,6 +194,17 @@ def _dataset_rules(cfg: Any) -> None:
             f"dataset.loader=gpu implements random crop and flip only; augment={augment} "
             "needs dataset.loader=dataloader"
         )
+    for key, value in transform_options(cfg.augment).items():
+        if data.loader == "gpu":
+            raise ConfigError(
+                f"dataset.loader=gpu implements random crop and flip only; augment.{key}="
+                f"{value} needs dataset.loader=dataloader"
+            )
+        if not spec.pil:
+            raise ConfigError(
+                f"augment.{key} is one of timm's transforms of PIL images (CIFAR, ImageFolder); "
+                f"dataset={data.name} takes none"
+            )
     if data.in_chans != spec.channels:
         raise ConfigError(
             f"dataset.in_chans={data.in_chans} but {data.name} images have {spec.channels} "
@@ -258,4 +276,24 @@ def _optimization_rules(cfg: Any) -> None:
     if cfg.scheduler.min_lr > lr:
         raise ConfigError(
             f"scheduler.min_lr={cfg.scheduler.min_lr} must not exceed optimizer.lr={lr}"
+        )
+
+
+def _recipe_rules(cfg: Any) -> None:
+    """EMA and Mixup/CutMix against the options that depend on them."""
+    if cfg.checkpoint.best_metric.startswith("test_ema/") and not cfg.ema.decay:
+        raise ConfigError(
+            f"checkpoint.best_metric={cfg.checkpoint.best_metric} scores the EMA: set "
+            "ema.decay (e.g. ema.decay=0.9998)"
+        )
+    augment = cfg.augment
+    if augment.auto_augment is not None and augment.name == "autoaugment":
+        raise ConfigError(
+            f"augment=autoaugment already applies the CIFAR-10 AutoAugment policy; "
+            f"augment.auto_augment={augment.auto_augment} goes with augment=basic or cutout"
+        )
+    jitter_off = augment.auto_augment is not None and "3a" not in augment.auto_augment
+    if jitter_off and augment.color_jitter is not None:
+        raise ConfigError(
+            "augment.color_jitter is off under augment.auto_augment (timm's rule): set one"
         )
