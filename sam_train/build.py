@@ -24,6 +24,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from sam_train import callbacks as cb
+from sam_train.checkpoint import load_checkpoint, load_model_state
 from sam_train.config import SAM_VARIANT_OPTIONS
 from sam_train.config.schema import transform_options
 from sam_train.data import build_datasets, build_loaders
@@ -173,10 +174,42 @@ def build_model(cfg: DictConfig, num_classes: int, strategy: Strategy) -> nn.Mod
                 "model.sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel"
             )
         model = timm.layers.convert_sync_batchnorm(model)
+    if cfg.model.grad_checkpointing:
+        enable_grad_checkpointing(model, cfg.model.name)
     model = model.to(strategy.device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """timm's ``set_grad_checkpointing``: blocks recompute their forward during backward.
+
+    Refused for models with running statistics (BatchNorm): the recomputed forward runs in
+    training mode and would update them a second time per pass. ViTs have none. Dropout
+    draws are the same in the recomputation (torch.utils.checkpoint restores the RNG).
+    """
+    if any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules()):
+        raise ConfigError(
+            f"model.grad_checkpointing=true: {name} has BatchNorm layers, whose running "
+            "statistics the recomputed forward would update twice; set it to false"
+        )
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError) as err:
+        raise ConfigError(
+            f"model.grad_checkpointing=true: {name} does not support it (timm's "
+            "set_grad_checkpointing); set model.grad_checkpointing=false"
+        ) from err
+
+
+def initial_weights(model: nn.Module, cfg: DictConfig) -> None:
+    """``model.init_from``: the starting weights of a new run (a fine-tune), in place."""
+    from sam_train.models.init_weights import init_model_weights
+
+    init_model_weights(
+        model, cfg.model.init_from, strict=cfg.model.init_strict, use_ema=cfg.model.init_ema
+    )
 
 
 def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -186,6 +219,8 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "weight_decay": cfg.weight_decay,
         "filter_bias_and_bn": cfg.filter_bias_and_bn,
     }
+    if cfg.layer_decay is not None:
+        kwargs["layer_decay"] = cfg.layer_decay
     if cfg.name == "sgd":  # timm: "sgd" is Nesterov SGD, "momentum" is plain momentum SGD
         kwargs.update(opt="sgd" if cfg.nesterov else "momentum", momentum=cfg.momentum)
     else:
@@ -215,7 +250,13 @@ def build_optimizer(
     model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig, lr_min: float = 0.0
 ) -> Optimizer:
     """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
-    unless ``sam=none``."""
+    unless ``sam=none``. With ``layer_decay`` each group has an ``lr_scale`` that timm's
+    scheduler applies; SAM shares the groups and takes one norm over all of them."""
+    if opt_cfg.layer_decay is not None and not hasattr(model, "group_matcher"):
+        raise ConfigError(
+            f"optimizer.layer_decay needs a model with timm's group_matcher (ViTs, ConvNeXts, "
+            f"...); {type(model).__name__} has none: set optimizer.layer_decay=null"
+        )
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
@@ -302,8 +343,12 @@ def build_step(
 
 
 # ---------------------------------------------------------------------------- the whole run
-def build_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
-    """Data, model, optimizer, scheduler and step of a training run, for this process."""
+def build_run(
+    cfg: DictConfig, strategy: Strategy | None = None, *, init_weights: bool = True
+) -> Run:
+    """Data, model, optimizer, scheduler and step of a training run, for this process.
+
+    ``init_weights``: load ``model.init_from`` (off when a resume loads its own weights)."""
     strategy = strategy or build_strategy(cfg.trainer.device)
     batch = per_device_batch(cfg, strategy.world_size)
     data = build_data(cfg, strategy)
@@ -315,6 +360,8 @@ def build_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
             "training images: no full batch"
         )
     model = build_model(cfg, data.num_classes, strategy)
+    if init_weights and cfg.model.init_from is not None:
+        initial_weights(model, cfg)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's
@@ -352,6 +399,43 @@ def config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DictConfig:
         return OmegaConf.merge(schema, checkpoint["config"])
     except OmegaConfBaseException as err:
         raise CheckpointError(f"the config in {path} does not fit this sam-train: {err}") from err
+
+
+def model_from_checkpoint(
+    path: str | Path, strategy: Strategy | None = None, overrides: Sequence[str] = ()
+) -> tuple[nn.Module, DictConfig, dict[str, Any]]:
+    """(model with the checkpoint's weights, its config, the checkpoint): rebuilt by this
+    factory from the config it holds, with ``overrides`` ("key=value") applied on top."""
+    strategy = strategy or SingleProcess()
+    state = load_checkpoint(path, map_location=strategy.device)
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"checkpoint {path} has no model weights")
+    cfg = config_from_checkpoint(state, str(path))
+    cfg.model.pretrained = False  # the checkpoint's weights replace both (and a fine-tune's
+    cfg.model.init_from = None  # starting file may be gone)
+    cfg.model.init_ema = False
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    model = build_model(cfg, cfg.dataset.num_classes, strategy)
+    load_model_state(model, state["model"], Path(path))  # names the keys that do not fit
+    return model, cfg, state
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``key=value`` overrides on a rebuilt config, checked like the CLI's."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sam_train.config import validate
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+    try:
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from err
+    validate(merged)
+    return merged
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

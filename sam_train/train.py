@@ -99,7 +99,11 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
         return StartPlan()
     # On today's schema: an option added since the checkpoint was written takes its default
     # instead of reading as a change from None.
-    saved = OmegaConf.to_container(config_from_checkpoint(found.state, found.path), resolve=True)
+    saved: dict[str, Any] = {}
+    if isinstance(found.state.get("config"), dict):
+        saved = OmegaConf.to_container(
+            config_from_checkpoint(found.state, found.path), resolve=True
+        )
     changes = trajectory_changes(saved, config)
     if changes and cfg.resume_strict:
         raise CheckpointError(
@@ -134,7 +138,7 @@ def _fit(
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     seed_everything(cfg.seed + strategy.rank)
-    run = build_run(cfg, strategy)
+    run = build_run(cfg, strategy, init_weights=plan.checkpoint is None)
     state = RunState()
     description = describe_run(cfg, run, run_dir)
     callbacks = build_callbacks(cfg, run_dir, config, description, overrides)

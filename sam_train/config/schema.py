@@ -53,6 +53,10 @@ DATA_SPECS: dict[str, DataSpec] = {
     "cifar10": DataSpec(channels=3, cifar=True, pil=True),
     "cifar100": DataSpec(channels=3, cifar=True, pil=True),
     "imagenet": DataSpec(channels=3, pil=True),  # ImageFolder loads RGB
+    # The SAM paper's Table 3 fine-tuning sets, through torchvision's classes (RGB, PIL)
+    "food101": DataSpec(channels=3, pil=True),
+    "oxford_pets": DataSpec(channels=3, pil=True),
+    "flowers102": DataSpec(channels=3, pil=True),
 }
 DATASETS = tuple(DATA_SPECS)
 CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
@@ -134,6 +138,13 @@ class ModelConfig:
     pretrained: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model's; left open
     sync_bn: bool = False  # SyncBatchNorm across processes (GPUs; timm's converter)
+    # Fine-tuning: start from these weights (a sam-train checkpoint or a plain/timm state
+    # dict, .pth or .safetensors); not a resume: the optimizer and schedule start fresh. A
+    # classifier of another class count is re-initialised.
+    init_from: str | None = None
+    init_strict: bool = True  # false: load what fits, log the missing/unexpected/shape keys
+    init_ema: bool = False  # take a sam-train checkpoint's EMA weights (callbacks.ModelEMA)
+    grad_checkpointing: bool = False  # timm's set_grad_checkpointing (ViTs, ...): less memory
 
 
 @dataclass
@@ -149,6 +160,9 @@ class OptimizerConfig:
     )
     eps: float = checked(1e-8, ge=0)
     filter_bias_and_bn: bool = True  # no weight decay on biases and norm weights (timm's rule)
+    # Layer-wise lr decay (timm's create_optimizer_v2 layer_decay; models with group_matcher,
+    # e.g. ViTs): layer i of L gets lr * layer_decay ** (L - i). None: off.
+    layer_decay: float | None = checked(None, gt=0, le=1)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
@@ -48,6 +49,7 @@ def validate(cfg: Any) -> None:
         _optimization_rules,
         _recipe_rules,
         _logger_rules,
+        _init_rules,
     ):
         rule(cfg)
 
@@ -297,3 +299,18 @@ def _recipe_rules(cfg: Any) -> None:
         raise ConfigError(
             "augment.color_jitter is off under augment.auto_augment (timm's rule): set one"
         )
+
+
+def _init_rules(cfg: Any) -> None:
+    """``model.init_from``: an existing file, and not together with the hub's weights."""
+    model = cfg.model
+    if model.init_from is None:
+        if model.init_ema:
+            raise ConfigError("model.init_ema=true needs model.init_from=PATH")
+        return
+    if model.pretrained:
+        raise ConfigError(
+            "model.init_from and model.pretrained=true both set the starting weights: choose one"
+        )
+    if not Path(model.init_from).is_file():
+        raise ConfigError(f"model.init_from={model.init_from}: no such file")

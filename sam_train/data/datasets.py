@@ -15,6 +15,7 @@ from sam_train.data import transforms as T
 from sam_train.data.cifar_checks import check_loaded, find_bad_file
 from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
 from sam_train.data.label_noise import apply_label_noise
+from sam_train.data.torchvision_sets import TORCHVISION_SETS, torchvision_pair
 from sam_train.errors import DatasetError
 
 
@@ -169,6 +170,8 @@ def build_datasets(
         )
     elif name == "imagenet":
         train, test = _imagenet(root, image_size, num_classes, verify, options)
+    elif name in TORCHVISION_SETS:
+        train, test = torchvision_pair(name, root, image_size, download, verify_checksums, options)
     else:
         raise DatasetError(f"unknown dataset {name!r}")
     found = len(getattr(train, "classes", None) or np.unique(train.targets))
