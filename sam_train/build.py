@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
+from sam_train import callbacks as cb
 from sam_train.checkpoint import load_checkpoint, load_model_state
 from sam_train.config import SAM_VARIANT_OPTIONS
 from sam_train.config.schema import transform_options
@@ -30,6 +31,7 @@ from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
 from sam_train.errors import CheckpointError, ConfigError
+from sam_train.hparams import curated_hparams
 from sam_train.models import create_model
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
@@ -449,3 +451,31 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
+
+
+#: logger name (configs/logger/, schema.LOGGER_PACKAGES) -> its callback class.
+LOGGERS: dict[str, type[cb.MetricLogger]] = {
+    "tensorboard": cb.TensorBoard,
+    "csv": cb.CSVLogger,
+    "wandb": cb.WandbLogger,
+    "mlflow": cb.MLflowLogger,
+}
+
+
+def build_loggers(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()
+) -> list[cb.MetricLogger]:
+    """A callback per chosen logger, each given the curated hyper-parameters (the overridden
+    keys first) and the whole flattened config."""
+    flat = flat_config(cfg)
+    hparams = curated_hparams(flat, overrides)
+    loggers: list[cb.MetricLogger] = []
+    for name, logger in LOGGERS.items():
+        options = cfg.logger[name]
+        if options is None:
+            continue
+        kwargs = OmegaConf.to_container(options, resolve=True)
+        if name == "tensorboard":
+            kwargs = {"log_hparams": kwargs["hparams"]}
+        loggers.append(logger(run_dir, hparams, flat, **kwargs))
+    return loggers

@@ -101,6 +101,21 @@ def launch_time(pattern: str) -> str:
 
 OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 
+MAX_DIRNAME_BYTES = 200  # file systems allow 255 per name
+
+
+def job_dirname(number: object, overrides: str) -> str:
+    """``${job_dirname:${hydra.job.num},${hydra.job.override_dirname}}``: a sweep job's folder
+    named by its overrides (``sam.name=sam,sam.rho=0.05``, a ``/`` in a value as ``_``), or by
+    its number when it has none or they would make too long a name."""
+    name = str(overrides).replace("/", "_")
+    if not name or len(name.encode()) > MAX_DIRNAME_BYTES:
+        return str(number)
+    return name
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+
 
 def write_hydra_files(run_dir: Path) -> None:
     """Hydra's ``.hydra/`` (config, Hydra's config, overrides), written once the folder is
@@ -130,8 +145,12 @@ def _train_job(cfg: DictConfig) -> float | None:
     _task_config = cfg
     from sam_train.train import train  # torch, timm and torchvision only for a valid config
 
+    hydra_cfg = HydraConfig.get()
     results = train(
-        cfg, Path(HydraConfig.get().runtime.output_dir), prepare_folder=write_hydra_files
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        prepare_folder=write_hydra_files,
+        overrides=list(hydra_cfg.overrides.task),
     )
     return results.get("best_acc1")
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train import callbacks as cb
-from sam_train.build import Run, build_run, build_strategy, config_from_checkpoint, flat_config
+from sam_train.build import (
+    Run,
+    build_loggers,
+    build_run,
+    build_strategy,
+    config_from_checkpoint,
+)
 from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
 from sam_train.config.schema import best_metric_key
 from sam_train.errors import CheckpointError
@@ -55,11 +61,13 @@ def train(
     run_dir: Path,
     *,
     prepare_folder: Callable[[Path], None] | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train as configured; return the results also written to results.json.
 
     ``prepare_folder(run_dir)`` runs on rank 0 once the folder is known to be this run's
-    (the CLI writes Hydra's ``.hydra/`` files there).
+    (the CLI writes Hydra's ``.hydra/`` files there). ``overrides`` are the command line's
+    (Hydra's task overrides): the loggers' hyper-parameter tables lead with them.
     """
     owns_group = not torch.distributed.is_initialized()  # the CLI may have joined already
     strategy = build_strategy(cfg.trainer.device)
@@ -78,7 +86,7 @@ def train(
                 return plan.complete_results
             if prepare_folder is not None and strategy.is_main:
                 prepare_folder(run_dir)
-            return _fit(cfg, run_dir, config, strategy, plan)
+            return _fit(cfg, run_dir, config, strategy, plan, overrides)
     finally:
         if owns_group:
             process_group.cleanup()
@@ -122,12 +130,18 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
 
 
 def _fit(
-    cfg: DictConfig, run_dir: Path, config: dict[str, Any], strategy: Strategy, plan: StartPlan
+    cfg: DictConfig,
+    run_dir: Path,
+    config: dict[str, Any],
+    strategy: Strategy,
+    plan: StartPlan,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     seed_everything(cfg.seed + strategy.rank)
     run = build_run(cfg, strategy, init_weights=plan.checkpoint is None)
     state = RunState()
-    callbacks = build_callbacks(cfg, run_dir, config, describe_run(cfg, run, run_dir))
+    description = describe_run(cfg, run, run_dir)
+    callbacks = build_callbacks(cfg, run_dir, config, description, overrides)
     if plan.checkpoint is not None:
         state = restore(run, Path(plan.checkpoint), callbacks, changed=plan.changed)
         if plan.grown is not None:
@@ -149,9 +163,15 @@ def _fit(
 
 
 def build_callbacks(
-    cfg: DictConfig, run_dir: Path, config: dict[str, Any], description: str
+    cfg: DictConfig,
+    run_dir: Path,
+    config: dict[str, Any],
+    description: str,
+    overrides: Sequence[str] = (),
 ) -> list[cb.Callback]:
-    """The callbacks a training run uses, in the order they hear each event."""
+    """The callbacks a training run uses, in the order they hear each event. metrics.csv and
+    the loggers come before checkpointing: an epoch's rows are written before its checkpoint,
+    so a resume drops only what came after the checkpoint and never misses an epoch."""
     checkpoint = cfg.checkpoint
     callbacks: list[cb.Callback] = []
     if cfg.ema.decay:  # first: a step's checkpoint must hold the EMA updated by that step
@@ -160,6 +180,8 @@ def build_callbacks(
     callbacks += [
         cb.ConsoleProgress(description),
         cb.Preemption(),
+        cb.MetricsCSV(run_dir),
+        *build_loggers(cfg, run_dir, overrides),
         cb.Checkpointing(
             run_dir,
             config,
@@ -169,8 +191,6 @@ def build_callbacks(
             keep_last=checkpoint.keep_last,
         ),
     ]
-    if cfg.logger.tensorboard:
-        callbacks.append(cb.TensorBoard(run_dir, flat_config(cfg)))
     rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0
     callbacks.append(cb.Results(run_dir, {"sam": cfg.sam.name, "rho": rho, "seed": cfg.seed}))
     return callbacks

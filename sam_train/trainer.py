@@ -70,8 +70,11 @@ class Trainer:
             for epoch in range(start_epoch, run.epochs):
                 self._train_epoch(state, epoch, skip if epoch == start_epoch else 0)
                 run.scheduler.step(epoch + 1)
+                evaluation_started = time.perf_counter()
                 state.test_metrics = self.evaluate()
                 self._emit("on_evaluate", state)  # other models' scores (EMA), before best
+                # Every evaluation of the epoch (EMA's too), for the ETA and metrics.csv.
+                state.test_metrics["seconds"] = time.perf_counter() - evaluation_started
                 is_best = self._update_best(state, epoch)
                 state.complete = epoch + 1 == run.epochs  # before the epoch's checkpoint
                 self._emit("on_epoch_end", state, is_best)
@@ -120,7 +123,10 @@ class Trainer:
             if step % self.log_every == 0 or step == run.steps_per_epoch:
                 metrics = window.read(run.optimizer.param_groups[0]["lr"])
                 remaining = (run.epochs - epoch) * run.steps_per_epoch - step
-                metrics["eta_seconds"] = remaining * metrics.pop("seconds_per_step")
+                # Every remaining epoch ends with an evaluation as long as the last one took
+                # (known from the first evaluation on, also after a resume: it is in the state).
+                evaluations = (run.epochs - epoch) * state.test_metrics.get("seconds", 0.0)
+                metrics["eta_seconds"] = remaining * metrics.pop("seconds_per_step") + evaluations
                 metrics["epoch"], metrics["step"] = epoch, step
                 self._emit("on_log", state, metrics)
             self._emit("on_train_step_end", state, output)
@@ -134,6 +140,7 @@ class Trainer:
             "loss": loss / max(count, 1.0),
             "acc1": 100.0 * correct / max(count, 1.0),
             "images_per_sec": count / max(seconds, 1e-9),
+            "epoch_seconds": seconds,  # this session's part of the epoch after a resume
         }
 
     def _update_best(self, state: RunState, epoch: int) -> bool:

@@ -1,18 +1,21 @@
-"""Draw test-accuracy curves of sam-train runs from their TensorBoard events into a PNG.
+"""Draw test-accuracy curves of sam-train runs from their metrics.csv into a PNG.
 
     python scripts/plot_runs.py multirun/noisy_digits/*/ --out docs/noisy_digits.png
 
 One panel per setting (the paper row a run reproduces, see ``sam_train/paper.py``), one colour
 per optimizer (SGD, SAM with its rho): a thin line per run (seed) and a thick line for their
-mean. ``--tag`` picks another scalar (``test/loss``, ``train/acc1``, ...). The x axis counts
-evaluations, one per epoch.
+mean. ``--column`` picks another column of metrics.csv (``test_loss``, ``train_acc1``,
+``test_ema_acc1``, ...). The x axis is the epoch. A short run (a few epochs) has a marker on
+each point; a run stopped before its configured epochs ends in a cross.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,35 +28,60 @@ if str(REPO) not in sys.path:
 from sam_train.config import register_resolvers  # noqa: E402
 from sam_train.paper import describe, optimizer_label  # noqa: E402
 
-
-def read_scalars(run_dir: Path, tag: str) -> np.ndarray:
-    """The values of one scalar tag over all event files of a run, in step order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    if tag not in events.Tags()["scalars"]:
-        return np.array([])
-    return np.array([event.value for event in sorted(events.Scalars(tag), key=lambda e: e.step)])
+SHORT = 12  # runs of at most this many epochs get a marker on each point
 
 
-def collect(run_dirs: list[Path], tag: str) -> dict[str, dict[str, list[np.ndarray]]]:
-    """``{setting label: {optimizer label: [curve per run]}}`` of the finished runs."""
+@dataclass
+class Curve:
+    epochs: np.ndarray
+    values: np.ndarray
+    planned: int  # the run's trainer.epochs
+
+    @property
+    def stopped(self) -> bool:
+        return len(self.epochs) > 0 and self.epochs[-1] < self.planned
+
+
+def read_curve(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of one metrics.csv column; empty cells (no EMA) are left out."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return np.array([]), np.array([])
+    with path.open(newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get(column)]
+    return np.array([int(r["epoch"]) for r in rows]), np.array([float(r[column]) for r in rows])
+
+
+def collect(run_dirs: list[Path], column: str) -> dict[str, dict[str, list[Curve]]]:
+    """``{setting label: {optimizer label: [curve per run]}}``; unfinished runs included."""
     register_resolvers()
-    curves: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    curves: dict[str, dict[str, list[Curve]]] = defaultdict(lambda: defaultdict(list))
     for run_dir in run_dirs:
         config_file = run_dir / ".hydra" / "config.yaml"
-        finished = config_file.is_file() and (run_dir / "results.json").is_file()
-        values = read_scalars(run_dir, tag) if finished else np.array([])
+        epochs, values = read_curve(run_dir, column) if config_file.is_file() else ([], [])
         if not len(values):
-            print(f"plot_runs: skipping {run_dir}: unfinished, or no {tag} events", file=sys.stderr)
+            print(f"plot_runs: skipping {run_dir}: no {column} in metrics.csv", file=sys.stderr)
             continue
         cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
-        curves[describe(cfg).label][optimizer_label(cfg)].append(values)
+        curve = Curve(epochs, values, int(cfg["trainer"]["epochs"]))
+        curves[describe(cfg).label][optimizer_label(cfg)].append(curve)
     return curves
 
 
-def plot(curves: dict[str, dict[str, list[np.ndarray]]], out: Path, tag: str, title: str) -> None:
+def _plot_panel(ax, runs: list[Curve], colour: str, name: str) -> None:
+    """A thin line per run, a thick one for their mean over the epochs all of them have."""
+    marker = "o" if max(len(c.epochs) for c in runs) <= SHORT else None
+    for c in runs:
+        ax.plot(c.epochs, c.values, color=colour, lw=0.7, alpha=0.35, marker=marker, ms=3)
+        if c.stopped:
+            ax.plot(c.epochs[-1:], c.values[-1:], color=colour, marker="x", ms=8, mew=2)
+    length = min(len(c.values) for c in runs)
+    mean = np.mean([c.values[:length] for c in runs], axis=0)
+    label = f"{name} (mean of {len(runs)})" if len(runs) > 1 else name
+    ax.plot(runs[0].epochs[:length], mean, color=colour, lw=2, label=label, marker=marker, ms=4)
+
+
+def plot(curves: dict[str, dict[str, list[Curve]]], out: Path, column: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,19 +97,12 @@ def plot(curves: dict[str, dict[str, list[np.ndarray]]], out: Path, tag: str, ti
     colours = {name: f"C{i}" for i, name in enumerate(optimizers)}
     for ax, panel in zip(axes[0], panels, strict=True):
         for name, runs in sorted(curves[panel].items(), key=lambda item: optimizers.index(item[0])):
-            for values in runs:
-                ax.plot(
-                    np.arange(1, len(values) + 1), values, color=colours[name], lw=0.7, alpha=0.35
-                )
-            length = min(len(v) for v in runs)
-            mean = np.mean([v[:length] for v in runs], axis=0)
-            label = f"{name} (mean of {len(runs)})" if len(runs) > 1 else name
-            ax.plot(np.arange(1, length + 1), mean, color=colours[name], lw=2, label=label)
+            _plot_panel(ax, runs, colours[name], name)
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    axes[0][0].set_ylabel("test top-1 accuracy (%)" if tag == "test/acc1" else tag)
+    axes[0][0].set_ylabel("test top-1 accuracy (%)" if column == "test_acc1" else column)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -96,14 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    parser.add_argument("--tag", default="test/acc1", help="TensorBoard scalar (default test/acc1)")
+    parser.add_argument("--column", default="test_acc1", help="metrics.csv column")
     parser.add_argument("--title", default="", help="figure title")
     args = parser.parse_args(argv)
-    curves = collect(args.run_dirs, args.tag)
+    curves = collect(args.run_dirs, args.column)
     if not curves:
-        print(f"plot_runs: error: no run among the given folders has {args.tag}", file=sys.stderr)
+        print(
+            f"plot_runs: error: no run among the given folders has {args.column}", file=sys.stderr
+        )
         return 2
-    plot(curves, args.out, args.tag, args.title)
+    plot(curves, args.out, args.column, args.title)
     print(f"wrote {args.out}")
     return 0
 

@@ -232,8 +232,21 @@ def test_sam_analyze_writes_json_and_both_landscape_pictures(quickstart_checkpoi
     assert a["hessian"] == b["hessian"]  # same checkpoint, same batches, same seed
     for name in ("landscape_1d.png", "landscape_2d.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = capsys.readouterr().out
-    assert "top eig" in summary and "sharp@0.05" in summary
+    printed = capsys.readouterr()
+    assert "top eig" in printed.out and "sharp@0.05" in printed.out
+    stages = [line for line in printed.out.splitlines() if line.startswith("sam-analyze: [2/2] B:")]
+    assert [line.split(": ", 2)[2].split(" (")[0] for line in stages] == [
+        "loading the checkpoint and its training batches",
+        "loss and accuracy on 64 images",
+        "SAM sharpness at rho=0.05",
+        "SAM sharpness at rho=0.1",
+        "top Hessian eigenvalue",
+        "Hessian trace",
+        "1-D loss landscape",
+        "2-D loss landscape",
+        "done",
+    ]
+    assert all(line.endswith(" s)") for line in stages)  # each with the time elapsed
 
 
 def test_sam_analyze_default_output_is_beside_the_run(quickstart_checkpoint):

@@ -287,7 +287,7 @@ def test_fuzzed_overrides_never_end_in_a_raw_exception(tmp_path):
             "trainer.device=cpu",
             "trainer.batch_size=256",
             "trainer.eval_batch_size=512",
-            "logger.tensorboard=false",
+            "logger=none",
         ]
         overrides = base + [
             o

@@ -80,8 +80,8 @@ def test_misspelt_key_added_with_plus_is_refused_with_the_closest_key():
 
 
 def test_unknown_key_without_a_close_one_lists_the_group():
-    message = _refused(["+logger.wandb=true"])
-    assert message == "unknown key logger.wandb; logger takes: tensorboard"
+    message = _refused(["+logger.comet=true"])
+    assert message == "unknown key logger.comet; logger takes: tensorboard, csv, wandb, mlflow"
 
 
 def test_model_kwargs_stay_open_even_with_plus():

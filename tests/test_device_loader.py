@@ -195,7 +195,7 @@ def test_training_with_dataset_loader_gpu_uses_the_device_loader(
             "trainer.epochs=1",
             "trainer.batch_size=8",
             "trainer.device=cpu",
-            "logger.tensorboard=false",
+            "logger=none",
             "checkpoint.save_last=false",
             "checkpoint.save_best=false",
         ]

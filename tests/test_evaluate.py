@@ -23,7 +23,7 @@ def trained(tmp_path_factory) -> Path:
     """A 2-epoch quickstart run with model EMA (about 5 s)."""
     run = tmp_path_factory.mktemp("eval") / "run"
     code, err = run_in_process(
-        [*QUICK, f"hydra.run.dir={run}", "logger.tensorboard=false", "ema.decay=0.9"]
+        [*QUICK, f"hydra.run.dir={run}", "logger=none", "ema.decay=0.9"]
     )
     assert code == 0, err
     return run
@@ -158,7 +158,7 @@ def test_init_from_a_state_dict_with_another_head_reinitialises_it_and_trains(
             "trainer.epochs=1",
             f"model.init_from={path}",
             f"hydra.run.dir={run}",
-            "logger.tensorboard=false",
+            "logger=none",
         ]
     )
     assert code == 0, err

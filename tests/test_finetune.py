@@ -111,7 +111,7 @@ def test_vit_cifar_preset_trains_then_fine_tunes_with_layer_decay_and_checkpoint
         "trainer.batch_size=8",
         "trainer.num_workers=0",
         "trainer.device=cpu",
-        "logger.tensorboard=false",
+        "logger=none",
         "model.kwargs.depth=2",
     ]
     first, second = tmp_path / "first", tmp_path / "second"

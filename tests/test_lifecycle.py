@@ -287,18 +287,22 @@ def test_a_sweep_goes_on_after_a_failed_job_and_reports_it(cli_in_process, tmp_p
     )
     assert code == 1
     assert "1 job(s) of the sweep failed" in err and "#0 " in err and "sam.rho" in err
-    assert json.loads((sweep / "1" / "results.json").read_text())["epochs"] == 1
-    assert not (sweep / "0" / "results.json").exists()
+    (failed,) = sweep.glob("*sam.rho=-1*")  # job folders are named by their overrides
+    (done,) = sweep.glob("*sam.rho=0.05*")
+    assert json.loads((done / "results.json").read_text())["epochs"] == 1
+    assert not (failed / "results.json").exists()
 
 
 def test_rerunning_a_sweep_into_its_folder_overwrites_nothing(cli_in_process, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *BASE, "trainer.epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep}"]
     assert cli_in_process(args)[0] == 0
-    before = {job: _files(sweep / job) for job in ("0", "1")}
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [f"seed={seed}" in job.name.split(",") for seed, job in enumerate(jobs)] == [True, True]
+    before = {job: _files(job) for job in jobs}
     code, err = cli_in_process(args)
     assert code == 1 and "2 job(s) of the sweep failed" in err and "already holds a run" in err
-    assert {job: _files(sweep / job) for job in ("0", "1")} == before
+    assert {job: _files(job) for job in jobs} == before
 
 
 def test_an_unwritable_sweep_folder_is_one_line(cli_in_process, tmp_path):

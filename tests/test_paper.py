@@ -174,7 +174,7 @@ def smoke_config(preset: str, data: dict[str, Path]):
             "trainer.num_workers=0",
             "trainer.device=cpu",
             "scheduler.warmup_epochs=0",
-            "logger.tensorboard=false",
+            "logger=none",
             "checkpoint.save_last=false",
         ]
     )
@@ -297,12 +297,12 @@ def test_paper_table_sets_real_runs_beside_table_4(label_noise_runs, capsys):
 
 @pytest.mark.slow
 def test_plot_runs_draws_the_test_accuracy_curves(label_noise_runs, tmp_path):
-    curves = plot_runs.collect(label_noise_runs, "test/acc1")
+    curves = plot_runs.collect(label_noise_runs, "test_acc1")
     (panel,) = curves.values()
     assert sorted(panel) == ["SAM ρ=0.1", "SGD"] and all(len(v) == 2 for v in panel.values())
-    finals = sorted(round(float(curve[-1]), 4) for runs in panel.values() for curve in runs)
+    finals = sorted(round(float(c.values[-1]), 4) for runs in panel.values() for c in runs)
     assert finals == sorted(round(_accuracy(r), 4) for r in label_noise_runs)
-    assert all(len(curve) == 2 for runs in panel.values() for curve in runs)  # one per epoch
+    assert all(list(c.epochs) == [1, 2] for runs in panel.values() for c in runs)
     out = tmp_path / "curves.png"
     assert plot_runs.main([*map(str, label_noise_runs), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -411,7 +411,7 @@ def test_every_variant_trains_the_quickstart(overrides, tmp_path):
             "experiment=quickstart",
             "trainer.epochs=2",
             "scheduler.warmup_epochs=1",
-            "logger.tensorboard=false",
+            "logger=none",
             "checkpoint.save_best=false",
             *overrides,
         ]

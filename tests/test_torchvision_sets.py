@@ -122,7 +122,7 @@ def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name)
             "trainer.batch_size=4",
             "trainer.num_workers=0",
             "trainer.device=cpu",
-            "logger.tensorboard=false",
+            "logger=none",
             f"hydra.run.dir={tmp_path / 'run'}",
         ]
     )

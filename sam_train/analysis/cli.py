@@ -125,14 +125,32 @@ def _coefficients(count: int, span: float) -> list[float]:
     return [span * (2 * i / (count - 1) - 1) for i in range(count)]
 
 
-def analyze_checkpoint(path: Path, args: argparse.Namespace, device) -> dict[str, Any]:
+class Progress:
+    """One line as each stage starts, with the time since this checkpoint's start: the
+    measures take minutes on a real network, and a silent command looks hung. On stdout with
+    the summary (stderr keeps its one line for an error)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def __call__(self, stage: str) -> None:
+        print(f"sam-analyze: {self.name}: {stage} ({self.elapsed():.1f} s)", flush=True)
+
+
+def analyze_checkpoint(
+    path: Path, args: argparse.Namespace, device, progress: Progress | None = None
+) -> dict[str, Any]:
     """Every measure for one checkpoint, as a JSON-ready dict."""
-    import torch
     from torch import nn
 
-    from sam_train.analysis import measures
     from sam_train.analysis.objective import ModelObjective
 
+    progress = progress or Progress(str(path))
+    progress("loading the checkpoint and its training batches")
     model, cfg, state = _load(path, args, device)
     batches = _training_batches(cfg, args, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
@@ -143,12 +161,6 @@ def analyze_checkpoint(path: Path, args: argparse.Namespace, device) -> dict[str
         batch_statistics=args.norm_statistics == "batch",
         chunk_size=args.chunk_size,
     )
-    images = sum(len(y) for _, y in batches)
-
-    def generator(offset: int) -> torch.Generator:
-        return torch.Generator().manual_seed(args.seed * 1000 + offset)
-
-    started = time.perf_counter()
     result: dict[str, Any] = {
         "checkpoint": str(path),
         "epoch": state.get("epoch", -1) + 1,
@@ -158,39 +170,58 @@ def analyze_checkpoint(path: Path, args: argparse.Namespace, device) -> dict[str
         "dataset": cfg.dataset.name,
         "label_noise": cfg.dataset.label_noise,
         "batches": len(batches),
-        "images": images,
+        "images": sum(len(y) for _, y in batches),
         "norm_statistics": args.norm_statistics,
-        "loss": objective.value(),
-        "acc1": objective.accuracy(),
-        "sharpness": [
-            measures.sam_sharpness(objective, rho, steps=args.ascent_steps, generator=generator(1))
-            for rho in args.rho
-        ],
-        "hessian": measures.top_hessian_eigenvalue(
-            objective,
-            iterations=args.power_iters,
-            tolerance=args.tolerance,
-            generator=generator(2),
-        ),
     }
+    progress(f"loss and accuracy on {result['images']} images")
+    result["loss"], result["acc1"] = objective.value(), objective.accuracy()
+    result.update(_measures(objective, args, progress))
+    result["seconds"] = round(progress.elapsed(), 2)
+    progress("done")
+    return result
+
+
+def _measures(objective, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Sharpness, the Hessian's top eigenvalue (and trace), the landscapes."""
+    import torch
+
+    from sam_train.analysis import measures
+
+    def generator(offset: int) -> torch.Generator:
+        return torch.Generator().manual_seed(args.seed * 1000 + offset)
+
+    result: dict[str, Any] = {"sharpness": []}
+    for rho in args.rho:
+        progress(f"SAM sharpness at rho={rho:g} ({args.ascent_steps} ascent steps)")
+        sharpness = measures.sam_sharpness(
+            objective, rho, steps=args.ascent_steps, generator=generator(1)
+        )
+        result["sharpness"].append(sharpness)
+    progress(f"top Hessian eigenvalue (at most {args.power_iters} power iterations)")
+    result["hessian"] = measures.top_hessian_eigenvalue(
+        objective, iterations=args.power_iters, tolerance=args.tolerance, generator=generator(2)
+    )
     if args.trace_samples:
+        progress(f"Hessian trace ({args.trace_samples} Hutchinson samples)")
         result["trace"] = measures.hessian_trace(
             objective, samples=args.trace_samples, generator=generator(3)
         )
-    if not args.no_landscape:
-        alphas, grid = _coefficients(args.points, args.span), _coefficients(args.grid, args.span)
-        d1 = measures.filter_normalized_direction(objective.params, generator(4))
-        d2 = measures.filter_normalized_direction(objective.params, generator(5))
-        result["landscape_1d"] = {
-            "alphas": alphas,
-            "losses": measures.landscape_1d(objective, d1, alphas),
-        }
-        result["landscape_2d"] = {
-            "alphas": grid,
-            "betas": grid,
-            "losses": measures.landscape_2d(objective, d1, d2, grid, grid),
-        }
-    result["seconds"] = round(time.perf_counter() - started, 2)
+    if args.no_landscape:
+        return result
+    alphas, grid = _coefficients(args.points, args.span), _coefficients(args.grid, args.span)
+    d1 = measures.filter_normalized_direction(objective.params, generator(4))
+    d2 = measures.filter_normalized_direction(objective.params, generator(5))
+    progress(f"1-D loss landscape ({args.points} points)")
+    result["landscape_1d"] = {
+        "alphas": alphas,
+        "losses": measures.landscape_1d(objective, d1, alphas),
+    }
+    progress(f"2-D loss landscape ({args.grid}x{args.grid} points)")
+    result["landscape_2d"] = {
+        "alphas": grid,
+        "betas": grid,
+        "losses": measures.landscape_2d(objective, d1, d2, grid, grid),
+    }
     return result
 
 
@@ -220,8 +251,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     labels = args.labels or [None] * len(args.checkpoints)
     results: dict[str, dict[str, Any]] = {}
-    for path, label in zip(args.checkpoints, labels, strict=True):
-        result = analyze_checkpoint(path, args, device)
+    for number, (path, label) in enumerate(zip(args.checkpoints, labels, strict=True), 1):
+        name = f"[{number}/{len(args.checkpoints)}] {label or path}"
+        result = analyze_checkpoint(path, args, device, Progress(name))
         name = label or f"sam={result['sam']}"
         while name in results:
             name += "'"

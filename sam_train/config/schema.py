@@ -242,8 +242,47 @@ class EMAConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    hparams: bool = True  # the HParams tab: the overridden keys and a core set, final metrics
+
+
+@dataclass
+class CSVLoggerConfig:
+    filename: str = "scalars.csv"  # every logged step's scalars (metrics.csv has the epochs)
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "sam-train"
+    entity: str | None = None
+    mode: str | None = checked(None, choices=("online", "offline", "disabled"))  # None: $WANDB_MODE
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MLflowLoggerConfig:
+    tracking_uri: str | None = None  # None: a SQLite file in the run folder (mlflow.db)
+    experiment: str = "sam-train"
+
+
+#: logger name -> the package it needs (None: always installed) and the extra that installs it.
+LOGGER_PACKAGES: dict[str, tuple[str | None, str | None]] = {
+    "tensorboard": (None, None),
+    "csv": (None, None),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+}
+
+
+@dataclass
 class LoggerConfig:
-    tensorboard: bool = True
+    """One optional node per logger (configs/logger/): null is off. ``logger=[tensorboard,csv]``
+    picks several, ``logger=none`` none."""
+
+    tensorboard: TensorBoardLoggerConfig | None = None
+    csv: CSVLoggerConfig | None = None
+    wandb: WandbLoggerConfig | None = None
+    mlflow: MLflowLoggerConfig | None = None
 
 
 @dataclass

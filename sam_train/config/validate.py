@@ -7,6 +7,7 @@ Every failure is a :class:`~sam_train.errors.ConfigError` of one line naming the
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import itertools
 import math
 import operator
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
 
@@ -23,7 +24,9 @@ from sam_train.config.schema import (
     CIFAR_DATASETS,
     DATA_SPECS,
     GPU_LOADER_AUGMENTATIONS,
+    LOGGER_PACKAGES,
     SAM_VARIANT_OPTIONS,
+    LoggerConfig,
     TrainConfig,
     transform_options,
 )
@@ -45,6 +48,7 @@ def validate(cfg: Any) -> None:
         _sam_sharpness_rules,
         _optimization_rules,
         _recipe_rules,
+        _logger_rules,
         _init_rules,
     ):
         rule(cfg)
@@ -156,6 +160,24 @@ def _not_one_of(key: str, value: Any, choices: Sequence[Any]) -> str:
 
 
 # ------------------------------------------------------------------------ cross-field rules
+def _logger_rules(cfg: Any) -> None:
+    """Each chosen logger's options, and its package: a missing one is refused before any work
+    (the extras that install it are in pyproject.toml)."""
+    hints = get_type_hints(LoggerConfig)
+    for name, (package, extra) in LOGGER_PACKAGES.items():
+        node = cfg.logger[name]
+        if node is None:
+            continue
+        options = next(arg for arg in get_args(hints[name]) if is_dataclass(arg))
+        check_known_keys(node, options, f"logger.{name}.")
+        check_fields(node, options, f"logger.{name}.")
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger={name} needs the {package} package, not installed here: run "
+                f"`uv sync --extra {extra}` (or `pip install '.[{extra}]'` in the checkout)"
+            )
+
+
 def _dataset_rules(cfg: Any) -> None:
     """The data set against its options: augmentations, loader, channels, split sizes."""
     data, augment = cfg.dataset, cfg.augment.name
