@@ -22,9 +22,7 @@ QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1
 def trained(tmp_path_factory) -> Path:
     """A 2-epoch quickstart run with model EMA (about 5 s)."""
     run = tmp_path_factory.mktemp("eval") / "run"
-    code, err = run_in_process(
-        [*QUICK, f"hydra.run.dir={run}", "logger=none", "ema.decay=0.9"]
-    )
+    code, err = run_in_process([*QUICK, f"hydra.run.dir={run}", "logger=none", "ema.decay=0.9"])
     assert code == 0, err
     return run
 
