@@ -13,8 +13,9 @@ PYTEST := $(VENV)/bin/pytest
 install: $(VENV)/.installed
 
 # --compile-bytecode: the first run would otherwise sit silent for 30-40 s compiling torch.
+# --all-extras: the optional loggers, SLURM launcher and Optuna sweeper too, so their tests run.
 $(VENV)/.installed: pyproject.toml uv.lock $(if $(SYSTEM_UV),,$(UV_BOOTSTRAP)/bin/uv)
-	$(UV) sync --frozen --compile-bytecode
+	$(UV) sync --frozen --all-extras --compile-bytecode
 	@touch $@
 
 # A virtual environment of its own for uv. Without ensurepip (Debian without python3-venv) the
