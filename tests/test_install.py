@@ -42,7 +42,7 @@ def test_without_uv_on_path_install_bootstraps_a_private_uv(tmp_path):
     plan = make(["-n", "-B", "install"], tmp_path)  # an empty PATH: no uv, no python3
     assert plan.returncode == 0, plan.stderr
     assert "python3 -m venv .uv-bootstrap" in plan.stdout
-    assert ".uv-bootstrap/bin/uv sync --frozen --compile-bytecode" in plan.stdout
+    assert ".uv-bootstrap/bin/uv sync --frozen --all-extras --compile-bytecode" in plan.stdout
     assert "python3 -m pip install" not in plan.stdout  # the PEP 668-refused command
 
 
@@ -50,7 +50,7 @@ def test_uv_on_path_is_used_and_nothing_is_bootstrapped(tmp_path):
     uv = executable(tmp_path / "bin" / "uv", "exit 0\n")
     plan = make(["-n", "-B", "install"], uv.parent)
     assert plan.returncode == 0, plan.stderr
-    assert f"{uv} sync --frozen --compile-bytecode" in plan.stdout
+    assert f"{uv} sync --frozen --all-extras --compile-bytecode" in plan.stdout
     assert ".uv-bootstrap" not in plan.stdout
 
 
