@@ -163,7 +163,7 @@ def bench_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
     Seeded first, so every mode of a comparison starts from the same weights.
     """
     torch.manual_seed(0)
-    run = build.build_run(cfg, strategy or build.build_strategy(cfg.trainer.device))
+    run = build.build_run(cfg, strategy or build.run_strategy(cfg))
     run.train_model.train()
     return run
 
@@ -729,7 +729,7 @@ def bench_data(opts: Options) -> list[dict[str, Any]]:
         # digits as the quickstart reads it (no loader workers)
         extra = ["experiment=quickstart"] if dataset == "digits" else []
         cfg = compose([*opts.run_overrides(opts.work[keys[0]]), *extra])
-        strategy = build.build_strategy(cfg.trainer.device)
+        strategy = build.run_strategy(cfg)
         data = build.build_data(cfg, strategy)
         batch_size = opts.work[keys[0]].batch_size
         kinds = ["dataloader", "gpu"] if dataset in ("cifar10", "cifar100") else ["dataloader"]

@@ -63,6 +63,7 @@ BEST_METRICS = ("test/acc1", "test/acc5", "test/loss")
 AUGMENTATIONS = ("basic", "cutout", "autoaugment")  # CIFAR training pipelines (augment group)
 GPU_LOADER_AUGMENTATIONS = ("basic",)  # the GPU loader implements crop + flip only
 LOADERS = ("dataloader", "gpu")
+STRATEGIES = ("ddp", "fsdp")  # under torchrun (sam_train/strategy/)
 # SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
 # reads is the ``variants`` metadata of SAMConfig's fields.
 SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam")
@@ -166,6 +167,12 @@ class TrainerConfig:
     label_smoothing: float = checked(0.0, ge=0, lt=1)
     channels_last: bool = False
     compile: bool = False
+    # How torchrun's processes share the model: ddp (each holds all of it) or fsdp (FSDP2
+    # shards parameters, gradients, optimizer state and SAM's backup); one process: neither.
+    strategy: str = checked("ddp", choices=STRATEGIES)
+    # fsdp: class names of the modules that become FSDP units (None: every *Block and
+    # *Bottleneck, as timm's ViTs, ConvNeXts and ResNets name theirs; []: the root only).
+    fsdp_wrap: list[str] | None = None
     skip_nonfinite: bool = True  # skip steps with a non-finite gradient (one host sync a step)
     max_bad_steps: int = checked(10, gt=0)  # consecutive skipped steps that stop the run
 
