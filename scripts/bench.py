@@ -67,6 +67,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # bench_sharding, when imported as a file
 
 import bench_sharding  # noqa: E402  (scripts/, beside this file)
 
