@@ -8,10 +8,14 @@ objects that take no config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import timm.data
 import timm.layers
+import timm.loss
 import timm.optim
 import timm.scheduler
 import torch
@@ -19,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
+from sam_train.checkpoint import load_checkpoint, load_model_state
 from sam_train.config import SAM_VARIANT_OPTIONS
+from sam_train.config.schema import transform_options
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -113,6 +119,8 @@ def per_device_batch(cfg: DictConfig, world_size: int) -> int:
         raise ConfigError(f"trainer.accum_steps={cfg.trainer.accum_steps} must divide {where})")
     if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
         raise ConfigError(f"sam.m={cfg.sam.m} must divide {where} processes)")
+    if mixes(cfg) and per_device % 2:
+        raise ConfigError(f"Mixup/CutMix pairs images: {where} processes) must be even")
     return per_device
 
 
@@ -139,6 +147,7 @@ def build_data(cfg: DictConfig, strategy: Strategy | None = None) -> DatasetPair
             augment=cfg.augment.name,
             cutout_size=cfg.augment.cutout_size,
             verify=node.verify,
+            transform_options=transform_options(cfg.augment),
         )
 
     data = make(node.download) if strategy.is_main else None
@@ -162,6 +171,7 @@ def build_run_loaders(
         world_size=strategy.world_size,
         kind=cfg.dataset.loader,
         device=strategy.device,
+        host_rngs=bool(transform_options(cfg.augment)),  # timm's transforms draw from them
     )
 
 
@@ -181,10 +191,42 @@ def build_model(cfg: DictConfig, num_classes: int, strategy: Strategy) -> nn.Mod
                 "model.sync_bn=true needs GPUs: torch's SyncBatchNorm has no CPU kernel"
             )
         model = timm.layers.convert_sync_batchnorm(model)
+    if cfg.model.grad_checkpointing:
+        enable_grad_checkpointing(model, cfg.model.name)
     model = model.to(strategy.device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """timm's ``set_grad_checkpointing``: blocks recompute their forward during backward.
+
+    Refused for models with running statistics (BatchNorm): the recomputed forward runs in
+    training mode and would update them a second time per pass. ViTs have none. Dropout
+    draws are the same in the recomputation (torch.utils.checkpoint restores the RNG).
+    """
+    if any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules()):
+        raise ConfigError(
+            f"model.grad_checkpointing=true: {name} has BatchNorm layers, whose running "
+            "statistics the recomputed forward would update twice; set it to false"
+        )
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError) as err:
+        raise ConfigError(
+            f"model.grad_checkpointing=true: {name} does not support it (timm's "
+            "set_grad_checkpointing); set model.grad_checkpointing=false"
+        ) from err
+
+
+def initial_weights(model: nn.Module, cfg: DictConfig) -> None:
+    """``model.init_from``: the starting weights of a new run (a fine-tune), in place."""
+    from sam_train.models.init_weights import init_model_weights
+
+    init_model_weights(
+        model, cfg.model.init_from, strict=cfg.model.init_strict, use_ema=cfg.model.init_ema
+    )
 
 
 def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -194,6 +236,8 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "weight_decay": cfg.weight_decay,
         "filter_bias_and_bn": cfg.filter_bias_and_bn,
     }
+    if cfg.layer_decay is not None:
+        kwargs["layer_decay"] = cfg.layer_decay
     if cfg.name == "sgd":  # timm: "sgd" is Nesterov SGD, "momentum" is plain momentum SGD
         kwargs.update(opt="sgd" if cfg.nesterov else "momentum", momentum=cfg.momentum)
     else:
@@ -223,11 +267,20 @@ def build_optimizer(
     model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig, lr_min: float = 0.0
 ) -> Optimizer:
     """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
-    unless ``sam=none``."""
+    unless ``sam=none``. With ``layer_decay`` each group has an ``lr_scale`` that timm's
+    scheduler applies; SAM shares the groups and takes one norm over all of them."""
+    if opt_cfg.layer_decay is not None and not hasattr(model, "group_matcher"):
+        raise ConfigError(
+            f"optimizer.layer_decay needs a model with timm's group_matcher (ViTs, ConvNeXts, "
+            f"...); {type(model).__name__} has none: set optimizer.layer_decay=null"
+        )
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
-    return VARIANTS[sam_cfg.name].wrap(base, **sam_kwargs(sam_cfg, lr_min))
+    kwargs = sam_kwargs(sam_cfg, lr_min)
+    if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
+        kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
+    return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
 
 
 def scheduler_kwargs(cfg: DictConfig, epochs: int, updates_per_epoch: int) -> dict[str, Any]:
@@ -253,16 +306,44 @@ def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_
     return scheduler
 
 
+def mixes(cfg: DictConfig) -> bool:
+    """Mixup or CutMix is on (either alpha above 0)."""
+    return bool(cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha)
+
+
+def build_mixup(cfg: DictConfig) -> timm.data.Mixup | None:
+    """timm's Mixup/CutMix over whole batches, with the label smoothing folded into its soft
+    targets (as timm's train.py does), or None when both alphas are 0."""
+    if not mixes(cfg):
+        return None
+    augment = cfg.augment
+    return timm.data.Mixup(
+        mixup_alpha=augment.mixup_alpha,
+        cutmix_alpha=augment.cutmix_alpha,
+        prob=augment.mix_prob,
+        switch_prob=augment.switch_prob,
+        label_smoothing=cfg.trainer.label_smoothing,
+        num_classes=cfg.dataset.num_classes,
+    )
+
+
 def build_step(
     cfg: DictConfig, model: nn.Module, optimizer: Optimizer, strategy: Strategy
 ) -> SAMStep:
-    """The SAM step with the trainer's precision, clipping, accumulation and m-sharpness."""
+    """The SAM step with the trainer's precision, clipping, accumulation and m-sharpness;
+    with Mixup/CutMix, one mixing per batch and timm's soft-target loss."""
     device = strategy.device
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
+    mixup = build_mixup(cfg)
+    criterion = (
+        timm.loss.SoftTargetCrossEntropy()
+        if mixup is not None
+        else nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    )
     return SAMStep(
         model,
         optimizer,
-        nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+        criterion,
         device,
         strategy=strategy,
         precision=cfg.trainer.amp,
@@ -275,12 +356,17 @@ def build_step(
         channels_last=cfg.trainer.channels_last,
         skip_nonfinite=cfg.trainer.skip_nonfinite,
         max_bad_steps=cfg.trainer.max_bad_steps,
+        mix=mixup,
     )
 
 
 # ---------------------------------------------------------------------------- the whole run
-def build_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
-    """Data, model, optimizer, scheduler and step of a training run, for this process."""
+def build_run(
+    cfg: DictConfig, strategy: Strategy | None = None, *, init_weights: bool = True
+) -> Run:
+    """Data, model, optimizer, scheduler and step of a training run, for this process.
+
+    ``init_weights``: load ``model.init_from`` (off when a resume loads its own weights)."""
     strategy = strategy or run_strategy(cfg)
     batch = per_device_batch(cfg, strategy.world_size)
     data = build_data(cfg, strategy)
@@ -291,7 +377,10 @@ def build_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
             f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(data.train)} "
             "training images: no full batch"
         )
-    model = strategy.shard(build_model(cfg, data.num_classes, strategy))  # FSDP: in place
+    model = build_model(cfg, data.num_classes, strategy)
+    if init_weights and cfg.model.init_from is not None:
+        initial_weights(model, cfg)
+    model = strategy.shard(model)  # FSDP: in place, before the optimizer is built
     optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's
@@ -329,6 +418,43 @@ def config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DictConfig:
         return OmegaConf.merge(schema, checkpoint["config"])
     except OmegaConfBaseException as err:
         raise CheckpointError(f"the config in {path} does not fit this sam-train: {err}") from err
+
+
+def model_from_checkpoint(
+    path: str | Path, strategy: Strategy | None = None, overrides: Sequence[str] = ()
+) -> tuple[nn.Module, DictConfig, dict[str, Any]]:
+    """(model with the checkpoint's weights, its config, the checkpoint): rebuilt by this
+    factory from the config it holds, with ``overrides`` ("key=value") applied on top."""
+    strategy = strategy or SingleProcess()
+    state = load_checkpoint(path, map_location=strategy.device)
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"checkpoint {path} has no model weights")
+    cfg = config_from_checkpoint(state, str(path))
+    cfg.model.pretrained = False  # the checkpoint's weights replace both (and a fine-tune's
+    cfg.model.init_from = None  # starting file may be gone)
+    cfg.model.init_ema = False
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    model = build_model(cfg, cfg.dataset.num_classes, strategy)
+    load_model_state(model, state["model"], Path(path))  # names the keys that do not fit
+    return model, cfg, state
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``key=value`` overrides on a rebuilt config, checked like the CLI's."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sam_train.config import validate
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+    try:
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from err
+    validate(merged)
+    return merged
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

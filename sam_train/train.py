@@ -21,8 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train import callbacks as cb
-from sam_train.build import Run, build_run, flat_config, run_strategy
+from sam_train.build import Run, build_run, config_from_checkpoint, flat_config, run_strategy
 from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
+from sam_train.config.schema import best_metric_key
 from sam_train.errors import CheckpointError
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
@@ -88,7 +89,13 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
     found = load_resume(cfg.resume, run_dir)
     if found is None:
         return StartPlan()
-    saved = found.state.get("config") or {}
+    # On today's schema: an option added since the checkpoint was written takes its default
+    # instead of reading as a change from None.
+    saved: dict[str, Any] = {}
+    if isinstance(found.state.get("config"), dict):
+        saved = OmegaConf.to_container(
+            config_from_checkpoint(found.state, found.path), resolve=True
+        )
     changes = trajectory_changes(saved, config)
     if changes and cfg.resume_strict:
         raise CheckpointError(
@@ -118,7 +125,7 @@ def _fit(
     cfg: DictConfig, run_dir: Path, config: dict[str, Any], strategy: Strategy, plan: StartPlan
 ) -> dict[str, Any]:
     seed_everything(cfg.seed + strategy.rank)
-    run = build_run(cfg, strategy)
+    run = build_run(cfg, strategy, init_weights=plan.checkpoint is None)
     state = RunState()
     callbacks = build_callbacks(cfg, run_dir, config, describe_run(cfg, run, run_dir))
     if plan.checkpoint is not None:
@@ -137,7 +144,7 @@ def _fit(
         elif not cfg.sam.sync_perturbation:
             eps = f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
         log.info("SAM under %d processes: %s", strategy.world_size, eps)
-    metric = cfg.checkpoint.best_metric.split("/")[1]
+    metric = best_metric_key(cfg.checkpoint.best_metric)
     trainer = Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
     trainer.fit(state)
     return next(c for c in callbacks if isinstance(c, cb.Results)).results
@@ -148,7 +155,11 @@ def build_callbacks(
 ) -> list[cb.Callback]:
     """The callbacks a training run uses, in the order they hear each event."""
     checkpoint = cfg.checkpoint
-    callbacks: list[cb.Callback] = [
+    callbacks: list[cb.Callback] = []
+    if cfg.ema.decay:  # first: a step's checkpoint must hold the EMA updated by that step
+        ema = cfg.ema
+        callbacks.append(cb.ModelEMA(ema.decay, warmup=ema.warmup, warmup_power=ema.warmup_power))
+    callbacks += [
         cb.ConsoleProgress(description),
         cb.Preemption(),
         cb.Checkpointing(

@@ -71,6 +71,7 @@ class Trainer:
                 self._train_epoch(state, epoch, skip if epoch == start_epoch else 0)
                 run.scheduler.step(epoch + 1)
                 state.test_metrics = self.evaluate()
+                self._emit("on_evaluate", state)  # other models' scores (EMA), before best
                 is_best = self._update_best(state, epoch)
                 state.complete = epoch + 1 == run.epochs  # before the epoch's checkpoint
                 self._emit("on_epoch_end", state, is_best)
@@ -136,12 +137,14 @@ class Trainer:
         }
 
     def _update_best(self, state: RunState, epoch: int) -> bool:
-        value, best = state.test_metrics[self.best_metric], state.best[self.best_metric]
-        lower = self.best_metric in LOWER_IS_BETTER
+        """Track ``best_metric`` (a key of ``state.test_metrics``: ``acc1``, ``ema_acc1``, ...);
+        the best epoch's test metrics are kept whole."""
+        test = state.test_metrics
+        value, best = test[self.best_metric], state.best.get(self.best_metric)
+        lower = self.best_metric.endswith(LOWER_IS_BETTER)
         if best is not None and (value >= best if lower else value <= best):
             return False
-        test = state.test_metrics
-        state.best = {"acc1": test["acc1"], "acc5": test["acc5"], "loss": test["loss"]}
+        state.best = {key: value for key, value in test.items() if key != "count"}
         state.best["epoch"] = epoch
         return True
 

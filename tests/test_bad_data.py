@@ -52,9 +52,14 @@ def iterate(pair, num_workers: int = 0) -> None:
     loaders = build_loaders(
         pair.train, pair.test, batch_size=4, eval_batch_size=4, num_workers=num_workers, seed=0
     )
-    for loader in (loaders.train, loaders.test):
-        for _images, labels in loader:
-            assert labels.min() >= 0 and labels.max() < pair.num_classes
+    try:
+        for loader in (loaders.train, loaders.test):
+            for _images, labels in loader:
+                assert labels.min() >= 0 and labels.max() < pair.num_classes
+    finally:  # persistent workers left to the garbage collector take ~10 s to join
+        for loader in (loaders.train, loaders.test):
+            if getattr(loader, "_iterator", None) is not None:
+                loader._iterator._shutdown_workers()
 
 
 @pytest.fixture

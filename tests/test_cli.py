@@ -116,7 +116,11 @@ def test_help_and_cfg_job(cli_in_process, capsys):
     code, _ = cli_in_process(["--help"])
     help_text = capsys.readouterr().out
     assert code == 0
-    assert "sam-train" in help_text and "dataset: cifar10, cifar100, digits, imagenet" in help_text
+    assert (
+        "sam-train" in help_text
+        and "dataset: cifar10, cifar100, digits, flowers102, food101, imagenet, oxford_pets"
+        in help_text
+    )
     code, _ = cli_in_process(["dataset=cifar100", "model=wrn28_10", "sam.rho=0.05", "--cfg", "job"])
     job = capsys.readouterr().out
     assert code == 0

@@ -26,6 +26,7 @@ QUICK = ["experiment=quickstart", "trainer.strategy=fsdp"]
     [
         (["sam.m=8"], "sam.m (m-sharpness) needs each rank's unsharded gradient"),
         (["trainer.amp=fp16"], "trainer.amp=fp16 has no sharded grad scaler"),
+        (["ema.decay=0.999"], "ema.decay with trainer.strategy=fsdp is not supported yet"),
     ],
 )
 def test_fsdp_refuses_what_a_sharded_gradient_cannot_do(compose_cfg, overrides, message):

@@ -185,6 +185,19 @@ def test_a_resume_that_changes_the_trajectory_is_refused(
     assert "Traceback" not in err and _files(run) == before
 
 
+def test_a_checkpoint_older_than_an_option_resumes_with_its_default(
+    cli_in_process, finished, tmp_path
+):
+    run = _copy_run(finished, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=False)
+    del checkpoint["config"]["sam"]["adaptive_params"]  # written before the option existed
+    torch.save(checkpoint, last)
+    code, err = cli_in_process([*BASE, "trainer.epochs=3", "resume=auto", f"hydra.run.dir={run}"])
+    assert code == 0, err
+    assert _last(run)["global_step"] == 3 * STEPS
+
+
 def test_resume_strict_false_accepts_another_optimizer(cli_in_process, finished, tmp_path):
     run = _copy_run(finished, tmp_path / "run")
     args = ["optimizer=adamw", "trainer.epochs=3", "resume=auto", "resume_strict=false"]

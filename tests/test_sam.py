@@ -145,3 +145,45 @@ def test_scheduler_on_sam_drives_the_base_optimizer():
     assert base.param_groups[0]["lr"] == pytest.approx(0.05)
     torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5).step()
     assert base.param_groups[1]["lr"] == pytest.approx(0.025)
+
+
+def _official_asam_eps(model: nn.Module, rho: float, eta: float) -> dict[str, torch.Tensor]:
+    """SamsungLabs/ASAM's ``ascent_step`` transcribed: T = |w| + eta for parameters named
+    ``*weight*``, 1 otherwise; eps = rho T^2 g / ||T g||."""
+    scaled = {}
+    for name, p in model.named_parameters():
+        t = p.detach().abs() + eta if "weight" in name else torch.ones_like(p)
+        scaled[name] = (p.grad * t, t)
+    norm = torch.norm(torch.stack([torch.norm(g) for g, _ in scaled.values()])) + 1e-16
+    return {name: g * t * rho / norm for name, (g, t) in scaled.items()}
+
+
+@pytest.mark.parametrize("adaptive_params", ["weights", "all"])
+def test_asam_adaptive_params_choose_the_official_or_the_every_parameter_scaling(
+    adaptive_params,
+):
+    from conftest import compose_config
+
+    from sam_train.build import build_optimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).double()
+    with torch.no_grad():  # biases far from zero, so scaling them or not differs
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.uniform_(1.0, 2.0)
+    cfg = compose_config(["sam=asam", f"sam.adaptive_params={adaptive_params}"])
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam)
+    model(torch.randn(8, 4, dtype=torch.float64)).square().mean().backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    expected = _official_asam_eps(model, cfg.sam.rho, cfg.sam.eta)
+    optimizer.first_step()
+    eps = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    if adaptive_params == "weights":
+        for name in eps:
+            torch.testing.assert_close(eps[name], expected[name], rtol=1e-9, atol=1e-12)
+    else:  # every parameter scaled: the biases move by T^2 g / ||T g||, not g / ||T g||
+        assert not torch.allclose(eps["2.bias"], expected["2.bias"])
+        t = before["2.bias"].abs() + cfg.sam.eta
+        ratio = eps["2.bias"] / (t**2 * model[2].bias.grad)
+        torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio))  # rho / ||T g||, shared

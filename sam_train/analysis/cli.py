@@ -86,21 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _load(path: Path, args: argparse.Namespace, device):
     """(model with the checkpoint's weights, its config, the checkpoint), built by the
     factory that trained it."""
-    from sam_train.build import build_model, config_from_checkpoint
-    from sam_train.checkpoint import load_checkpoint, load_model_state
-    from sam_train.errors import CheckpointError
+    from sam_train.build import model_from_checkpoint
     from sam_train.strategy import SingleProcess
 
-    state = load_checkpoint(path, map_location=device)
-    if "model" not in state:
-        raise CheckpointError(f"checkpoint {path} has no model weights")
-    cfg = config_from_checkpoint(state, str(path))
-    if args.data_root is not None:
-        cfg.dataset.root = args.data_root
-    cfg.model.pretrained = False  # the checkpoint's weights replace them
-    model = build_model(cfg, cfg.dataset.num_classes, SingleProcess(device=device))
-    load_model_state(model, state["model"], path)  # names the keys that do not fit
-    return model, cfg, state
+    overrides = [] if args.data_root is None else [f"dataset.root={args.data_root}"]
+    return model_from_checkpoint(path, SingleProcess(device=device), overrides)
 
 
 def _training_batches(cfg, args: argparse.Namespace, device) -> list:

@@ -2,6 +2,7 @@
 
 from sam_train.callbacks.base import Callback
 from sam_train.callbacks.checkpointing import Checkpointing
+from sam_train.callbacks.ema import ModelEMA
 from sam_train.callbacks.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption
 from sam_train.callbacks.progress import ConsoleProgress
 from sam_train.callbacks.results import Results
@@ -13,6 +14,7 @@ __all__ = [
     "Callback",
     "Checkpointing",
     "ConsoleProgress",
+    "ModelEMA",
     "Preemption",
     "Results",
     "TensorBoard",

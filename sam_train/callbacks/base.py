@@ -25,6 +25,11 @@ class Callback:
     def on_log(self, trainer: Trainer, state: RunState, metrics: dict[str, float]) -> None:
         """Every ``log_every`` steps and at an epoch's last step: this window's metrics."""
 
+    def on_evaluate(self, trainer: Trainer, state: RunState) -> None:
+        """After the live model's evaluation, before best tracking: add other models' test
+        metrics to ``state.test_metrics`` (the EMA's ``ema_acc1``, which
+        ``checkpoint.best_metric`` may name)."""
+
     def on_epoch_end(self, trainer: Trainer, state: RunState, is_best: bool) -> None:
         """After an epoch's evaluation; ``state`` holds its train and test metrics."""
 
@@ -36,6 +41,10 @@ class Callback:
 
     def teardown(self, trainer: Trainer, state: RunState) -> None:
         """Always, on every exit path: release what ``on_fit_start`` took."""
+
+    def summary(self, state: RunState) -> dict[str, Any]:
+        """Values this callback adds to results.json (at the run's end)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any] | None:
         """What this callback must carry across a resume (None: nothing)."""

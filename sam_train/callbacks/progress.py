@@ -50,10 +50,11 @@ class ConsoleProgress(Callback):
             return
         train, test = state.train_metrics, state.test_metrics
         epoch = state.epoch(trainer.run.steps_per_epoch)
+        ema = f"  ema acc1 {test['ema_acc1']:.2f}" if "ema_acc1" in test else ""
         log.info(
             f"epoch {epoch}/{trainer.run.epochs}  train loss {train['loss']:.4f}  "
             f"train acc1 {train['acc1']:.2f}  test loss {test['loss']:.4f}  "
-            f"test acc1 {test['acc1']:.2f}  test acc5 {test['acc5']:.2f}  "
+            f"test acc1 {test['acc1']:.2f}  test acc5 {test['acc5']:.2f}{ema}  "
             f"({test['count']} test images)"
         )
 

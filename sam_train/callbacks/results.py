@@ -60,6 +60,8 @@ class Results(Callback):
     def on_fit_end(self, trainer: Trainer, state: RunState) -> None:
         run = trainer.run
         self.results = {**results_of(state, run.epochs, run.strategy.world_size), **self.extra}
+        for callback in trainer.callbacks:
+            self.results.update(callback.summary(state))
         self.results["epochs_run"] = run.epochs - self._session[0]  # in this session
         self.results["wall_time_s"] = round(time.perf_counter() - self._session[1], 2)
         if run.strategy.is_main:

@@ -70,16 +70,17 @@ class TensorBoard(Callback):
 
     def on_epoch_end(self, trainer: Trainer, state: RunState, is_best: bool) -> None:
         train, test = state.train_metrics, state.test_metrics
-        self._scalars(
-            {
-                "train/acc1": train["acc1"],
-                "train/epoch_loss": train["loss"],
-                "test/loss": test["loss"],
-                "test/acc1": test["acc1"],
-                "test/acc5": test["acc5"],
-            },
-            state.global_step,
-        )
+        scalars = {
+            "train/acc1": train["acc1"],
+            "train/epoch_loss": train["loss"],
+            "test/loss": test["loss"],
+            "test/acc1": test["acc1"],
+            "test/acc5": test["acc5"],
+        }
+        for name in ("loss", "acc1", "acc5"):  # the EMA's scores, when ema.decay is set
+            if f"ema_{name}" in test:
+                scalars[f"test_ema/{name}"] = test[f"ema_{name}"]
+        self._scalars(scalars, state.global_step)
         if self.writer is not None:
             self.writer.flush()
 

@@ -45,13 +45,18 @@ class DataSpec:
     images: int | None = None  # split here by dataset.test_fraction: the number of images
     classes: int | None = None  # ... and its classes (stratified: each split needs one of each)
     cifar: bool = False  # CIFAR's augmentations and the GPU loader apply
+    pil: bool = False  # decoded to PIL images: timm's create_transform options apply
 
 
 DATA_SPECS: dict[str, DataSpec] = {
     "digits": DataSpec(channels=1, images=1797, classes=10),  # scikit-learn's 8x8 digits
-    "cifar10": DataSpec(channels=3, cifar=True),
-    "cifar100": DataSpec(channels=3, cifar=True),
-    "imagenet": DataSpec(channels=3),  # ImageFolder loads RGB
+    "cifar10": DataSpec(channels=3, cifar=True, pil=True),
+    "cifar100": DataSpec(channels=3, cifar=True, pil=True),
+    "imagenet": DataSpec(channels=3, pil=True),  # ImageFolder loads RGB
+    # The SAM paper's Table 3 fine-tuning sets, through torchvision's classes (RGB, PIL)
+    "food101": DataSpec(channels=3, pil=True),
+    "oxford_pets": DataSpec(channels=3, pil=True),
+    "flowers102": DataSpec(channels=3, pil=True),
 }
 DATASETS = tuple(DATA_SPECS)
 CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
@@ -59,14 +64,34 @@ GPU_LOADER_DATASETS = CIFAR_DATASETS
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")
-BEST_METRICS = ("test/acc1", "test/acc5", "test/loss")
+# checkpoint.best_metric: the live model's test metrics, or the EMA's (ema.decay set).
+BEST_METRICS = (
+    "test/acc1",
+    "test/acc5",
+    "test/loss",
+    "test_ema/acc1",
+    "test_ema/acc5",
+    "test_ema/loss",
+)
 AUGMENTATIONS = ("basic", "cutout", "autoaugment")  # CIFAR training pipelines (augment group)
 GPU_LOADER_AUGMENTATIONS = ("basic",)  # the GPU loader implements crop + flip only
 LOADERS = ("dataloader", "gpu")
 STRATEGIES = ("ddp", "fsdp")  # under torchrun (sam_train/strategy/)
+# augment.auto_augment: timm's policy strings (timm.data.auto_augment), and torchvision's
+# TrivialAugmentWide under the name its classification references give it.
+AUTO_AUGMENT = (
+    r"rand(-(m\d+|n\d+|p[\d.]+|mstd[\d.]+|mmax\d+|inc[01]|t[a-z0-9]+))*"
+    r"|augmix(-(m\d+|w\d+|d\d+|a[\d.]+|b[01]|mstd[\d.]+))*"
+    r"|ta_wide|(original|originalr|v0|v0r|3a)(-mstd[\d.]+)?",
+    "rand-m9-mstd0.5 (RandAugment), ta_wide (TrivialAugment), augmix-m3-w3 (AugMix), "
+    "original, originalr, v0, v0r or 3a (timm's AutoAugment policies)",
+)
+ERASE_MODES = ("pixel", "const", "rand")  # timm's RandomErasing fills
 # SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
 # reads is the ``variants`` metadata of SAMConfig's fields.
 SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam")
+# ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
+ADAPTIVE_PARAMS = ("all", "weights")
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 # Seeds are offset by rank and epoch and must stay within torch's 64-bit generator seed.
 MAX_SEED = 2**63 - 1
@@ -93,6 +118,19 @@ class DatasetConfig:
 class AugmentConfig:
     name: str = checked("basic", choices=AUGMENTATIONS)  # other than basic: CIFAR only
     cutout_size: int = checked(16, gt=0)
+    # Mixup / CutMix (timm's Mixup, one mixing per batch, before both SAM passes): on when
+    # an alpha is above 0; trainer.label_smoothing then goes into the soft targets.
+    mixup_alpha: float = checked(0.0, ge=0)
+    cutmix_alpha: float = checked(0.0, ge=0)
+    mix_prob: float = checked(1.0, ge=0, le=1)  # share of batches mixed
+    switch_prob: float = checked(0.5, ge=0, le=1)  # CutMix instead of Mixup, both alphas set
+    # timm's create_transform stages after the crop and flip (CIFAR and ImageFolder data);
+    # see transform_options. null / 0: off.
+    auto_augment: str | None = checked(None, pattern=AUTO_AUGMENT)
+    color_jitter: float | None = checked(None, ge=0)  # brightness, contrast and saturation
+    reprob: float = checked(0.0, ge=0, le=1)  # random erasing, per image
+    remode: str = checked("pixel", choices=ERASE_MODES)
+    recount: int = checked(1, gt=0)  # erased boxes per image (at most)
 
 
 @dataclass
@@ -101,6 +139,13 @@ class ModelConfig:
     pretrained: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model's; left open
     sync_bn: bool = False  # SyncBatchNorm across processes (GPUs; timm's converter)
+    # Fine-tuning: start from these weights (a sam-train checkpoint or a plain/timm state
+    # dict, .pth or .safetensors); not a resume: the optimizer and schedule start fresh. A
+    # classifier of another class count is re-initialised.
+    init_from: str | None = None
+    init_strict: bool = True  # false: load what fits, log the missing/unexpected/shape keys
+    init_ema: bool = False  # take a sam-train checkpoint's EMA weights (callbacks.ModelEMA)
+    grad_checkpointing: bool = False  # timm's set_grad_checkpointing (ViTs, ...): less memory
 
 
 @dataclass
@@ -116,6 +161,9 @@ class OptimizerConfig:
     )
     eps: float = checked(1e-8, ge=0)
     filter_bias_and_bn: bool = True  # no weight decay on biases and norm weights (timm's rule)
+    # Layer-wise lr decay (timm's create_optimizer_v2 layer_decay; models with group_matcher,
+    # e.g. ViTs): layer i of L gets lr * layer_decay ** (L - i). None: off.
+    layer_decay: float | None = checked(None, gt=0, le=1)
 
 
 @dataclass
@@ -124,6 +172,9 @@ class SAMConfig:
     rho: float = checked(0.05, ge=0)
     adaptive: bool = False
     eta: float = checked(0.01, ge=0)
+    # With adaptive: which parameters ASAM scales by |w| + eta (the rest by 1). configs/sam/
+    # asam.yaml picks "weights", the official code's rule, under which its rho was tuned.
+    adaptive_params: str = checked("all", choices=ADAPTIVE_PARAMS)
     # Under DDP each replica perturbs with its own gradient (the paper's m-sharpness with m =
     # per-device batch, one all-reduce per step); true all-reduces the first gradient too.
     sync_perturbation: bool = False
@@ -187,6 +238,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class EMAConfig:
+    """Model EMA (timm's ModelEmaV3), evaluated beside the live model each epoch."""
+
+    decay: float | None = checked(None, ge=0, lt=1)  # null or 0: off; e.g. 0.9998
+    # timm's warm-up: decay_t = min(decay, 1 - (1 + t) ** -warmup_power) at update t, so a
+    # short run's EMA is not dominated by its first, random weights.
+    warmup: bool = False
+    warmup_power: float = checked(2 / 3, gt=0)  # timm: 2/3 for long runs, 3/4 for short
+
+
+@dataclass
 class LoggerConfig:
     tensorboard: bool = True
 
@@ -202,11 +264,32 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     seed: int = checked(0, ge=0, le=MAX_SEED)
     resume: str | None = None  # None | auto | path to a checkpoint
     # A resume whose config changes the trajectory is refused unless this is false.
     resume_strict: bool = True
     run_name: str = "train"
+
+
+def transform_options(augment: Any) -> dict[str, Any]:
+    """The ``augment`` options set that timm's create_transform applies, by their config names
+    (empty: today's torchvision v2 pipeline, unchanged)."""
+    options: dict[str, Any] = {}
+    if augment.auto_augment is not None:
+        options["auto_augment"] = augment.auto_augment
+    if augment.color_jitter is not None:
+        options["color_jitter"] = augment.color_jitter
+    if augment.reprob > 0:
+        options.update(reprob=augment.reprob, remode=augment.remode, recount=augment.recount)
+    return options
+
+
+def best_metric_key(name: str) -> str:
+    """``checkpoint.best_metric`` -> its key in ``RunState.test_metrics``: ``test/acc1`` ->
+    ``acc1``, ``test_ema/acc1`` -> ``ema_acc1``."""
+    split, metric = name.split("/")
+    return metric if split == "test" else f"ema_{metric}"
 
 
 #: option -> the variants that read it (builders passes these to the variant's class).

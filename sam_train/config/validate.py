@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from omegaconf import OmegaConf, read_write
@@ -24,6 +25,7 @@ from sam_train.config.schema import (
     GPU_LOADER_AUGMENTATIONS,
     SAM_VARIANT_OPTIONS,
     TrainConfig,
+    transform_options,
 )
 from sam_train.errors import ConfigError
 
@@ -43,6 +45,8 @@ def validate(cfg: Any) -> None:
         _sam_sharpness_rules,
         _optimization_rules,
         _fsdp_rules,
+        _recipe_rules,
+        _init_rules,
     ):
         rule(cfg)
 
@@ -171,6 +175,17 @@ def _dataset_rules(cfg: Any) -> None:
             f"dataset.loader=gpu implements random crop and flip only; augment={augment} "
             "needs dataset.loader=dataloader"
         )
+    for key, value in transform_options(cfg.augment).items():
+        if data.loader == "gpu":
+            raise ConfigError(
+                f"dataset.loader=gpu implements random crop and flip only; augment.{key}="
+                f"{value} needs dataset.loader=dataloader"
+            )
+        if not spec.pil:
+            raise ConfigError(
+                f"augment.{key} is one of timm's transforms of PIL images (CIFAR, ImageFolder); "
+                f"dataset={data.name} takes none"
+            )
     if data.in_chans != spec.channels:
         raise ConfigError(
             f"dataset.in_chans={data.in_chans} but {data.name} images have {spec.channels} "
@@ -249,6 +264,11 @@ def _fsdp_rules(cfg: Any) -> None:
             "trainer.amp=fp16 has no sharded grad scaler here: use trainer.amp=bf16 with "
             "trainer.strategy=fsdp"
         )
+    if cfg.ema.decay:
+        raise ConfigError(
+            "ema.decay with trainer.strategy=fsdp is not supported yet (the EMA copy would be "
+            "a sharded model): use trainer.strategy=ddp or ema.decay=null"
+        )
 
 
 def _optimization_rules(cfg: Any) -> None:
@@ -263,3 +283,38 @@ def _optimization_rules(cfg: Any) -> None:
         raise ConfigError(
             f"scheduler.min_lr={cfg.scheduler.min_lr} must not exceed optimizer.lr={lr}"
         )
+
+
+def _recipe_rules(cfg: Any) -> None:
+    """EMA and Mixup/CutMix against the options that depend on them."""
+    if cfg.checkpoint.best_metric.startswith("test_ema/") and not cfg.ema.decay:
+        raise ConfigError(
+            f"checkpoint.best_metric={cfg.checkpoint.best_metric} scores the EMA: set "
+            "ema.decay (e.g. ema.decay=0.9998)"
+        )
+    augment = cfg.augment
+    if augment.auto_augment is not None and augment.name == "autoaugment":
+        raise ConfigError(
+            f"augment=autoaugment already applies the CIFAR-10 AutoAugment policy; "
+            f"augment.auto_augment={augment.auto_augment} goes with augment=basic or cutout"
+        )
+    jitter_off = augment.auto_augment is not None and "3a" not in augment.auto_augment
+    if jitter_off and augment.color_jitter is not None:
+        raise ConfigError(
+            "augment.color_jitter is off under augment.auto_augment (timm's rule): set one"
+        )
+
+
+def _init_rules(cfg: Any) -> None:
+    """``model.init_from``: an existing file, and not together with the hub's weights."""
+    model = cfg.model
+    if model.init_from is None:
+        if model.init_ema:
+            raise ConfigError("model.init_ema=true needs model.init_from=PATH")
+        return
+    if model.pretrained:
+        raise ConfigError(
+            "model.init_from and model.pretrained=true both set the starting weights: choose one"
+        )
+    if not Path(model.init_from).is_file():
+        raise ConfigError(f"model.init_from={model.init_from}: no such file")

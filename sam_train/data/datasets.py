@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from sam_train.data import transforms as T
 from sam_train.data.cifar_checks import check_loaded, find_bad_file
 from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
 from sam_train.data.label_noise import apply_label_noise
+from sam_train.data.torchvision_sets import TORCHVISION_SETS, torchvision_pair
 from sam_train.errors import DatasetError
 
 
@@ -76,6 +78,7 @@ def _cifar(
     augment: str,
     cutout_size: int,
     num_classes: int,
+    options: dict[str, Any],
 ):
     base = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     cls = base if verify_checksums else _without_checksums(base)
@@ -86,7 +89,7 @@ def _cifar(
                 root,
                 train=True,
                 download=download,
-                transform=T.cifar_transforms(True, augment, cutout_size),
+                transform=T.cifar_transforms(True, augment, cutout_size, options),
             ),
             cls(root, train=False, download=download, transform=T.cifar_transforms(False)),
         )
@@ -115,11 +118,11 @@ def _without_checksums(base: type) -> type:
     )
 
 
-def _imagenet(root: str, image_size: int, num_classes: int, verify: bool):
+def _imagenet(root: str, image_size: int, num_classes: int, verify: bool, options: dict[str, Any]):
     pair = build_image_folders(
         root,
         num_classes,
-        T.imagenet_transforms(True, image_size),
+        T.imagenet_transforms(True, image_size, options),
         T.imagenet_transforms(False, image_size),
     )
     if verify:
@@ -142,6 +145,7 @@ def build_datasets(
     augment: str = "basic",
     cutout_size: int = 16,
     verify: bool = False,
+    transform_options: dict[str, Any] | None = None,
 ) -> DatasetPair:
     """The train and test sets; ``label_noise`` corrupts training labels only.
 
@@ -150,18 +154,24 @@ def build_datasets(
     checked here (class folders, label ranges, label counts, damaged CIFAR pickles);
     ``verify`` (``dataset.verify``) also decodes every image of an image folder once, so a
     damaged image is refused before training rather than at its first read (see
-    ``image_folder``).
+    ``image_folder``). ``transform_options`` (``augment.auto_augment``, ``reprob``, ...) add
+    timm's transform stages to the CIFAR and ImageFolder training pipelines.
     """
+    options = dict(transform_options or {})
+    if options and name == "digits":
+        raise DatasetError(f"augment.{next(iter(options))} transforms PIL images; digits has none")
     if augment != "basic" and name not in _CIFAR_FILES:
         raise DatasetError(f"augment={augment} is for CIFAR; {name} supports augment=basic only")
     if name == "digits":
         train, test = _digits(test_fraction, seed)
     elif name in _CIFAR_FILES:
         train, test = _cifar(
-            name, root, download, verify_checksums, augment, cutout_size, num_classes
+            name, root, download, verify_checksums, augment, cutout_size, num_classes, options
         )
     elif name == "imagenet":
-        train, test = _imagenet(root, image_size, num_classes, verify)
+        train, test = _imagenet(root, image_size, num_classes, verify, options)
+    elif name in TORCHVISION_SETS:
+        train, test = torchvision_pair(name, root, image_size, download, verify_checksums, options)
     else:
         raise DatasetError(f"unknown dataset {name!r}")
     found = len(getattr(train, "classes", None) or np.unique(train.targets))

@@ -40,6 +40,7 @@ def build_loaders(
     world_size: int = 1,
     kind: str = "dataloader",
     device: torch.device | None = None,
+    host_rngs: bool = False,
 ) -> Loaders:
     """Loaders for one process; ``batch_size`` is per process.
 
@@ -48,7 +49,8 @@ def build_loaders(
 
     Training drops the last partial batch so every step has the same size (and SAM's
     perturbation the same statistics); its order and augmentation depend only on the seed and
-    the epoch (see ``samplers``), so a resumed run sees the same batches. Evaluation shards the
+    the epoch (see ``samplers``), so a resumed run sees the same batches; ``host_rngs`` seeds
+    Python's and NumPy's generators per sample too, for timm's transforms. Evaluation shards the
     test set without padding, so gathered counts cover each example exactly once.
     """
     if kind == "gpu":
@@ -81,7 +83,7 @@ def build_loaders(
         common["prefetch_factor"] = 4
     return Loaders(
         train=CheckedDataLoader(
-            _ErrorsAsValues(EpochSeededDataset(train_set, seed)),
+            _ErrorsAsValues(EpochSeededDataset(train_set, seed, host_rngs)),
             batch_size,
             sampler=train_sampler,
             drop_last=True,

@@ -1,9 +1,13 @@
-"""torchvision transforms v2 pipelines for each data set."""
+"""torchvision transforms v2 pipelines for each data set, with timm's create_transform stages
+(RandAugment, AugMix, TrivialAugment, colour jitter, random erasing) after the crop and flip
+when ``augment`` asks for them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import timm.data
 import torch
 from torchvision.transforms import v2
 
@@ -56,12 +60,49 @@ class Cutout(v2.RandomErasing):
         return f"size={self.size}"
 
 
-def cifar_transforms(train: bool, augment: str = "basic", cutout_size: int = 16) -> v2.Compose:
+def timm_stages(
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    auto_augment: str | None = None,
+    color_jitter: float | None = None,
+    reprob: float = 0.0,
+    remode: str = "pixel",
+    recount: int = 1,
+) -> list[Any]:
+    """What timm's ``create_transform(separate=True)`` puts after its crop and flip: the
+    policy (RandAugment, AugMix, AutoAugment) or colour jitter on the PIL image, then
+    to-tensor, normalize and random erasing. ``ta_wide`` is torchvision's TrivialAugmentWide
+    (timm has none), in the policy's place. The arguments are ``augment``'s option names."""
+    _crop_flip, policy, final = timm.data.create_transform(
+        image_size,
+        is_training=True,
+        auto_augment=None if auto_augment == "ta_wide" else auto_augment,
+        color_jitter=color_jitter,
+        re_prob=reprob,
+        re_mode=remode,
+        re_count=recount,
+        mean=mean,
+        std=std,
+        separate=True,
+    )
+    trivial = [v2.TrivialAugmentWide()] if auto_augment == "ta_wide" else []
+    return [*trivial, *policy.transforms, *final.transforms]
+
+
+def cifar_transforms(
+    train: bool,
+    augment: str = "basic",
+    cutout_size: int = 16,
+    options: Mapping[str, Any] | None = None,
+) -> v2.Compose:
     """CIFAR pipelines of the SAM paper's Table 1 columns (evaluation only normalizes).
 
     ``basic``: pad-4 random crop and horizontal flip; ``cutout``: basic, then a cutout square;
     ``autoaugment``: the CIFAR-10 AutoAugment policy (Cubuk et al., 2019), then basic, then
-    cutout, the order of the AutoAugment reference code.
+    cutout, the order of the AutoAugment reference code. ``options`` (``transform_options``
+    of the config) put timm's stages (:func:`timm_stages`) after the crop and flip.
     """
     if augment not in CIFAR_AUGMENTATIONS:
         raise ValueError(f"augment must be one of {CIFAR_AUGMENTATIONS}, got {augment!r}")
@@ -71,14 +112,24 @@ def cifar_transforms(train: bool, augment: str = "basic", cutout_size: int = 16)
     if augment == "autoaugment":
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     steps += [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
-    steps += _to_normalized_tensor(CIFAR_MEAN, CIFAR_STD)
+    if options:
+        steps += timm_stages(32, CIFAR_MEAN, CIFAR_STD, **options)
+    else:
+        steps += _to_normalized_tensor(CIFAR_MEAN, CIFAR_STD)
     if augment in ("cutout", "autoaugment"):
         steps.append(Cutout(cutout_size))
     return v2.Compose(steps)
 
 
-def imagenet_transforms(train: bool, image_size: int = 224) -> v2.Compose:
-    """RandomResizedCrop + flip for training; resize to 8/7 and center-crop for evaluation."""
+def imagenet_transforms(
+    train: bool, image_size: int = 224, options: Mapping[str, Any] | None = None
+) -> v2.Compose:
+    """RandomResizedCrop + flip for training; resize to 8/7 and center-crop for evaluation.
+    ``options`` put timm's stages (:func:`timm_stages`) after the training crop and flip."""
+    if train and options:
+        crop_flip = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+        stages = timm_stages(image_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, **options)
+        return v2.Compose([*crop_flip, *stages])
     if train:
         augment = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
     else:

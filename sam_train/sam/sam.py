@@ -98,6 +98,9 @@ class SAM(Optimizer):
         perturb_fraction: ESAM's beta in (0, 1]; 1 perturbs every weight.
         include_weight_decay: add each group's ``weight_decay * w`` to the ascent gradient.
         inner_steps: number of ascent steps (each after the first costs a forward-backward).
+        unscaled_params: parameters ASAM leaves unscaled (T = 1). The official ASAM code
+            scales only parameters named ``*weight*``, so its rho values assume biases are
+            left out; ``None`` scales every parameter (davda54/sam's convention).
     """
 
     #: True for variants that combine the gradient at w with the perturbed one (GSAM,
@@ -117,6 +120,7 @@ class SAM(Optimizer):
         perturb_fraction: float = 1.0,
         include_weight_decay: bool = False,
         inner_steps: int = 1,
+        unscaled_params: Iterable[torch.Tensor] | None = None,
         **base_kwargs: Any,
     ) -> None:
         if rho < 0:
@@ -152,6 +156,7 @@ class SAM(Optimizer):
         self.perturb_fraction = float(perturb_fraction)
         self.include_weight_decay = bool(include_weight_decay)
         self.inner_steps = int(inner_steps)
+        self._unscaled = {id(p) for p in unscaled_params or ()}
         self.last_grad_norm: torch.Tensor | None = None
         self._steps = 0  # first_step calls so far: the clock of the periodic variants
         self._backup: dict[torch.Tensor, torch.Tensor] = {}
@@ -241,14 +246,24 @@ class SAM(Optimizer):
             masks.append(shaped_like((keep < beta).to(p.dtype).div_(beta), p))
         return masks
 
+    def _adaptive_scale(self, group: dict[str, Any], params: list[torch.Tensor]) -> list:
+        """ASAM's T = |w| + eta, and 1 for the parameters it leaves unscaled."""
+        scale = torch._foreach_abs([self._backup[p] for p in params])
+        torch._foreach_add_(scale, group["eta"])
+        if self._unscaled:
+            scale = [
+                torch.ones_like(t) if id(p) in self._unscaled else t
+                for p, t in zip(params, scale, strict=True)
+            ]
+        return scale
+
     def _ascent_step(self, groups: Groups, inner_step: int, masks: dict | None) -> torch.Tensor:
         """Move the weights by one ascent step of length rho / inner_steps; return its norm."""
         directions, norm_terms = [], []
         for group, params in groups:
             grads = self._ascent_gradients(group, params, inner_step)
             if group["adaptive"]:
-                scale = torch._foreach_abs([self._backup[p] for p in params])
-                torch._foreach_add_(scale, group["eta"])
+                scale = self._adaptive_scale(group, params)
                 scaled = torch._foreach_mul(scale, grads)
                 if self.p == 2:
                     direction = torch._foreach_mul(scaled, scale)

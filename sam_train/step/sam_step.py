@@ -22,6 +22,7 @@ not the optimizer state, not the running statistics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ from sam_train.step.precision import NonFiniteGuard, Precision
 from sam_train.strategy.base import SingleProcess, Strategy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: Mixes a whole per-device batch: (images, labels) -> (mixed images, soft targets).
+BatchMix = Callable[[torch.Tensor, torch.Tensor], Batch]
 
 
 @dataclass
@@ -66,6 +69,10 @@ class SAMStep:
     ``optimizer`` is a :class:`SAM` (two passes) or any torch optimizer (one pass).
     ``model`` is the module to run forward (wrapped by ``strategy`` when distributed). The
     learning-rate schedule is the caller's: the step never reads or advances it.
+    ``mix`` (timm's ``Mixup``) mixes the per-device batch once, before any pass: both SAM
+    passes, every accumulation micro-batch and every m-sharpness chunk slice that one mixed
+    batch, and ``criterion`` must take its soft targets. Top-1 hits of soft targets count
+    against their argmax (the label with the larger share).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class SAMStep:
         channels_last: bool = False,
         skip_nonfinite: bool = True,
         max_bad_steps: int = 10,
+        mix: BatchMix | None = None,
     ) -> None:
         if sam_chunk is not None and sync_perturbation:
             raise ValueError("sam_chunk (one eps per chunk) excludes sync_perturbation")
@@ -100,6 +108,7 @@ class SAMStep:
         self.sam_chunk = sam_chunk
         self.channels_last = channels_last
         self.skip_nonfinite = skip_nonfinite
+        self.mix = mix
         self.nonfinite = NonFiniteGuard(max_bad_steps)
         self.steps_taken = 0
         self._stats_guard = RunningStatsGuard(model)  # the second pass's frozen statistics
@@ -126,6 +135,8 @@ class SAMStep:
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
         """One optimizer step on a per-device batch."""
         images, targets = self._to_device(images, targets)
+        if self.mix is not None:
+            images, targets = self.mix(images, targets)
         if self.scaler is not None or self.skip_nonfinite:
             self._step_stats.save()
         if self.uses_sam:
@@ -241,7 +252,8 @@ class SAMStep:
                 self.precision.scale(weighted).backward()
             if track:
                 loss_sum.add_(loss.detach().float(), alpha=len(targets))
-                correct += (logits.detach().argmax(dim=1) == targets).sum()
+                labels = targets.argmax(dim=1) if targets.dim() > 1 else targets
+                correct += (logits.detach().argmax(dim=1) == labels).sum()
         return loss_sum, correct
 
     def _apply_gradients(self) -> bool:

@@ -1,0 +1,120 @@
+"""Fine-tuning data sets of the SAM paper's Table 3 through torchvision's own classes:
+Food-101, Oxford-IIIT Pets, Flowers-102 (downloaded into ``dataset.root`` when the machine has
+network; otherwise one line naming what to put where).
+
+torchvision keeps these labels in a private ``_labels`` list; :class:`LabelledSplit` exposes
+them as ``targets`` (and ``classes``) like CIFAR, so label noise and the class checks apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+
+from sam_train.data import transforms as T
+from sam_train.data.image_folder import error_reason
+from sam_train.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class TorchvisionSet:
+    cls: type
+    splits: tuple[str, str]  # torchvision's names of the training and the test split
+    layout: str  # what dataset.root must hold, for the error line
+
+
+TORCHVISION_SETS: dict[str, TorchvisionSet] = {
+    "food101": TorchvisionSet(
+        tv_datasets.Food101,
+        ("train", "test"),
+        "food-101/meta/{train,test}.json and food-101/images/<class>/<id>.jpg",
+    ),
+    "oxford_pets": TorchvisionSet(
+        tv_datasets.OxfordIIITPet,
+        ("trainval", "test"),
+        "oxford-iiit-pet/annotations/{trainval,test}.txt and oxford-iiit-pet/images/<id>.jpg",
+    ),
+    "flowers102": TorchvisionSet(
+        tv_datasets.Flowers102,
+        ("train", "test"),
+        "flowers-102/jpg/image_<NNNNN>.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat",
+    ),
+}
+
+
+class LabelledSplit(Dataset):
+    """A torchvision split whose labels are a public, replaceable ``targets`` list."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.targets: list[int] = [int(t) for t in base._labels]
+        # Labels index torchvision's class list (Flowers-102's is fixed at 102 names): the
+        # classes are those up to the highest label present (a subset data set has fewer).
+        names = list(getattr(base, "classes", None) or range(max(self.targets, default=-1) + 1))
+        self.classes = names[: max(self.targets, default=-1) + 1]
+
+    @property
+    def transform(self) -> Callable | None:
+        return self.base.transform
+
+    @transform.setter
+    def transform(self, value: Callable | None) -> None:  # sam-analyze swaps pipelines
+        from torchvision.datasets.vision import StandardTransform
+
+        self.base.transform = value
+        self.base.transforms = StandardTransform(value, self.base.target_transform)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, _ = self.base[index]
+        return image, self.targets[index]
+
+
+def _unchecked(cls: type) -> type:
+    """Flowers-102 checks the md5 of its .mat files; off for converted or test data."""
+    return type(f"{cls.__name__}NoChecksum", (cls,), {"_check_integrity": _folder_exists})
+
+
+def _folder_exists(self: Any) -> bool:
+    return Path(self._images_folder).is_dir()
+
+
+def torchvision_pair(
+    name: str,
+    root: str,
+    image_size: int,
+    download: bool,
+    verify_checksums: bool,
+    options: dict[str, Any] | None = None,
+) -> tuple[LabelledSplit, LabelledSplit]:
+    """The training and test splits of ``name`` with the ImageNet-style pipelines
+    (``options``: timm's training stages, as for ImageNet)."""
+    spec = TORCHVISION_SETS[name]
+    cls = spec.cls if verify_checksums or name != "flowers102" else _unchecked(spec.cls)
+    train_split, test_split = spec.splits
+    try:
+        train = cls(
+            root,
+            split=train_split,
+            transform=T.imagenet_transforms(True, image_size, options),
+            download=download,
+        )
+        test = cls(
+            root,
+            split=test_split,
+            transform=T.imagenet_transforms(False, image_size),
+            download=download,
+        )
+    except Exception as err:  # RuntimeError (not found), URLError, OSError, scipy's errors
+        raise DatasetError(
+            f"{name} not found or unreadable under dataset.root={root!r} (expected "
+            f"{spec.layout} there, or network access to download it): {error_reason(err)}"
+        ) from err
+    return LabelledSplit(train), LabelledSplit(test)

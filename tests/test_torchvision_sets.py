@@ -1,0 +1,131 @@
+"""The Table 3 fine-tuning sets through torchvision's classes, on tiny fakes written in each
+data set's on-disk format (what torchvision's Food101, OxfordIIITPet and Flowers102 read)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam_train.config.schema import DATA_SPECS
+from sam_train.data import build_datasets
+from sam_train.data.torchvision_sets import TORCHVISION_SETS
+from sam_train.errors import DatasetError
+
+CLASSES, PER_SPLIT = 3, 4  # images per class and split
+
+
+def _jpeg(path: Path, rng: np.random.Generator) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
+
+
+def write_food101(root: Path, rng: np.random.Generator) -> None:
+    base = root / "food-101"
+    for split in ("train", "test"):
+        meta = {
+            f"dish_{c}": [f"dish_{c}/{split}{i}" for i in range(PER_SPLIT)] for c in range(CLASSES)
+        }
+        for items in meta.values():
+            for item in items:
+                _jpeg(base / "images" / f"{item}.jpg", rng)
+        (base / "meta").mkdir(parents=True, exist_ok=True)
+        (base / "meta" / f"{split}.json").write_text(json.dumps(meta))
+
+
+def write_oxford_pets(root: Path, rng: np.random.Generator) -> None:
+    base = root / "oxford-iiit-pet"
+    (base / "annotations").mkdir(parents=True)
+    for split in ("trainval", "test"):
+        lines = []
+        for c in range(CLASSES):
+            for i in range(PER_SPLIT):
+                image_id = f"breed_{c}_{split}{i}"
+                _jpeg(base / "images" / f"{image_id}.jpg", rng)
+                lines.append(f"{image_id} {c + 1} {c % 2 + 1} 1")
+        (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_flowers102(root: Path, rng: np.random.Generator) -> None:
+    from scipy.io import savemat
+
+    base = root / "flowers-102"
+    count = 3 * CLASSES * PER_SPLIT  # train, val, test
+    labels = np.tile(np.arange(1, CLASSES + 1), count // CLASSES)
+    for image_id in range(1, count + 1):
+        _jpeg(base / "jpg" / f"image_{image_id:05d}.jpg", rng)
+    savemat(base / "imagelabels.mat", {"labels": labels})
+    ids = np.arange(1, count + 1).reshape(3, -1)
+    savemat(base / "setid.mat", {"trnid": ids[0], "valid": ids[1], "tstid": ids[2]})
+
+
+WRITERS = {
+    "food101": write_food101,
+    "oxford_pets": write_oxford_pets,
+    "flowers102": write_flowers102,
+}
+
+
+def test_every_torchvision_set_is_a_declared_data_set_with_a_fake():
+    assert set(TORCHVISION_SETS) <= set(DATA_SPECS) and set(WRITERS) == set(TORCHVISION_SETS)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+def test_tiny_fake_loads_with_labels_noise_and_the_imagenet_pipeline(tmp_path, name):
+    WRITERS[name](tmp_path, np.random.default_rng(0))
+    pair = build_datasets(
+        name,
+        root=str(tmp_path),
+        num_classes=CLASSES,
+        image_size=16,
+        download=False,
+        verify_checksums=False,
+        label_noise=1.0,
+        seed=0,
+    )
+    assert len(pair.train) == len(pair.test) == CLASSES * PER_SPLIT
+    image, label = pair.test[0]
+    assert tuple(image.shape) == (3, 16, 16) and 0 <= label < CLASSES
+    clean = [int(t) for t in pair.train.base._labels]
+    noisy = [pair.train[i][1] for i in range(len(pair.train))]
+    assert noisy == pair.train.targets and noisy != clean  # every label resampled elsewhere
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+def test_a_missing_folder_is_one_line_naming_the_files(tmp_path, name):
+    with pytest.raises(DatasetError) as caught:
+        build_datasets(name, root=str(tmp_path), num_classes=CLASSES, download=False)
+    message = str(caught.value)
+    assert "\n" not in message and TORCHVISION_SETS[name].layout in message
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name):
+    """The preset with a tiny ViT instead of the hub's ViT-B/16 (no network here)."""
+    WRITERS[name](tmp_path / "data", np.random.default_rng(0))
+    code, err = cli_in_process(
+        [
+            "experiment=finetune_vit_sam",
+            f"dataset={name}",
+            f"dataset.root={tmp_path / 'data'}",
+            f"dataset.num_classes={CLASSES}",
+            "dataset.verify_checksums=false",
+            "dataset.download=false",
+            "dataset.image_size=16",
+            "model.name=vit_tiny_patch16_224",
+            "model.pretrained=false",
+            "+model.kwargs={img_size: 16, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}",
+            "trainer.epochs=1",
+            "trainer.batch_size=4",
+            "trainer.num_workers=0",
+            "trainer.device=cpu",
+            "logger.tensorboard=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ]
+    )
+    assert code == 0, err
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_images"] == CLASSES * PER_SPLIT
