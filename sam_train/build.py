@@ -36,7 +36,7 @@ from sam_train.models import create_model
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
 from sam_train.step.precision import Precision
-from sam_train.strategy import DDPStrategy, SingleProcess, Strategy, process_group
+from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
 
 
 @dataclass
@@ -78,15 +78,34 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_strategy(device_name: str) -> Strategy:
-    """The strategy the environment asks for: DDP under torchrun or srun, else one process."""
+def build_strategy(
+    device_name: str,
+    kind: str = "ddp",
+    *,
+    fsdp_wrap: list[str] | None = None,
+    amp: str = "none",
+) -> Strategy:
+    """The strategy the environment asks for: ``kind`` (ddp or fsdp) under torchrun or srun,
+    else one process. FSDP computes in bf16 under ``amp=bf16`` (its MixedPrecisionPolicy)."""
     device = resolve_device(device_name)
     info = process_group.init_distributed(device.type)
     if not info.enabled:
         return SingleProcess(info, device)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    if kind == "fsdp":
+        wrap = None if fsdp_wrap is None else list(fsdp_wrap)
+        dtype = torch.bfloat16 if amp == "bf16" else None
+        return FSDPStrategy(info, device, wrap_classes=wrap, param_dtype=dtype)
     return DDPStrategy(info, device)
+
+
+def run_strategy(cfg: DictConfig) -> Strategy:
+    """:func:`build_strategy` as ``cfg.trainer`` asks."""
+    trainer = cfg.trainer
+    return build_strategy(
+        trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap, amp=trainer.amp
+    )
 
 
 def per_device_batch(cfg: DictConfig, world_size: int) -> int:
@@ -333,7 +352,8 @@ def build_step(
         scaler=scaler,
         clip_grad_norm=cfg.trainer.clip_grad_norm,
         accum_steps=cfg.trainer.accum_steps,
-        sync_perturbation=cfg.sam.sync_perturbation,
+        # FSDP reduce-scatters every backward: eps comes from the global gradient
+        sync_perturbation=cfg.sam.sync_perturbation or isinstance(strategy, FSDPStrategy),
         sam_chunk=cfg.sam.m,
         channels_last=cfg.trainer.channels_last,
         skip_nonfinite=cfg.trainer.skip_nonfinite,
@@ -349,7 +369,7 @@ def build_run(
     """Data, model, optimizer, scheduler and step of a training run, for this process.
 
     ``init_weights``: load ``model.init_from`` (off when a resume loads its own weights)."""
-    strategy = strategy or build_strategy(cfg.trainer.device)
+    strategy = strategy or run_strategy(cfg)
     batch = per_device_batch(cfg, strategy.world_size)
     data = build_data(cfg, strategy)
     loaders = build_run_loaders(cfg, data, strategy, batch)
@@ -362,6 +382,7 @@ def build_run(
     model = build_model(cfg, data.num_classes, strategy)
     if init_weights and cfg.model.init_from is not None:
         initial_weights(model, cfg)
+    model = strategy.shard(model)  # FSDP: in place, before the optimizer is built
     optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's

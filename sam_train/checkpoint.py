@@ -237,8 +237,14 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load weights, naming the keys that do not match the configured model."""
+def load_model_state(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    load: Callable[[torch.nn.Module, dict[str, torch.Tensor]], None] | None = None,
+) -> None:
+    """Load weights, naming the keys that do not match the configured model; ``load`` is the
+    strategy's loader (FSDP shards the whole tensors), else ``model.load_state_dict``."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -256,7 +262,10 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         raise CheckpointError(
             f"checkpoint {path} does not match the configured model ({'; '.join(problems)})"
         )
-    model.load_state_dict(state)
+    if load is None:
+        model.load_state_dict(state)
+    else:
+        load(model, state)
 
 
 class CheckpointWriter:

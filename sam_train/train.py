@@ -21,20 +21,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train import callbacks as cb
-from sam_train.build import (
-    Run,
-    build_loggers,
-    build_run,
-    build_strategy,
-    config_from_checkpoint,
-)
+from sam_train.build import Run, build_loggers, build_run, config_from_checkpoint, run_strategy
 from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
 from sam_train.config.schema import best_metric_key
 from sam_train.errors import CheckpointError
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
 from sam_train.state import RunState
-from sam_train.strategy import Strategy, process_group
+from sam_train.strategy import FSDPStrategy, Strategy, process_group
 from sam_train.trainer import Trainer
 
 log = logging.getLogger("sam_train")
@@ -70,7 +64,7 @@ def train(
     (Hydra's task overrides): the loggers' hyper-parameter tables lead with them.
     """
     owns_group = not torch.distributed.is_initialized()  # the CLI may have joined already
-    strategy = build_strategy(cfg.trainer.device)
+    strategy = run_strategy(cfg)
     try:
         run_dir = Path(strategy.broadcast_object(str(run_dir)))
         with contextlib.ExitStack() as folder_lock:
@@ -153,7 +147,9 @@ def _fit(
             )
     if run.step.uses_sam and strategy.distributed:
         eps = "one eps from the all-reduced first gradient (sam.sync_perturbation)"
-        if not cfg.sam.sync_perturbation:
+        if isinstance(strategy, FSDPStrategy):
+            eps = "one eps from the reduce-scattered global gradient (FSDP: sync implied)"
+        elif not cfg.sam.sync_perturbation:
             eps = f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
         log.info("SAM under %d processes: %s", strategy.world_size, eps)
     metric = best_metric_key(cfg.checkpoint.best_metric)
@@ -202,7 +198,7 @@ def _restore_optimizer(run: Run, saved: dict, path: Path, changed: tuple[str, ..
         return
     configured = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
     try:
-        run.optimizer.load_state_dict(saved)
+        run.strategy.load_optimizer_state_dict(run.model, run.optimizer, saved)
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
     if any(key.startswith(("optimizer.", "sam.")) for key in changed):
@@ -232,7 +228,7 @@ def restore(
     saved ones, and another optimizer or SAM variant starts its state fresh.
     """
     checkpoint = load_checkpoint(path, map_location=run.device)
-    load_model_state(run.model, checkpoint["model"], path)
+    load_model_state(run.model, checkpoint["model"], path, load=run.strategy.load_model_state_dict)
     _restore_optimizer(run, checkpoint["optimizer"], path, changed)
     if run.scaler is not None and checkpoint.get("scaler"):
         run.scaler.load_state_dict(checkpoint["scaler"])

@@ -15,7 +15,10 @@ reported as medians over repetitions:
 5. ``data``     data-loading throughput alone (images/s, the configured workers) against
                 training throughput, per data set (digits; CIFAR-10 from synthetic images
                 written in torchvision's on-disk format), and the device-resident loader;
-6. ``compile``  ``trainer.compile=true`` (torch.compile) against eager.
+6. ``fsdp``     per-rank bytes of parameters, gradients, optimizer state and SAM's backup,
+                and the collectives per step, under DDP and under FSDP2 (two processes,
+                gloo), for WRN-16-4 and a small ViT (``scripts/bench_sharding.py``);
+7. ``compile``  ``trainer.compile=true`` (torch.compile) against eager.
 
 Every data set, model, optimizer, schedule, DDP wrap and step timed here is built by
 ``sam_train.build`` (``build_run``) from the config ``sam-train`` composes for the same
@@ -64,6 +67,9 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # bench_sharding, when imported as a file
+
+import bench_sharding  # noqa: E402  (scripts/, beside this file)
 
 from sam_train import build  # noqa: E402
 from sam_train.build import Run  # noqa: E402
@@ -77,7 +83,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # there are; torch's advice to use fewer would repeat for each run built.
 warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
 
-SECTIONS = ("ratio", "trainer", "memory", "ddp", "data", "compile")
+SECTIONS = ("ratio", "trainer", "memory", "ddp", "fsdp", "data", "compile")
 TARGETS = {
     "sam_over_base": 2.05,  # at most
     "trainer_efficiency": 0.95,  # at least
@@ -163,7 +169,7 @@ def bench_run(cfg: DictConfig, strategy: Strategy | None = None) -> Run:
     Seeded first, so every mode of a comparison starts from the same weights.
     """
     torch.manual_seed(0)
-    run = build.build_run(cfg, strategy or build.build_strategy(cfg.trainer.device))
+    run = build.build_run(cfg, strategy or build.run_strategy(cfg))
     run.train_model.train()
     return run
 
@@ -729,7 +735,7 @@ def bench_data(opts: Options) -> list[dict[str, Any]]:
         # digits as the quickstart reads it (no loader workers)
         extra = ["experiment=quickstart"] if dataset == "digits" else []
         cfg = compose([*opts.run_overrides(opts.work[keys[0]]), *extra])
-        strategy = build.build_strategy(cfg.trainer.device)
+        strategy = build.run_strategy(cfg)
         data = build.build_data(cfg, strategy)
         batch_size = opts.work[keys[0]].batch_size
         kinds = ["dataloader", "gpu"] if dataset in ("cifar10", "cifar100") else ["dataloader"]
@@ -985,6 +991,8 @@ def _detail_tables(report: dict[str, Any]) -> list[str]:
                     f"{m['allreduce_bytes_per_step'] / 2**20:.2f} | "
                     f"{m['buffer_broadcasts_per_step']:g} | {1e3 * m['step_s']:.0f} |"
                 )
+    if report.get("fsdp"):
+        lines += bench_sharding.markdown_rows(report["fsdp"])
     if report.get("data"):
         lines += ["", "| data set | what | images/s |", "|---|---|---|"]
         for row in report["data"]:
@@ -1079,6 +1087,7 @@ RUNNERS: dict[str, Callable[[Options], list[dict[str, Any]]]] = {
     "trainer": bench_trainer,
     "memory": bench_memory,
     "ddp": bench_ddp,
+    "fsdp": lambda opts: bench_sharding.bench_fsdp(opts),
     "data": bench_data,
     "compile": bench_compile,
 }
@@ -1108,7 +1117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     _log(f"device {opts.device}, {torch.get_num_threads()} thread(s), workloads {opts.selected}")
     with tempfile.TemporaryDirectory() as tmp:
-        if any(opts.work[key].dataset == "cifar10" for key in opts.selected):
+        if "fsdp" in args.sections.split(",") or any(
+            opts.work[key].dataset == "cifar10" for key in opts.selected
+        ):
             root = write_synthetic_cifar10(Path(tmp) / "cifar", opts.data_images, 1000)
             opts.cifar_root = str(root)
         for section in SECTIONS:

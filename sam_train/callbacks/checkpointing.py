@@ -75,11 +75,16 @@ class Checkpointing(Callback):
             own = {name: b.detach().cpu() for name, b in run.model.named_buffers()}
             buffers = strategy.gather_object(own)
         self._saved_step = state.global_step
-        if self.writer is None or not (last or best):
+        if not (last or best):
+            return
+        # Collectives under FSDP (full state dicts gathered), so every rank makes them.
+        model_state = strategy.model_state_dict(run.model)
+        optimizer_state = strategy.optimizer_state_dict(run.model, run.optimizer)
+        if self.writer is None:
             return
         checkpoint = {
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "global_step": state.global_step,

@@ -76,6 +76,7 @@ BEST_METRICS = (
 AUGMENTATIONS = ("basic", "cutout", "autoaugment")  # CIFAR training pipelines (augment group)
 GPU_LOADER_AUGMENTATIONS = ("basic",)  # the GPU loader implements crop + flip only
 LOADERS = ("dataloader", "gpu")
+STRATEGIES = ("ddp", "fsdp")  # under torchrun (sam_train/strategy/)
 # augment.auto_augment: timm's policy strings (timm.data.auto_augment), and torchvision's
 # TrivialAugmentWide under the name its classification references give it.
 AUTO_AUGMENT = (
@@ -217,6 +218,12 @@ class TrainerConfig:
     label_smoothing: float = checked(0.0, ge=0, lt=1)
     channels_last: bool = False
     compile: bool = False
+    # How torchrun's processes share the model: ddp (each holds all of it) or fsdp (FSDP2
+    # shards parameters, gradients, optimizer state and SAM's backup); one process: neither.
+    strategy: str = checked("ddp", choices=STRATEGIES)
+    # fsdp: class names of the modules that become FSDP units (None: every *Block and
+    # *Bottleneck, as timm's ViTs, ConvNeXts and ResNets name theirs; []: the root only).
+    fsdp_wrap: list[str] | None = None
     skip_nonfinite: bool = True  # skip steps with a non-finite gradient (one host sync a step)
     max_bad_steps: int = checked(10, gt=0)  # consecutive skipped steps that stop the run
 

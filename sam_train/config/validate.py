@@ -47,6 +47,7 @@ def validate(cfg: Any) -> None:
         _sam_rules,
         _sam_sharpness_rules,
         _optimization_rules,
+        _fsdp_rules,
         _recipe_rules,
         _logger_rules,
         _init_rules,
@@ -264,6 +265,31 @@ def _sam_sharpness_rules(cfg: Any) -> None:
         raise ConfigError(
             "sam.m gives each chunk of m examples its own perturbation; it cannot be "
             "combined with sam.sync_perturbation=true (one global perturbation)"
+        )
+
+
+def _fsdp_rules(cfg: Any) -> None:
+    """What FSDP2 cannot do: a rank never holds a whole local gradient (per-chunk eps), and
+    fp16's GradScaler does not see sharded gradients; the wrap list is FSDP's only."""
+    trainer = cfg.trainer
+    if trainer.strategy != "fsdp":
+        if trainer.fsdp_wrap is not None:
+            raise ConfigError("trainer.fsdp_wrap applies to trainer.strategy=fsdp only")
+        return
+    if cfg.sam.name != "none" and cfg.sam.m is not None:
+        raise ConfigError(
+            "sam.m (m-sharpness) needs each rank's unsharded gradient; under "
+            "trainer.strategy=fsdp eps comes from the global gradient: drop sam.m or use ddp"
+        )
+    if trainer.amp == "fp16":
+        raise ConfigError(
+            "trainer.amp=fp16 has no sharded grad scaler here: use trainer.amp=bf16 with "
+            "trainer.strategy=fsdp"
+        )
+    if cfg.ema.decay:
+        raise ConfigError(
+            "ema.decay with trainer.strategy=fsdp is not supported yet (the EMA copy would be "
+            "a sharded model): use trainer.strategy=ddp or ema.decay=null"
         )
 
 

@@ -43,6 +43,16 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from sam_train.sam.sharded import (
+    copy_all,
+    full,
+    is_sharded,
+    laid_out_like,
+    local_shape,
+    replicated_value,
+    shaped_like,
+)
+
 _NORM_EPS = 1e-12
 _SAM_GROUP_KEYS = ("rho", "adaptive", "eta")
 
@@ -54,14 +64,20 @@ BaseOptimizer = type[Optimizer] | Optimizer
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of all tensors as one vector, fused and on the device (no host sync)."""
+    """The 2-norm of all tensors as one vector, fused and on the device (no host sync); over
+    every shard for FSDP's DTensors (as ``torch.nn.utils.get_total_norm`` computes it)."""
     if not tensors:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+    return replicated_value(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors))))
 
 
 def global_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """The inner product of two lists of tensors seen as two flat vectors."""
+    """The inner product of two lists of tensors seen as two flat vectors (over every shard:
+    DTensor cannot flatten an unevenly sharded tensor, so shards multiply elementwise)."""
+    if a and is_sharded(a[0]):
+        return replicated_value(
+            torch.stack([(x * y).sum() for x, y in zip(a, b, strict=True)]).sum()
+        )
     dots = [torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b, strict=True)]
     return torch.stack(dots).sum()
 
@@ -225,8 +241,9 @@ class SAM(Optimizer):
         beta = self.perturb_fraction
         masks = []
         for p in params:
-            keep = torch.rand(p.shape, generator=self._mask_generator(p.device), device=p.device)
-            masks.append((keep < beta).to(p.dtype).div_(beta))
+            generator = self._mask_generator(p.device)
+            keep = torch.rand(local_shape(p), generator=generator, device=p.device)
+            masks.append(shaped_like((keep < beta).to(p.dtype).div_(beta), p))
         return masks
 
     def _adaptive_scale(self, group: dict[str, Any], params: list[torch.Tensor]) -> list:
@@ -322,7 +339,7 @@ class SAM(Optimizer):
         for p, v in zip(params, values, strict=True):
             if p not in store:
                 store[p] = torch.empty_like(v)
-        torch._foreach_copy_([store[p] for p in params], values)
+        copy_all([store[p] for p in params], values)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -332,7 +349,7 @@ class SAM(Optimizer):
         gradients (GSAM, LookSAM) do so here, once per ``first_step``.
         """
         if self._perturbed:
-            torch._foreach_copy_(self._perturbed, [self._backup[p] for p in self._perturbed])
+            copy_all(self._perturbed, [self._backup[p] for p in self._perturbed])
         self._perturbed = []
         if self._pending_combine:
             self._pending_combine = False
@@ -370,12 +387,13 @@ class SAM(Optimizer):
         return [p for group in self.param_groups for p in group["params"]]
 
     def _buffers_to_state(self, buffers: dict[torch.Tensor, torch.Tensor]) -> dict[int, Any]:
-        """Parameter-keyed buffers as {index in the groups: tensor}, like optimizer state."""
-        return {i: buffers[p].clone() for i, p in enumerate(self._all_params()) if p in buffers}
+        """Parameter-keyed buffers as {index in the groups: tensor}, like optimizer state
+        (whole tensors: FSDP shards are gathered, so every rank must call)."""
+        return {i: full(buffers[p]) for i, p in enumerate(self._all_params()) if p in buffers}
 
     def _buffers_from_state(self, state: dict[int, torch.Tensor]) -> dict:
         params = self._all_params()
-        return {params[int(i)]: t.to(params[int(i)]) for i, t in state.items()}
+        return {params[int(i)]: laid_out_like(t, params[int(i)]) for i, t in state.items()}
 
     def state_dict(self) -> dict[str, Any]:
         state = self.base_optimizer.state_dict()

@@ -23,7 +23,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Scores summed over every process (each holds a shard without padding, so every test
     image counts once). Replicas' running statistics are averaged first, so every shard is
-    scored by the same model; the plain module runs, since evaluation needs no collective."""
+    scored by the same model; the plain module runs, since evaluation needs no collective
+    (under FSDP it all-gathers parameters, and every rank runs as many forwards)."""
     strategy = strategy or SingleProcess(device=device)
     precision = precision or Precision(device=device)
     strategy.average_buffers(model)
@@ -31,12 +32,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, n
-    for images, targets in loader:
+    for images, targets, scored in strategy.eval_batches(loader):
         images, targets = images.to(device, non_blocking=True), targets.to(device)
         if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
             logits = model(images)
+        if not scored:  # FSDP: a forward that keeps the ranks in step, not a test image
+            continue
         loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
         totals[0] += loss.double()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.optim import Optimizer
 
 from sam_train.strategy.process_group import DistInfo
 
@@ -43,6 +44,10 @@ class Strategy:
         return self.info.enabled
 
     # --------------------------------------------------------------- the model
+    def shard(self, model: nn.Module) -> nn.Module:
+        """Split the parameters over processes before optimizers are built (FSDP); else as is."""
+        return model
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module the step runs forward and backward through."""
         return model
@@ -54,6 +59,31 @@ class Strategy:
     def no_sync(self, model: nn.Module, skip_sync: bool) -> contextlib.AbstractContextManager:
         """A backward pass whose gradients stay local to this process when ``skip_sync``."""
         return contextlib.nullcontext()
+
+    def eval_batches(
+        self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """The evaluation batches, each flagged True when it is to be scored (FSDP adds
+        unscored ones so that every rank runs as many forwards)."""
+        for images, targets in loader:
+            yield images, targets, True
+
+    # --------------------------------------------------------------- state dicts
+    # Every rank calls these (FSDP gathers); a checkpoint has the same layout under any
+    # strategy, so it resumes under any other and any number of processes.
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return self.unwrap(model).state_dict()
+
+    def load_model_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        self.unwrap(model).load_state_dict(state)
+
+    def optimizer_state_dict(self, model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(
+        self, model: nn.Module, optimizer: Optimizer, state: dict[str, Any]
+    ) -> None:
+        optimizer.load_state_dict(state)
 
     # --------------------------------------------------------------- collectives
     def average_gradients(self, params: list[torch.Tensor]) -> None:
