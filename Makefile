@@ -7,6 +7,8 @@ UV_BOOTSTRAP := .uv-bootstrap
 SYSTEM_UV := $(shell command -v uv 2>/dev/null)
 UV := $(or $(SYSTEM_UV),$(UV_BOOTSTRAP)/bin/uv)
 PYTEST := $(VENV)/bin/pytest
+# pytest-xdist workers: one per core, at most 4 (each imports torch; each keeps one thread).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install quickstart test test-fast lint format bench clean
 
@@ -40,10 +42,10 @@ quickstart: install
 # One thread: the tests run processes side by side on shared cores (two threads each would
 # spin-wait), and resumed runs are compared bit for bit with a reference of the same threads.
 test: install
-	OMP_NUM_THREADS=1 $(PYTEST) -q
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n $(TEST_WORKERS)
 
 test-fast: install
-	OMP_NUM_THREADS=1 $(PYTEST) -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -156,7 +156,7 @@ def check_resume_is_exact(root: Path) -> dict[str, float]:
                 "trainer.strategy=fsdp",
                 "model.kwargs.drop_rate=0.2",
                 "checkpoint.every_n_steps=5",
-                "logger.tensorboard=false",
+                "logger=none",
                 *extra,
             ]
         )

@@ -107,7 +107,7 @@ def test_two_fsdp_ranks_match_one_process_and_resume_exactly(tmp_path, cli_in_pr
         "scheduler.warmup_epochs=0",
         "model.kwargs.drop_rate=0.2",
         "checkpoint.every_n_steps=5",
-        "logger.tensorboard=false",
+        "logger=none",
         f"resume={checkpoint}",
         f"hydra.run.dir={run}",
     ]
