@@ -43,6 +43,7 @@ import bench  # noqa: E402  (compose, synthetic CIFAR)
 
 from sam_train import build  # noqa: E402
 from sam_train.config import adjust, register_configs, validate  # noqa: E402
+from sam_train.data.synthetic import write_image_folder  # noqa: E402
 
 #: ordinary steps after the checked one (fewer in the CPU dry run: CPU fp16 is slow)
 STEPS = {"cuda": 3, "cpu": 2}
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         cifar = bench.write_synthetic_cifar10(Path(tmp) / "cifar", 64, 32)
-        image_folder = _write_image_folder(Path(tmp) / "imagefolder")
+        image_folder = write_image_folder(Path(tmp) / "imagefolder")
         ctx = {
             "device": args.device,
             "steps": STEPS[args.device],
@@ -286,21 +287,6 @@ def _report(rows: list[tuple[str, str, float, str]]) -> int:
     total = sum(seconds for _, _, seconds, _ in rows)
     print(f"\n{len(rows)} paths, {len(failed)} failed, {total:.0f} s")
     return 1 if failed else 0
-
-
-def _write_image_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            folder = root / split / f"n{c:08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from sam_train.cli import config_dir
 from sam_train.config import register_configs
+from sam_train.data.synthetic import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 register_configs()
@@ -62,21 +63,6 @@ def write_cifar(root: Path, name: str = "cifar10", per_split: tuple[int, int] = 
             pickle.dump(entry, handle)
     with open(folder / meta[0], "wb") as handle:
         pickle.dump(meta[1], handle)
-    return root
-
-
-def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40) -> Path:
-    """An ImageNet-style tree root/{train,val}/<class>/<n>.png of random images."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            folder = root / split / f"n{c:08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
 
 

@@ -24,6 +24,12 @@ NOT_SCALARS = ("epoch", "step", "eta_seconds")
 EMA_METRICS = ("loss", "acc1", "acc5")  # state.test_metrics["ema_<name>"] when EMA is on
 
 
+def _ema_scalars(test: dict[str, float], prefix: str) -> dict[str, float]:
+    """The EMA model's test metrics (there with ``ema.decay``) as ``prefix/name``."""
+    present = [name for name in EMA_METRICS if f"ema_{name}" in test]
+    return {f"{prefix}/{name}": test[f"ema_{name}"] for name in present}
+
+
 def step_scalars(metrics: dict[str, float], state: RunState) -> dict[str, float]:
     """A log step's scalars: the trainer's window metrics without its bookkeeping."""
     scalars = {k: v for k, v in metrics.items() if k not in NOT_SCALARS}
@@ -43,10 +49,7 @@ def epoch_scalars(state: RunState) -> dict[str, float]:
         "test/acc5": test["acc5"],
         "best/acc1": state.best["acc1"],
     }
-    for name in EMA_METRICS:
-        if f"ema_{name}" in test:
-            scalars[f"test_ema/{name}"] = test[f"ema_{name}"]
-    return scalars
+    return {**scalars, **_ema_scalars(test, "test_ema")}
 
 
 def final_scalars(state: RunState) -> dict[str, float]:
@@ -60,10 +63,7 @@ def final_scalars(state: RunState) -> dict[str, float]:
         "final/loss": test["loss"],
         "final/train_loss": state.train_metrics["loss"],
     }
-    for name in EMA_METRICS:
-        if f"ema_{name}" in test:
-            scalars[f"final_ema/{name}"] = test[f"ema_{name}"]
-    return scalars
+    return {**scalars, **_ema_scalars(test, "final_ema")}
 
 
 def plain(value: Any) -> int | float | str | bool:
