@@ -4,11 +4,13 @@
     python scripts/paper_table.py --seeds multirun/noisy_digits/*/    # mean ± std over seeds
 
 Each RUN_DIR is a sam-train run folder: its ``results.json`` gives the test accuracy and its
-``.hydra/config.yaml`` the setting (data set, model, epochs, augmentation, label noise, SAM or
-SGD), which picks the paper's row from ``sam_train/paper_results.yaml``. Values are in the
-paper's unit (test error for Tables 1 and 2, accuracy for Table 4); "difference" is this run
-minus the paper's value for the same optimizer; with ``--seeds``, "this run − SGD" is the mean's
-gap to the SGD runs of the same setting. Folders without results.json are skipped.
+``.hydra/config.yaml`` the setting (data set, model, epochs, augmentation, label noise, pretrained
+weights, SAM or its baseline), which picks the paper's row from ``sam_train/paper_results.yaml``:
+the SAM paper's Tables 1-4 (baseline SGD) and Chen et al. 2022's ViTs (baseline AdamW). Values
+are in the paper's unit (test error for Tables 1-3, accuracy for Table 4 and the ViTs);
+"difference" is this run minus the paper's value for the same optimizer; with ``--seeds``,
+"this run − SGD" (or − adamw) is the mean's gap to the baseline runs of the same setting.
+Folders without results.json are skipped.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sam_train.paper import TABLE_TITLES, Setting, describe, optimizer_family, o
 class Run:
     path: Path
     setting: Setting
-    family: str  # SGD, SAM, ...: which paper column applies
+    family: str  # SGD, SAM, adamw, SAM (adamw), ...: which paper column applies
     optimizer: str  # the family with rho: the grouping label
     seed: int
     value: float  # in the setting's metric
@@ -80,28 +82,29 @@ def render(runs: list[Run], *, seeds: bool) -> str:
             key=lambda r: (
                 r.setting.order,
                 r.setting.label,
-                r.optimizer != "SGD",
+                r.family != r.setting.baseline_name,
                 r.optimizer,
                 r.seed,
             ),
         )
+        baseline = rows[0].setting.baseline_name  # one per table: SGD, or adamw for the ViTs
         head = ["setting", "optimizer"] + (["seeds"] if seeds else ["seed", "run"])
         head += [
-            "paper SGD",
+            f"paper {baseline}",
             "paper SAM",
             "this run" + (" (mean ± std)" if seeds else ""),
             "difference",
         ]
         if seeds:
-            head.append("this run − SGD")
+            head.append(f"this run − {baseline}")
         lines = [f"**{TABLE_TITLES[table]}**", "", _row(head), _row(["---"] * len(head))]
         groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
         for run in rows:
             groups[(run.setting.label, run.optimizer) if seeds else (str(run.path), "")].append(run)
-        sgd_means = {
+        baseline_means = {
             label: statistics.fmean(m.value for m in members)
-            for (label, optimizer), members in groups.items()
-            if seeds and optimizer == "SGD"
+            for (label, _), members in groups.items()
+            if seeds and members[0].family == members[0].setting.baseline_name
         }
         for members in groups.values():
             first = members[0]
@@ -117,14 +120,15 @@ def render(runs: list[Run], *, seeds: bool) -> str:
             else:
                 cells += [str(first.seed), first.path.name]
             cells += [
-                str(first.setting.sgd) if first.setting.sgd else "—",
+                str(first.setting.baseline) if first.setting.baseline else "—",
                 str(first.setting.sam) if first.setting.sam else "—",
                 measured,
                 "—" if paper is None else f"{mean - paper.mean:+.2f}",
             ]
             if seeds:
-                sgd = sgd_means.get(first.setting.label)
-                cells.append("—" if sgd is None or first.family == "SGD" else f"{mean - sgd:+.2f}")
+                base = baseline_means.get(first.setting.label)
+                is_base = first.family == first.setting.baseline_name
+                cells.append("—" if base is None or is_base else f"{mean - base:+.2f}")
             lines.append(_row(cells))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"

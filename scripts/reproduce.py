@@ -5,9 +5,12 @@
     python scripts/reproduce.py cifar100 --launcher slurm hydra.launcher.partition=gpu \\
         hydra.launcher.gpus_per_node=1 hydra.launcher.timeout_min=4320
     python scripts/reproduce.py label_noise --dry-run         # print the command only
+    python scripts/reproduce.py finetune --dry-run            # Table 3: 16 settings x 2, 5 seeds
+    python scripts/reproduce.py vit --seeds 1                 # Chen et al.'s ViT-S/16, ViT-B/16
 
-Each table is a grid: its presets in ``configs/experiment/paper/`` (SAM and SGD baseline of every
-row), times the swept options (CIFAR: ``augment=basic,cutout,autoaugment``), times the seeds.
+Each table is a grid: its presets in ``configs/experiment/paper/`` (SAM and the baseline of every
+row: SGD, or AdamW for the ViTs), times the swept options (CIFAR:
+``augment=basic,cutout,autoaugment``), times the seeds.
 Extra ``key=value`` arguments are passed to every run; one that names a swept key replaces the
 sweep (``augment=cutout`` runs the cutout column only). ``--launcher slurm`` uses Hydra's submitit
 launcher (``pip install 'sam-train[slurm]'``); its ``hydra.launcher.*`` options go in the extras.
@@ -42,6 +45,8 @@ TABLES = {
     "cifar10": Grid("paper/cifar10/*.yaml", 5, CIFAR_AUGMENT, "Table 1, CIFAR-10"),
     "cifar100": Grid("paper/cifar100/*.yaml", 5, CIFAR_AUGMENT, "Table 1, CIFAR-100"),
     "imagenet": Grid("paper/imagenet/*.yaml", 5, {}, "Table 2, ImageNet ResNets"),
+    "finetune": Grid("paper/finetune/*.yaml", 5, {}, "Table 3, fine-tuning EfficientNets"),
+    "vit": Grid("paper/vit/*.yaml", 1, {}, "Chen et al. 2022, ViTs from scratch on ImageNet"),
     "label_noise": Grid("paper/label_noise/*.yaml", 5, {}, "Table 4, noisy CIFAR-10 labels"),
     "noisy_digits": Grid(
         "paper/noisy_digits*.yaml",

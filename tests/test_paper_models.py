@@ -30,11 +30,17 @@ def _params(model: nn.Module) -> int:
         ("pyramidnet272_a200", {"width_rounding": "floor"}, 26.0, 0.05),
         ("pyramidnet272_a200", {}, 26.2, 0.05),
         ("pyramidnet272_a200_shakedrop", {}, 26.2, 0.05),
+        # Table 3's fine-tuned models (Tan & Le 2019, Table 2: B7 66M; Xie et al. 2020: L2
+        # 480M) and Chen et al.'s ViTs (their Table 2: ViT-S/16 22M, ViT-B/16 87M), ImageNet heads
+        ("tf_efficientnet_b7.ra_in1k", {"num_classes": 1000}, 66.3, 0.1),
+        ("tf_efficientnet_l2.ns_jft_in1k_475", {"num_classes": 1000}, 480.3, 0.5),
+        ("vit_small_patch16_224", {"num_classes": 1000}, 22.1, 0.1),
+        ("vit_base_patch16_224", {"num_classes": 1000}, 86.6, 0.5),
     ],
 )
 def test_parameter_counts_match_the_published_ones(name, kwargs, millions, tolerance):
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = timm.create_model(name, num_classes=10, **kwargs)
+        model = timm.create_model(name, **({"num_classes": 10} | kwargs))
     assert _params(model) / 1e6 == pytest.approx(millions, abs=tolerance)
 
 
@@ -49,6 +55,9 @@ def test_parameter_counts_match_the_published_ones(name, kwargs, millions, toler
         ("resnet50", 32),
         ("resnet101", 32),
         ("resnet152", 32),
+        ("tf_efficientnet_b7", 32),  # Table 3's b7, unpretrained (L2: 480M, counted above)
+        ("vit_small_patch16_224", 224),
+        ("vit_base_patch16_224", 224),
     ],
 )
 def test_every_paper_architecture_trains_on_a_tiny_batch(name, size):

@@ -358,11 +358,18 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("dataset_channels", dataset_channels)
 
 
-def scale_lr(lr: float, base_batch_size: int, *, _root_: Any) -> float:
-    """``${scale_lr:LR,BASE}``: LR is given for a global batch of BASE; scale it linearly to
-    ``trainer.batch_size`` (Goyal et al., 2017), as the paper's ImageNet recipe needs when run
-    with another batch than its 4096."""
-    return float(lr) * _root_.trainer.batch_size / float(base_batch_size)
+LR_SCALING = ("linear", "sqrt")
+
+
+def scale_lr(lr: float, base_batch_size: int, rule: str = "linear", *, _root_: Any) -> float:
+    """``${scale_lr:LR,BASE}``: LR is given for a global batch of BASE; scale it to
+    ``trainer.batch_size`` linearly (Goyal et al., 2017, for SGD), as the paper's ImageNet recipe
+    needs when run with another batch than its 4096, or by the square root
+    (``${scale_lr:LR,BASE,sqrt}``: timm's rule for the Adam family)."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"scale_lr: rule {rule!r} is not one of {', '.join(LR_SCALING)}")
+    ratio = _root_.trainer.batch_size / float(base_batch_size)
+    return float(lr) * (math.sqrt(ratio) if rule == "sqrt" else ratio)
 
 
 def dataset_channels(name: str) -> int:
