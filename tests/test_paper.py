@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, compose_config, write_cifar, write_image_folder
 from omegaconf import OmegaConf
+from torchvision_fakes import CLASSES, PER_SPLIT
+from torchvision_fakes import WRITERS as TORCHVISION_WRITERS
 
 from sam_train.cli import config_dir
 from sam_train.config import validate
@@ -248,6 +251,16 @@ def test_table_3_and_vit_runs_find_their_rows_and_baselines():
 # CPU-sized stand-ins: the same code path (preset, data, SAM step) with a model small enough for
 # a test; every real architecture runs on a tiny batch in test_paper_models.py.
 TINY_RESNET = ["model.name=cifar_resnet32", "model.kwargs.depth=8", "model.kwargs.base_width=4"]
+TINY_VIT = ["model.name=vit_tiny_patch16_224"] + [
+    f"model.kwargs.{key}={value}"
+    for key, value in {
+        "img_size": 32,
+        "patch_size": 8,
+        "depth": 1,
+        "embed_dim": 32,
+        "num_heads": 2,
+    }.items()
+]
 TINY_MODELS = {
     "wrn28_10": TINY_RESNET,
     "shake_shake26_2x96d": ["model.kwargs.depth=8", "model.kwargs.base_width=4"],
@@ -256,7 +269,13 @@ TINY_MODELS = {
     "resnet50": TINY_RESNET,
     "resnet101": TINY_RESNET,
     "resnet152": TINY_RESNET,
+    # Table 3's EfficientNets (pretrained: the hub is not reached in tests) and Chen et al.'s ViTs
+    "tf_efficientnet_b7.ra_in1k": TINY_RESNET,
+    "tf_efficientnet_l2.ns_jft_in1k_475": TINY_RESNET,
+    "vit_small_patch16_224": TINY_VIT,
+    "vit_base_patch16_224": TINY_VIT,
 }  # cifar_resnet32 (0.46M) and digits_cnn run as they are
+TEST_IMAGES = {"digits": 450} | {name: CLASSES * PER_SPLIT for name in TORCHVISION_WRITERS}
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +284,13 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     write_cifar(root / "cifar", "cifar10", per_split=(16, 8))
     write_cifar(root / "cifar", "cifar100", per_split=(16, 8))
     write_image_folder(root / "imagenet", classes=2, per_class=4, size=36)
-    return {"cifar": root / "cifar", "imagenet": root / "imagenet"}
+    for write in TORCHVISION_WRITERS.values():  # Table 3's sets, in their on-disk formats
+        write(root / "torchvision", np.random.default_rng(0))
+    return {
+        "cifar": root / "cifar",
+        "imagenet": root / "imagenet",
+        "torchvision": root / "torchvision",
+    }
 
 
 def smoke_config(preset: str, data: dict[str, Path]):
@@ -283,14 +308,18 @@ def smoke_config(preset: str, data: dict[str, Path]):
         ]
     )
     dataset = cfg.dataset.name
-    overrides = {"trainer.batch_size": 256 if dataset == "digits" else 8}
+    overrides = {"trainer.batch_size": 256 if dataset == "digits" else 8, "model.pretrained": False}
     for override in TINY_MODELS.get(cfg.model.name, []):
         key, value = override.split("=")
         overrides[key] = value if key == "model.name" else int(value)
     if dataset in ("cifar10", "cifar100"):
         overrides |= {"dataset.root": str(data["cifar"]), "dataset.verify_checksums": False}
+    if dataset in TORCHVISION_WRITERS:
+        overrides |= {"dataset.root": str(data["torchvision"]), "dataset.verify_checksums": False}
     if dataset == "imagenet":
-        overrides |= {"dataset.root": str(data["imagenet"]), "dataset.image_size": 32}
+        overrides |= {"dataset.root": str(data["imagenet"])}
+    if dataset != "digits":
+        overrides["dataset.image_size"] = 32  # Table 3's 600 / 475 px and the ViTs' 224
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     return cfg
@@ -304,8 +333,8 @@ def test_every_paper_preset_runs_one_epoch_on_tiny_data(preset, tiny_data, tmp_p
     cfg = smoke_config(preset, tiny_data)
     results = train(cfg, tmp_path)
     assert results["epochs_run"] == 1 and math.isfinite(results["final_train_loss"])
-    assert results["test_images"] == {"digits": 450, "imagenet": 8}.get(cfg.dataset.name, 8)
-    assert results["sam"] == ("none" if preset.endswith("_sgd") else "sam")
+    assert results["test_images"] == TEST_IMAGES.get(cfg.dataset.name, 8)
+    assert results["sam"] == ("none" if preset.endswith(BASELINE_SUFFIXES) else "sam")
 
 
 # ---------------------------------------------------------------- the scripts, on real runs
