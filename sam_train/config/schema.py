@@ -57,6 +57,8 @@ DATA_SPECS: dict[str, DataSpec] = {
     "food101": DataSpec(channels=3, pil=True),
     "oxford_pets": DataSpec(channels=3, pil=True),
     "flowers102": DataSpec(channels=3, pil=True),
+    "stanford_cars": DataSpec(channels=3, pil=True),
+    "fgvc_aircraft": DataSpec(channels=3, pil=True),
 }
 DATASETS = tuple(DATA_SPECS)
 CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
