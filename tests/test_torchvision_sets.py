@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_cifar
 from PIL import Image
 
 from sam_train.config.schema import DATA_SPECS
@@ -171,16 +172,15 @@ def test_stanford_cars_is_read_but_never_downloaded(tmp_path):
     assert pair.train.classes == [f"Maker Model{c} 20{c:02d}" for c in range(CLASSES)]
 
 
-@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
-def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name):
-    """The preset with a tiny ViT instead of the hub's ViT-B/16 (no network here)."""
-    WRITERS[name](tmp_path / "data", np.random.default_rng(0))
+def _finetune_smoke(cli_in_process, tmp_path: Path, name: str, classes: int) -> dict:
+    """The preset with a tiny ViT instead of the hub's ViT-B/16 (no network here), on the data
+    under tmp_path/data; its results.json."""
     code, err = cli_in_process(
         [
             "experiment=finetune_vit_sam",
             f"dataset={name}",
             f"dataset.root={tmp_path / 'data'}",
-            f"dataset.num_classes={CLASSES}",
+            f"dataset.num_classes={classes}",
             "dataset.verify_checksums=false",
             "dataset.download=false",
             "dataset.image_size=16",
@@ -196,5 +196,18 @@ def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name)
         ]
     )
     assert code == 0, err
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name):
+    WRITERS[name](tmp_path / "data", np.random.default_rng(0))
+    results = _finetune_smoke(cli_in_process, tmp_path, name, CLASSES)
     assert results["test_images"] == CLASSES * PER_SPLIT
+
+
+def test_finetune_preset_smoke_runs_on_resized_cifar(cli_in_process, tmp_path):
+    """CIFAR at the model's size (not its own 32 px) through the upsampling pipelines."""
+    write_cifar(tmp_path / "data", "cifar10", per_split=(40, 20))
+    results = _finetune_smoke(cli_in_process, tmp_path, "cifar10", 10)
+    assert results["test_images"] == 20
