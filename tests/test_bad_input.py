@@ -111,6 +111,12 @@ CASES = [
         2,
     ),
     (
+        "gpu loader with upsampled cifar",
+        ["dataset=cifar10", "dataset.loader=gpu", "dataset.image_size=224"],
+        "dataset.loader=gpu crops and flips CIFAR at 32 px",
+        2,
+    ),
+    (
         "indivisible batch",
         ["trainer.batch_size=64", "trainer.accum_steps=5"],
         "trainer.batch_size=64 must be divisible by trainer.accum_steps=5",

@@ -118,7 +118,8 @@ def test_help_and_cfg_job(cli_in_process, capsys):
     assert code == 0
     assert (
         "sam-train" in help_text
-        and "dataset: cifar10, cifar100, digits, flowers102, food101, imagenet, oxford_pets"
+        and "dataset: cifar10, cifar100, digits, fgvc_aircraft, flowers102, food101, imagenet, "
+        "oxford_pets, stanford_cars"
         in help_text
     )
     code, _ = cli_in_process(["dataset=cifar100", "model=wrn28_10", "sam.rho=0.05", "--cfg", "job"])

@@ -65,6 +65,20 @@ def _refused(overrides: list[str]) -> str:
             ["dataset=cifar10", "dataset.loader=gpu", "augment=autoaugment"],
             "augment=autoaugment needs dataset.loader=dataloader",
         ),
+        (
+            ["dataset=cifar10", "dataset.image_size=224", "dataset.loader=gpu"],
+            "dataset.loader=gpu crops and flips CIFAR at 32 px; dataset.image_size=224 "
+            "upsamples cifar10: use dataset.loader=dataloader or dataset.image_size=32",
+        ),
+        (
+            ["dataset=cifar100", "dataset.image_size=64", "augment=cutout"],
+            "augment=cutout works on CIFAR's own 32 px images; dataset.image_size=64 "
+            "upsamples cifar100: use augment=basic or dataset.image_size=32",
+        ),
+        (
+            ["dataset=cifar10", "dataset.image_size=224", "augment=autoaugment"],
+            "augment=autoaugment works on CIFAR's own 32 px images",
+        ),
     ],
 )
 def test_bad_value_is_one_line_naming_the_key(overrides, message):

@@ -44,6 +44,14 @@ def test_every_experiment_preset_resolves(experiment):
     validate(cfg)
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_upsampled_to_224_validates_and_the_finetune_preset_asks_for_it(dataset):
+    validate(compose_config([f"dataset={dataset}", "dataset.image_size=224"]))
+    cfg = compose_config(["experiment=finetune_vit_sam", f"dataset={dataset}"])
+    validate(cfg)
+    assert cfg.dataset.image_size == 224  # the ViT-B/16's resolution, not CIFAR's 32
+
+
 def test_quickstart_is_listed():
     assert "quickstart" in EXPERIMENTS
 

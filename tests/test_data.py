@@ -37,6 +37,48 @@ def test_cifar_reads_torchvision_format(tmp_path, name):
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
 
 
+@pytest.mark.parametrize("options", [{}, {"reprob": 0.5}])
+def test_cifar_at_another_size_is_upsampled_with_imagenet_statistics(tiny_cifar10, options):
+    """Table 3 fine-tunes ImageNet-pretrained models on CIFAR at their resolution: training
+    crops and resizes to image_size; evaluation resizes the whole 32 px image (no centre
+    crop) and normalizes with ImageNet's mean and std, which the pretrained weights expect."""
+    from torchvision.transforms import v2
+
+    from sam_train.models._registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    pair = build_datasets(
+        "cifar10",
+        root=str(tiny_cifar10),
+        num_classes=10,
+        image_size=48,
+        download=False,
+        verify_checksums=False,
+        transform_options=options,
+    )
+    image, _label = pair.train[0]
+    assert image.shape == (3, 48, 48) and image.dtype == torch.float32
+    raw = v2.functional.to_image(pair.test.data[0])  # H x W x C uint8, as CIFAR keeps it
+    resized = v2.functional.resize(raw, [48, 48], antialias=True).float() / 255
+    expected = v2.functional.normalize(resized, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    torch.testing.assert_close(pair.test[0][0], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("augment", ["cutout", "autoaugment"])
+def test_cifar_augmentations_of_32_px_images_are_refused_at_another_size(tiny_cifar10, augment):
+    with pytest.raises(DatasetError) as err:
+        build_datasets(
+            "cifar10",
+            root=str(tiny_cifar10),
+            num_classes=10,
+            image_size=224,
+            download=False,
+            verify_checksums=False,
+            augment=augment,
+        )
+    message = str(err.value)
+    assert "\n" not in message and f"augment={augment} works on CIFAR's own 32 px" in message
+
+
 def test_cifar_missing_names_root_and_files(tmp_path):
     with pytest.raises(DatasetError) as err:
         build_datasets("cifar100", root=str(tmp_path / "nowhere"), num_classes=100, download=False)

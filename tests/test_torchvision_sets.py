@@ -1,13 +1,16 @@
 """The Table 3 fine-tuning sets through torchvision's classes, on tiny fakes written in each
-data set's on-disk format (what torchvision's Food101, OxfordIIITPet and Flowers102 read)."""
+data set's on-disk format (what torchvision's Food101, OxfordIIITPet, Flowers102, StanfordCars
+and FGVCAircraft read)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_cifar
 from PIL import Image
 
 from sam_train.config.schema import DATA_SPECS
@@ -62,10 +65,53 @@ def write_flowers102(root: Path, rng: np.random.Generator) -> None:
     savemat(base / "setid.mat", {"trnid": ids[0], "valid": ids[1], "tstid": ids[2]})
 
 
+def write_stanford_cars(root: Path, rng: np.random.Generator) -> None:
+    """The devkit's .mat files as scipy writes MATLAB structs: ``annotations`` records with
+    the bounding box, a 1-based ``class`` and the image's ``fname``; ``class_names`` cells."""
+    from scipy.io import savemat
+
+    base = root / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
+    names = np.array([f"Maker Model{c} 20{c:02d}" for c in range(CLASSES)], dtype=object)
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": names[None]})
+    fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+    annotations = {
+        "train": base / "devkit" / "cars_train_annos.mat",
+        "test": base / "cars_test_annos_withlabels.mat",
+    }
+    for split, path in annotations.items():
+        records = np.zeros((1, CLASSES * PER_SPLIT), dtype=[(f, object) for f in fields])
+        for i in range(CLASSES * PER_SPLIT):
+            fname = f"{i + 1:05d}.jpg"
+            _jpeg(base / f"cars_{split}" / fname, rng)
+            records[0, i] = (1, 1, 20, 20, np.uint8(CLASSES - i % CLASSES), fname)
+        savemat(path, {"annotations": records})
+
+
+def write_fgvc_aircraft(root: Path, rng: np.random.Generator) -> None:
+    """fgvc-aircraft-2013b/data as the archive unpacks: the variant names (spaces and slashes
+    included, as in the real list) and one "<image id> <variant>" line per image."""
+    base = root / "fgvc-aircraft-2013b" / "data"
+    variants = ["707-320", "Cessna 172", "F-16A/B"][:CLASSES]
+    (base / "images").mkdir(parents=True)
+    (base / "variants.txt").write_text("\n".join(variants) + "\n")
+    image_id = 1000000
+    for split in ("trainval", "test"):
+        lines = []
+        for c in range(CLASSES):
+            for _ in range(PER_SPLIT):
+                image_id += 1
+                _jpeg(base / "images" / f"{image_id}.jpg", rng)
+                lines.append(f"{image_id} {variants[c]}")
+        (base / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
 WRITERS = {
     "food101": write_food101,
     "oxford_pets": write_oxford_pets,
     "flowers102": write_flowers102,
+    "stanford_cars": write_stanford_cars,
+    "fgvc_aircraft": write_fgvc_aircraft,
 }
 
 
@@ -89,7 +135,14 @@ def test_tiny_fake_loads_with_labels_noise_and_the_imagenet_pipeline(tmp_path, n
     assert len(pair.train) == len(pair.test) == CLASSES * PER_SPLIT
     image, label = pair.test[0]
     assert tuple(image.shape) == (3, 16, 16) and 0 <= label < CLASSES
-    clean = [int(t) for t in pair.train.base._labels]
+    # targets are torchvision's own labels (what its __getitem__ returns), each class once
+    # per image of it, and as many class names as classes
+    for split in (pair.train, pair.test):
+        assert len(split.classes) == CLASSES
+    expected = [pair.test.base[i][1] for i in range(len(pair.test))]
+    assert pair.test.targets == expected
+    assert Counter(expected) == dict.fromkeys(range(CLASSES), PER_SPLIT)
+    clean = [pair.train.base[i][1] for i in range(len(pair.train))]
     noisy = [pair.train[i][1] for i in range(len(pair.train))]
     assert noisy == pair.train.targets and noisy != clean  # every label resampled elsewhere
 
@@ -102,16 +155,32 @@ def test_a_missing_folder_is_one_line_naming_the_files(tmp_path, name):
     assert "\n" not in message and TORCHVISION_SETS[name].layout in message
 
 
-@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
-def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name):
-    """The preset with a tiny ViT instead of the hub's ViT-B/16 (no network here)."""
-    WRITERS[name](tmp_path / "data", np.random.default_rng(0))
+def test_stanford_cars_is_read_but_never_downloaded(tmp_path):
+    """torchvision's StanfordCars raises for download=True (its URL is dead) even with the files
+    in place: dataset.download=true, the default, must still read them, and a missing folder
+    must say where to put the files rather than ask for network."""
+    with pytest.raises(DatasetError) as caught:
+        build_datasets("stanford_cars", root=str(tmp_path), num_classes=CLASSES, download=True)
+    message = str(caught.value)
+    assert "stanford_cars/devkit/{cars_meta,cars_train_annos}.mat" in message
+    assert "cannot download it" in message and "network" not in message
+    write_stanford_cars(tmp_path, np.random.default_rng(0))
+    pair = build_datasets(
+        "stanford_cars", root=str(tmp_path), num_classes=196, image_size=16, download=True
+    )
+    assert len(pair.train) == len(pair.test) == CLASSES * PER_SPLIT
+    assert pair.train.classes == [f"Maker Model{c} 20{c:02d}" for c in range(CLASSES)]
+
+
+def _finetune_smoke(cli_in_process, tmp_path: Path, name: str, classes: int) -> dict:
+    """The preset with a tiny ViT instead of the hub's ViT-B/16 (no network here), on the data
+    under tmp_path/data; its results.json."""
     code, err = cli_in_process(
         [
             "experiment=finetune_vit_sam",
             f"dataset={name}",
             f"dataset.root={tmp_path / 'data'}",
-            f"dataset.num_classes={CLASSES}",
+            f"dataset.num_classes={classes}",
             "dataset.verify_checksums=false",
             "dataset.download=false",
             "dataset.image_size=16",
@@ -127,5 +196,18 @@ def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name)
         ]
     )
     assert code == 0, err
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+def test_finetune_preset_smoke_runs_on_each_fake(cli_in_process, tmp_path, name):
+    WRITERS[name](tmp_path / "data", np.random.default_rng(0))
+    results = _finetune_smoke(cli_in_process, tmp_path, name, CLASSES)
     assert results["test_images"] == CLASSES * PER_SPLIT
+
+
+def test_finetune_preset_smoke_runs_on_resized_cifar(cli_in_process, tmp_path):
+    """CIFAR at the model's size (not its own 32 px) through the upsampling pipelines."""
+    write_cifar(tmp_path / "data", "cifar10", per_split=(40, 20))
+    results = _finetune_smoke(cli_in_process, tmp_path, "cifar10", 10)
+    assert results["test_images"] == 20

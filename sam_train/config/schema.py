@@ -57,10 +57,15 @@ DATA_SPECS: dict[str, DataSpec] = {
     "food101": DataSpec(channels=3, pil=True),
     "oxford_pets": DataSpec(channels=3, pil=True),
     "flowers102": DataSpec(channels=3, pil=True),
+    "stanford_cars": DataSpec(channels=3, pil=True),
+    "fgvc_aircraft": DataSpec(channels=3, pil=True),
 }
 DATASETS = tuple(DATA_SPECS)
 CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
 GPU_LOADER_DATASETS = CIFAR_DATASETS
+# CIFAR's own resolution: dataset.image_size other than this upsamples (fine-tuning a model
+# pretrained at that size), which the 32 px augmentations and the GPU loader do not do
+CIFAR_IMAGE_SIZE = 32
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "multistep")
 PRECISIONS = ("none", "bf16", "fp16")

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf, read_write
 
 from sam_train.config.schema import (
     CIFAR_DATASETS,
+    CIFAR_IMAGE_SIZE,
     DATA_SPECS,
     GPU_LOADER_AUGMENTATIONS,
     LOGGER_PACKAGES,
@@ -187,6 +188,8 @@ def _dataset_rules(cfg: Any) -> None:
         raise ConfigError(
             f"augment={augment} is for CIFAR; dataset={data.name} takes augment=basic"
         )
+    if spec.cifar and data.image_size != CIFAR_IMAGE_SIZE:
+        _upsampled_cifar_rules(data, augment)
     if data.loader == "gpu" and data.name not in CIFAR_DATASETS:
         raise ConfigError(
             f"dataset.loader=gpu keeps CIFAR on the device; {data.name} needs "
@@ -215,6 +218,22 @@ def _dataset_rules(cfg: Any) -> None:
         )
     if spec.images is not None:
         _check_split(data.name, data.test_fraction, spec.images, spec.classes or 1)
+
+
+def _upsampled_cifar_rules(data: Any, augment: str) -> None:
+    """CIFAR at another size than its own is upsampled for a pretrained model (Table 3's
+    fine-tuning): cutout, AutoAugment and the GPU loader's crop are 32 px operations."""
+    where = f"dataset.image_size={data.image_size} upsamples {data.name}"
+    if augment != "basic":
+        raise ConfigError(
+            f"augment={augment} works on CIFAR's own {CIFAR_IMAGE_SIZE} px images; {where}: "
+            f"use augment=basic or dataset.image_size={CIFAR_IMAGE_SIZE}"
+        )
+    if data.loader == "gpu":
+        raise ConfigError(
+            f"dataset.loader=gpu crops and flips CIFAR at {CIFAR_IMAGE_SIZE} px; {where}: use "
+            f"dataset.loader=dataloader or dataset.image_size={CIFAR_IMAGE_SIZE}"
+        )
 
 
 def _check_split(name: str, fraction: float, images: int, classes: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,28 +71,39 @@ _CIFAR_FILES = {
 }
 
 
+def cifar_pipelines(
+    image_size: int, augment: str, cutout_size: int, options: dict[str, Any]
+) -> tuple[Callable, Callable]:
+    """CIFAR's training and test transforms: its own at 32 px (the paper's Table 1), else the
+    upsampling ones for a model pretrained at ``image_size`` (Table 3's fine-tuning). Cutout
+    and AutoAugment are defined on 32 px images and are refused at another size."""
+    if image_size == T.CIFAR_SIZE:
+        return T.cifar_transforms(True, augment, cutout_size, options), T.cifar_transforms(False)
+    if augment != "basic":
+        raise DatasetError(
+            f"augment={augment} works on CIFAR's own {T.CIFAR_SIZE} px images; "
+            f"image_size={image_size} upsamples them and takes augment=basic"
+        )
+    train = T.upsampled_transforms(True, image_size, options)
+    return train, T.upsampled_transforms(False, image_size)
+
+
 def _cifar(
     name: str,
     root: str,
     download: bool,
     verify_checksums: bool,
-    augment: str,
-    cutout_size: int,
     num_classes: int,
-    options: dict[str, Any],
+    pipelines: tuple[Callable, Callable],
 ):
     base = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     cls = base if verify_checksums else _without_checksums(base)
     folder, files = _CIFAR_FILES[name]
+    train_transform, test_transform = pipelines
     try:
         pair = (
-            cls(
-                root,
-                train=True,
-                download=download,
-                transform=T.cifar_transforms(True, augment, cutout_size, options),
-            ),
-            cls(root, train=False, download=download, transform=T.cifar_transforms(False)),
+            cls(root, train=True, download=download, transform=train_transform),
+            cls(root, train=False, download=download, transform=test_transform),
         )
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, ...
         find_bad_file(base, root, num_classes)  # names a damaged file, if that is the cause
@@ -150,8 +162,10 @@ def build_datasets(
     """The train and test sets; ``label_noise`` corrupts training labels only.
 
     ``augment`` (basic | cutout | autoaugment) chooses the CIFAR training pipeline; the other
-    data sets have one pipeline each and accept only ``basic``. What is cheap to check is
-    checked here (class folders, label ranges, label counts, damaged CIFAR pickles);
+    data sets have one pipeline each and accept only ``basic``. ``image_size`` is the size
+    of the images out of every pipeline but digits'; CIFAR at another size than 32 px is
+    upsampled (:func:`cifar_pipelines`). What is cheap to check is checked here (class
+    folders, label ranges, label counts, damaged CIFAR pickles);
     ``verify`` (``dataset.verify``) also decodes every image of an image folder once, so a
     damaged image is refused before training rather than at its first read (see
     ``image_folder``). ``transform_options`` (``augment.auto_augment``, ``reprob``, ...) add
@@ -165,9 +179,8 @@ def build_datasets(
     if name == "digits":
         train, test = _digits(test_fraction, seed)
     elif name in _CIFAR_FILES:
-        train, test = _cifar(
-            name, root, download, verify_checksums, augment, cutout_size, num_classes, options
-        )
+        pipelines = cifar_pipelines(image_size, augment, cutout_size, options)
+        train, test = _cifar(name, root, download, verify_checksums, num_classes, pipelines)
     elif name == "imagenet":
         train, test = _imagenet(root, image_size, num_classes, verify, options)
     elif name in TORCHVISION_SETS:

@@ -1,15 +1,17 @@
 """Fine-tuning data sets of the SAM paper's Table 3 through torchvision's own classes:
-Food-101, Oxford-IIIT Pets, Flowers-102 (downloaded into ``dataset.root`` when the machine has
-network; otherwise one line naming what to put where).
+Food-101, Oxford-IIIT Pets, Flowers-102, Stanford Cars, FGVC-Aircraft (downloaded into
+``dataset.root`` when the machine has network and torchvision can; otherwise one line naming
+what to put where).
 
-torchvision keeps these labels in a private ``_labels`` list; :class:`LabelledSplit` exposes
-them as ``targets`` (and ``classes``) like CIFAR, so label noise and the class checks apply.
+torchvision keeps these labels privately (a ``_labels`` list, or Stanford Cars' ``_samples``
+of (path, label)); :class:`LabelledSplit` exposes them as ``targets`` (and ``classes``) like
+CIFAR, so label noise and the class checks apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,10 @@ class TorchvisionSet:
     cls: type
     splits: tuple[str, str]  # torchvision's names of the training and the test split
     layout: str  # what dataset.root must hold, for the error line
+    options: dict[str, Any] = field(default_factory=dict)  # more arguments of ``cls``
+    # False where torchvision cannot download (Stanford Cars: its URL is dead and
+    # ``download=True`` raises even when the files are there): never asked to.
+    downloadable: bool = True
 
 
 TORCHVISION_SETS: dict[str, TorchvisionSet] = {
@@ -44,6 +50,22 @@ TORCHVISION_SETS: dict[str, TorchvisionSet] = {
         ("train", "test"),
         "flowers-102/jpg/image_<NNNNN>.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat",
     ),
+    "stanford_cars": TorchvisionSet(
+        tv_datasets.StanfordCars,
+        ("train", "test"),
+        "stanford_cars/devkit/{cars_meta,cars_train_annos}.mat, "
+        "stanford_cars/cars_test_annos_withlabels.mat and "
+        "stanford_cars/{cars_train,cars_test}/<fname>.jpg",
+        downloadable=False,
+    ),
+    "fgvc_aircraft": TorchvisionSet(
+        tv_datasets.FGVCAircraft,
+        ("trainval", "test"),
+        "fgvc-aircraft-2013b/data/variants.txt, "
+        "fgvc-aircraft-2013b/data/images_variant_{trainval,test}.txt and "
+        "fgvc-aircraft-2013b/data/images/<id>.jpg",
+        options={"annotation_level": "variant"},  # 100 variants (70 families, 30 makers)
+    ),
 }
 
 
@@ -52,7 +74,7 @@ class LabelledSplit(Dataset):
 
     def __init__(self, base: Any) -> None:
         self.base = base
-        self.targets: list[int] = [int(t) for t in base._labels]
+        self.targets: list[int] = torchvision_labels(base)
         # Labels index torchvision's class list (Flowers-102's is fixed at 102 names): the
         # classes are those up to the highest label present (a subset data set has fewer).
         names = list(getattr(base, "classes", None) or range(max(self.targets, default=-1) + 1))
@@ -77,6 +99,14 @@ class LabelledSplit(Dataset):
         return image, self.targets[index]
 
 
+def torchvision_labels(base: Any) -> list[int]:
+    """The labels of a torchvision split without decoding its images: most classes keep them
+    in ``_labels``, StanfordCars in ``_samples`` of (path, label)."""
+    if hasattr(base, "_labels"):
+        return [int(label) for label in base._labels]
+    return [int(label) for _path, label in base._samples]
+
+
 def _unchecked(cls: type) -> type:
     """Flowers-102 checks the md5 of its .mat files; off for converted or test data."""
     return type(f"{cls.__name__}NoChecksum", (cls,), {"_check_integrity": _folder_exists})
@@ -99,22 +129,30 @@ def torchvision_pair(
     spec = TORCHVISION_SETS[name]
     cls = spec.cls if verify_checksums or name != "flowers102" else _unchecked(spec.cls)
     train_split, test_split = spec.splits
+    download = download and spec.downloadable
     try:
         train = cls(
             root,
             split=train_split,
             transform=T.imagenet_transforms(True, image_size, options),
             download=download,
+            **spec.options,
         )
         test = cls(
             root,
             split=test_split,
             transform=T.imagenet_transforms(False, image_size),
             download=download,
+            **spec.options,
         )
     except Exception as err:  # RuntimeError (not found), URLError, OSError, scipy's errors
+        source = (
+            ", or network access to download it"
+            if spec.downloadable
+            else "; torchvision cannot download it, its URL is dead"
+        )
         raise DatasetError(
             f"{name} not found or unreadable under dataset.root={root!r} (expected "
-            f"{spec.layout} there, or network access to download it): {error_reason(err)}"
+            f"{spec.layout} there{source}): {error_reason(err)}"
         ) from err
     return LabelledSplit(train), LabelledSplit(test)

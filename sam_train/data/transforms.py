@@ -20,6 +20,7 @@ from sam_train.models._registry import (
 
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)  # of load_digits().images / 16
 CIFAR_AUGMENTATIONS = ("basic", "cutout", "autoaugment")
+CIFAR_SIZE = 32  # CIFAR's own resolution; another image_size uses upsampled_transforms
 
 
 def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
@@ -111,9 +112,9 @@ def cifar_transforms(
     steps: list[v2.Transform] = []
     if augment == "autoaugment":
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-    steps += [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+    steps += [v2.RandomCrop(CIFAR_SIZE, padding=4), v2.RandomHorizontalFlip()]
     if options:
-        steps += timm_stages(32, CIFAR_MEAN, CIFAR_STD, **options)
+        steps += timm_stages(CIFAR_SIZE, CIFAR_MEAN, CIFAR_STD, **options)
     else:
         steps += _to_normalized_tensor(CIFAR_MEAN, CIFAR_STD)
     if augment in ("cutout", "autoaugment"):
@@ -138,6 +139,31 @@ def imagenet_transforms(
         [
             v2.ToImage(),
             *augment,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ]
+    )
+
+
+def upsampled_transforms(
+    train: bool, image_size: int, options: Mapping[str, Any] | None = None
+) -> v2.Compose:
+    """Small images (CIFAR) for a model pretrained at ``image_size``, as the SAM paper's Table 3
+    fine-tunes ImageNet-trained EfficientNets on CIFAR at their own resolution.
+
+    ImageNet's mean and std, which the pretrained weights expect. Training is
+    :func:`imagenet_transforms`' RandomResizedCrop and flip (with ``options``' timm stages).
+    Evaluation resizes the whole image to ``image_size`` without the 8/7 resize and centre
+    crop: a 32 px image has no border to spare, and the fine-tuning references do the same
+    (google-research/vision_transformer's input pipeline resizes CIFAR test images straight
+    to the training crop size; BiT's HyperRule resizes small images without a test crop).
+    """
+    if train:
+        return imagenet_transforms(True, image_size, options)
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((image_size, image_size), antialias=True),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         ]
