@@ -30,6 +30,7 @@ from sam_train.config.schema import transform_options
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
+from sam_train.data.transforms import IMAGENET_NORMALIZATION, Normalization
 from sam_train.errors import CheckpointError, ConfigError
 from sam_train.hparams import curated_hparams
 from sam_train.models import create_model
@@ -150,11 +151,24 @@ def build_data(cfg: DictConfig, strategy: Strategy | None = None) -> DatasetPair
             cutout_size=cfg.augment.cutout_size,
             verify=node.verify,
             transform_options=transform_options(cfg.augment),
+            normalization=model_normalization(cfg.model),
         )
 
     data = make(node.download) if strategy.is_main else None
     strategy.barrier()
     return data if data is not None else make(False)
+
+
+def model_normalization(model_cfg: DictConfig) -> Normalization:
+    """The mean and std the pretrained weights were trained with (timm's ``pretrained_cfg``,
+    what its ``resolve_data_config`` uses): 0.5 for vision_transformer's ViTs, ImageNet's for
+    most others. ImageNet's for a model trained here from scratch or from ``model.init_from``."""
+    if not model_cfg.pretrained or not timm.models.is_model_pretrained(model_cfg.name):
+        return IMAGENET_NORMALIZATION
+    pretrained = timm.models.get_pretrained_cfg(model_cfg.name)
+    if pretrained is None or pretrained.mean is None or pretrained.std is None:
+        return IMAGENET_NORMALIZATION
+    return Normalization(tuple(pretrained.mean), tuple(pretrained.std))
 
 
 def build_run_loaders(

@@ -133,3 +133,36 @@ def test_vit_cifar_preset_trains_then_fine_tunes_with_layer_decay_and_checkpoint
     saved = torch.load(second / "checkpoints" / "last.pt", weights_only=False)
     assert saved["config"]["optimizer"]["layer_decay"] == 0.75
     assert len({g["lr_scale"] for g in saved["optimizer"]["param_groups"]}) == 4  # 2 blocks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mean"),
+    [
+        (["model=vit_base_patch16_sam"], (0.5, 0.5, 0.5)),  # vision_transformer's ViTs
+        (["model=efficientnet_b7"], (0.485, 0.456, 0.406)),  # the TF EfficientNets: ImageNet's
+        (["model=vit_base_patch16"], (0.485, 0.456, 0.406)),  # from scratch: ImageNet's
+        (["model=vit_base_patch16_sam", "model.pretrained=false"], (0.485, 0.456, 0.406)),
+    ],
+)
+def test_pretrained_weights_see_images_normalised_as_they_were_trained(
+    compose_cfg, tmp_path, overrides, mean
+):
+    """timm's pretrained_cfg mean/std (what its resolve_data_config uses) in every ImageNet-style
+    pipeline: the folder's and upsampled CIFAR's, training and test alike; no hub is reached."""
+    from conftest import write_cifar, write_image_folder
+    from torchvision.transforms import v2
+
+    from sam_train.build import build_data
+
+    write_image_folder(tmp_path / "folder", classes=2, per_class=2, size=36)
+    write_cifar(tmp_path / "cifar", "cifar10", per_split=(4, 4))
+    data_sets = [
+        ["dataset=imagenet", f"dataset.root={tmp_path / 'folder'}"],
+        ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.image_size=48"],
+    ]
+    for data in data_sets:
+        cfg = compose_cfg([*overrides, *data, "dataset.verify_checksums=false"])
+        pair = build_data(cfg)
+        for split in (pair.train, pair.test):
+            (normalize,) = [t for t in split.transform.transforms if isinstance(t, v2.Normalize)]
+            assert tuple(normalize.mean) == pytest.approx(mean), data

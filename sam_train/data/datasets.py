@@ -72,7 +72,11 @@ _CIFAR_FILES = {
 
 
 def cifar_pipelines(
-    image_size: int, augment: str, cutout_size: int, options: dict[str, Any]
+    image_size: int,
+    augment: str,
+    cutout_size: int,
+    options: dict[str, Any],
+    normalization: T.Normalization = T.IMAGENET_NORMALIZATION,
 ) -> tuple[Callable, Callable]:
     """CIFAR's training and test transforms: its own at 32 px (the paper's Table 1), else the
     upsampling ones for a model pretrained at ``image_size`` (Table 3's fine-tuning). Cutout
@@ -84,8 +88,8 @@ def cifar_pipelines(
             f"augment={augment} works on CIFAR's own {T.CIFAR_SIZE} px images; "
             f"image_size={image_size} upsamples them and takes augment=basic"
         )
-    train = T.upsampled_transforms(True, image_size, options)
-    return train, T.upsampled_transforms(False, image_size)
+    train = T.upsampled_transforms(True, image_size, options, normalization)
+    return train, T.upsampled_transforms(False, image_size, normalization=normalization)
 
 
 def _cifar(
@@ -130,12 +134,19 @@ def _without_checksums(base: type) -> type:
     )
 
 
-def _imagenet(root: str, image_size: int, num_classes: int, verify: bool, options: dict[str, Any]):
+def _imagenet(
+    root: str,
+    image_size: int,
+    num_classes: int,
+    verify: bool,
+    options: dict[str, Any],
+    normalization: T.Normalization,
+):
     pair = build_image_folders(
         root,
         num_classes,
-        T.imagenet_transforms(True, image_size, options),
-        T.imagenet_transforms(False, image_size),
+        T.imagenet_transforms(True, image_size, options, normalization),
+        T.imagenet_transforms(False, image_size, normalization=normalization),
     )
     if verify:
         for split in pair:
@@ -158,6 +169,7 @@ def build_datasets(
     cutout_size: int = 16,
     verify: bool = False,
     transform_options: dict[str, Any] | None = None,
+    normalization: T.Normalization = T.IMAGENET_NORMALIZATION,
 ) -> DatasetPair:
     """The train and test sets; ``label_noise`` corrupts training labels only.
 
@@ -169,7 +181,9 @@ def build_datasets(
     ``verify`` (``dataset.verify``) also decodes every image of an image folder once, so a
     damaged image is refused before training rather than at its first read (see
     ``image_folder``). ``transform_options`` (``augment.auto_augment``, ``reprob``, ...) add
-    timm's transform stages to the CIFAR and ImageFolder training pipelines.
+    timm's transform stages to the CIFAR and ImageFolder training pipelines. ``normalization``
+    is the mean and std of the ImageNet-style pipelines (ImageFolder, torchvision's sets,
+    upsampled CIFAR): a pretrained model's own, as timm's ``resolve_data_config`` gives them.
     """
     options = dict(transform_options or {})
     if options and name == "digits":
@@ -179,12 +193,14 @@ def build_datasets(
     if name == "digits":
         train, test = _digits(test_fraction, seed)
     elif name in _CIFAR_FILES:
-        pipelines = cifar_pipelines(image_size, augment, cutout_size, options)
+        pipelines = cifar_pipelines(image_size, augment, cutout_size, options, normalization)
         train, test = _cifar(name, root, download, verify_checksums, num_classes, pipelines)
     elif name == "imagenet":
-        train, test = _imagenet(root, image_size, num_classes, verify, options)
+        train, test = _imagenet(root, image_size, num_classes, verify, options, normalization)
     elif name in TORCHVISION_SETS:
-        train, test = torchvision_pair(name, root, image_size, download, verify_checksums, options)
+        train, test = torchvision_pair(
+            name, root, image_size, download, verify_checksums, options, normalization
+        )
     else:
         raise DatasetError(f"unknown dataset {name!r}")
     found = len(getattr(train, "classes", None) or np.unique(train.targets))

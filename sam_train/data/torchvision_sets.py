@@ -123,6 +123,7 @@ def torchvision_pair(
     download: bool,
     verify_checksums: bool,
     options: dict[str, Any] | None = None,
+    normalization: T.Normalization = T.IMAGENET_NORMALIZATION,
 ) -> tuple[LabelledSplit, LabelledSplit]:
     """The training and test splits of ``name`` with the ImageNet-style pipelines
     (``options``: timm's training stages, as for ImageNet)."""
@@ -134,14 +135,14 @@ def torchvision_pair(
         train = cls(
             root,
             split=train_split,
-            transform=T.imagenet_transforms(True, image_size, options),
+            transform=T.imagenet_transforms(True, image_size, options, normalization),
             download=download,
             **spec.options,
         )
         test = cls(
             root,
             split=test_split,
-            transform=T.imagenet_transforms(False, image_size),
+            transform=T.imagenet_transforms(False, image_size, normalization=normalization),
             download=download,
             **spec.options,
         )

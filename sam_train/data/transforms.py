@@ -5,7 +5,7 @@ when ``augment`` asks for them."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm.data
 import torch
@@ -23,8 +23,12 @@ CIFAR_AUGMENTATIONS = ("basic", "cutout", "autoaugment")
 CIFAR_SIZE = 32  # CIFAR's own resolution; another image_size uses upsampled_transforms
 
 
+def _float_normalized(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
 def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return [v2.ToImage(), *_float_normalized(mean, std)]
 
 
 class Cutout(v2.RandomErasing):
@@ -122,36 +126,47 @@ def cifar_transforms(
     return v2.Compose(steps)
 
 
+class Normalization(NamedTuple):
+    """Per-channel mean and std: ImageNet's, or those a pretrained model was trained with
+    (timm's ``pretrained_cfg``: 0.5 for the ViTs of google-research/vision_transformer)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+IMAGENET_NORMALIZATION = Normalization(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+
+
 def imagenet_transforms(
-    train: bool, image_size: int = 224, options: Mapping[str, Any] | None = None
+    train: bool,
+    image_size: int = 224,
+    options: Mapping[str, Any] | None = None,
+    normalization: Normalization = IMAGENET_NORMALIZATION,
 ) -> v2.Compose:
     """RandomResizedCrop + flip for training; resize to 8/7 and center-crop for evaluation.
     ``options`` put timm's stages (:func:`timm_stages`) after the training crop and flip."""
+    mean, std = normalization
     if train and options:
         crop_flip = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
-        stages = timm_stages(image_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, **options)
+        stages = timm_stages(image_size, mean, std, **options)
         return v2.Compose([*crop_flip, *stages])
     if train:
         augment = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         augment = [v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            *augment,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-        ]
-    )
+    return v2.Compose([v2.ToImage(), *augment, *_float_normalized(mean, std)])
 
 
 def upsampled_transforms(
-    train: bool, image_size: int, options: Mapping[str, Any] | None = None
+    train: bool,
+    image_size: int,
+    options: Mapping[str, Any] | None = None,
+    normalization: Normalization = IMAGENET_NORMALIZATION,
 ) -> v2.Compose:
     """Small images (CIFAR) for a model pretrained at ``image_size``, as the SAM paper's Table 3
     fine-tunes ImageNet-trained EfficientNets on CIFAR at their own resolution.
 
-    ImageNet's mean and std, which the pretrained weights expect. Training is
+    ``normalization``: the pretrained weights' (ImageNet's by default). Training is
     :func:`imagenet_transforms`' RandomResizedCrop and flip (with ``options``' timm stages).
     Evaluation resizes the whole image to ``image_size`` without the 8/7 resize and centre
     crop: a 32 px image has no border to spare, and the fine-tuning references do the same
@@ -159,15 +174,9 @@ def upsampled_transforms(
     to the training crop size; BiT's HyperRule resizes small images without a test crop).
     """
     if train:
-        return imagenet_transforms(True, image_size, options)
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize((image_size, image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-        ]
-    )
+        return imagenet_transforms(True, image_size, options, normalization)
+    resize = v2.Resize((image_size, image_size), antialias=True)
+    return v2.Compose([v2.ToImage(), resize, *_float_normalized(*normalization)])
 
 
 def digits_transforms() -> v2.Normalize:
