@@ -8,7 +8,9 @@ SYSTEM_UV := $(shell command -v uv 2>/dev/null)
 UV := $(or $(SYSTEM_UV),$(UV_BOOTSTRAP)/bin/uv)
 PYTEST := $(VENV)/bin/pytest
 # pytest-xdist workers: one per core, at most 4 (each imports torch; each keeps one thread).
-TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+# GNU nproc reports OMP_NUM_THREADS as the core count: `OMP_NUM_THREADS=1 make test` would run
+# one worker, so it is asked without it.
+TEST_WORKERS ?= $(shell n=$$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install quickstart test test-fast lint format bench clean
 
