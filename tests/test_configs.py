@@ -99,3 +99,23 @@ def test_bad_values_raise_one_clear_config_error(override, message):
         validate(compose_config([override]))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_linear_schedule_decays_the_lr_linearly_to_min_lr_after_the_warm_up():
+    """scheduler=linear (timm's poly, power 1), per update, as Chen et al.'s ViT recipe uses."""
+    import torch
+
+    from sam_train.build import build_scheduler
+
+    cfg = compose_config(["scheduler=linear", "scheduler.warmup_epochs=1", "scheduler.min_lr=0.01"])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, epochs=5, updates_per_epoch=10)
+    lrs = []
+    for update in range(50):
+        scheduler.step_update(update)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-5) and lrs[0] < lrs[5] < lrs[9]  # the warm-up climbs
+    # then the lr follows a straight line from lr (at update 0: timm counts the warm-up inside
+    # the schedule, as for cosine) down to min_lr at the schedule's end
+    for t in range(10, 50):
+        assert lrs[t] == pytest.approx(0.01 + 0.99 * (1 - t / 50)), t

@@ -136,6 +136,9 @@ def test_vit_presets_follow_the_vit_papers_imagenet_recipe():
             1.0,
         )
         assert cfg["scheduler"]["warmup_epochs"] == 32  # 10k steps of 1.28M / 4096 images
+        scheduler = cfg["scheduler"]
+        assert (scheduler["name"], scheduler["decay_rate"]) == ("poly", 1.0)  # linear decay
+        assert scheduler["min_lr"] == pytest.approx(0.01 * optimizer["lr"])
         assert cfg["augment"]["name"] == "basic" and trainer["label_smoothing"] == 0.0
         assert not cfg["augment"].get("mixup") and not cfg["augment"].get("auto_augment")
     smaller = _resolved(["experiment=paper/vit/vit_s16_300ep", "trainer.batch_size=1024"])

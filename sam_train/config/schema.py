@@ -67,7 +67,7 @@ GPU_LOADER_DATASETS = CIFAR_DATASETS
 # pretrained at that size), which the 32 px augmentations and the GPU loader do not do
 CIFAR_IMAGE_SIZE = 32
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("cosine", "multistep")
+SCHEDULERS = ("cosine", "multistep", "poly")  # timm scheduler names; poly: configs/scheduler/linear.yaml
 PRECISIONS = ("none", "bf16", "fp16")
 # checkpoint.best_metric: the live model's test metrics, or the EMA's (ema.decay set).
 BEST_METRICS = (
@@ -206,7 +206,7 @@ class SchedulerConfig:
     milestones: list[int] = field(
         default_factory=list, metadata=checks(increasing=True, items=checks(gt=0))
     )
-    decay_rate: float = checked(0.1, gt=0, le=1)
+    decay_rate: float = checked(0.1, gt=0, le=1)  # multistep: factor per milestone; poly: power
 
 
 @dataclass
