@@ -67,7 +67,8 @@ GPU_LOADER_DATASETS = CIFAR_DATASETS
 # pretrained at that size), which the 32 px augmentations and the GPU loader do not do
 CIFAR_IMAGE_SIZE = 32
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("cosine", "multistep", "poly")  # timm scheduler names; poly: configs/scheduler/linear.yaml
+# timm's scheduler names; poly with power 1 is configs/scheduler/linear.yaml
+SCHEDULERS = ("cosine", "multistep", "poly")
 PRECISIONS = ("none", "bf16", "fp16")
 # checkpoint.best_metric: the live model's test metrics, or the EMA's (ema.decay set).
 BEST_METRICS = (
