@@ -107,9 +107,13 @@ class _Run:
     epochs: int
     noise: float
     augment: str
-    paper_model: bool  # no model.kwargs: the architecture the paper trained
     from_weights: bool  # model.pretrained or model.init_from: a fine-tune
-    kwargs: frozenset[str]
+    kwargs: frozenset[str]  # the model.kwargs keys
+
+    @property
+    def paper_model(self) -> bool:
+        """No model.kwargs: the architecture the paper trained."""
+        return not self.kwargs
 
 
 def describe(cfg: Mapping[str, Any]) -> Setting:
@@ -129,7 +133,6 @@ def describe(cfg: Mapping[str, Any]) -> Setting:
         epochs=int(cfg["trainer"]["epochs"]),
         noise=float(cfg["dataset"].get("label_noise", 0.0) or 0.0),
         augment=(cfg.get("augment") or {}).get("name", "basic"),
-        paper_model=not kwargs,
         from_weights=bool(model_cfg.get("pretrained") or model_cfg.get("init_from")),
         kwargs=kwargs,
     )

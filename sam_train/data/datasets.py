@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
+from sam_train.config.schema import CIFAR_IMAGE_SIZE
 from sam_train.data import transforms as T
 from sam_train.data.cifar_checks import check_loaded, find_bad_file
 from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
@@ -81,11 +82,11 @@ def cifar_pipelines(
     """CIFAR's training and test transforms: its own at 32 px (the paper's Table 1), else the
     upsampling ones for a model pretrained at ``image_size`` (Table 3's fine-tuning). Cutout
     and AutoAugment are defined on 32 px images and are refused at another size."""
-    if image_size == T.CIFAR_SIZE:
+    if image_size == CIFAR_IMAGE_SIZE:
         return T.cifar_transforms(True, augment, cutout_size, options), T.cifar_transforms(False)
     if augment != "basic":
         raise DatasetError(
-            f"augment={augment} works on CIFAR's own {T.CIFAR_SIZE} px images; "
+            f"augment={augment} works on CIFAR's own {CIFAR_IMAGE_SIZE} px images; "
             f"image_size={image_size} upsamples them and takes augment=basic"
         )
     train = T.upsampled_transforms(True, image_size, options, normalization)

@@ -11,6 +11,7 @@ import timm.data
 import torch
 from torchvision.transforms import v2
 
+from sam_train.config.schema import CIFAR_IMAGE_SIZE  # another size: upsampled_transforms
 from sam_train.models._registry import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -20,7 +21,6 @@ from sam_train.models._registry import (
 
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)  # of load_digits().images / 16
 CIFAR_AUGMENTATIONS = ("basic", "cutout", "autoaugment")
-CIFAR_SIZE = 32  # CIFAR's own resolution; another image_size uses upsampled_transforms
 
 
 def _float_normalized(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
@@ -116,9 +116,9 @@ def cifar_transforms(
     steps: list[v2.Transform] = []
     if augment == "autoaugment":
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-    steps += [v2.RandomCrop(CIFAR_SIZE, padding=4), v2.RandomHorizontalFlip()]
+    steps += [v2.RandomCrop(CIFAR_IMAGE_SIZE, padding=4), v2.RandomHorizontalFlip()]
     if options:
-        steps += timm_stages(CIFAR_SIZE, CIFAR_MEAN, CIFAR_STD, **options)
+        steps += timm_stages(CIFAR_IMAGE_SIZE, CIFAR_MEAN, CIFAR_STD, **options)
     else:
         steps += _to_normalized_tensor(CIFAR_MEAN, CIFAR_STD)
     if augment in ("cutout", "autoaugment"):
