@@ -155,6 +155,19 @@ def _imagenet(
     return pair
 
 
+def _check_class_count(name: str, train: Any, num_classes: int) -> None:
+    """A class list (CIFAR's, ImageFolder's, torchvision's) of another length than
+    ``dataset.num_classes`` is refused: more would index past the classifier, fewer leave
+    outputs no label trains. Without a class list only labels past the outputs are sure."""
+    declared = getattr(train, "classes", None)
+    found = len(declared) if declared else len(np.unique(train.targets))
+    if found > num_classes or (declared and found < num_classes):
+        raise DatasetError(
+            f"{name} has {found} classes but dataset.num_classes={num_classes}: set "
+            f"dataset.num_classes={found}"
+        )
+
+
 def build_datasets(
     name: str,
     *,
@@ -204,9 +217,7 @@ def build_datasets(
         )
     else:
         raise DatasetError(f"unknown dataset {name!r}")
-    found = len(getattr(train, "classes", None) or np.unique(train.targets))
-    if found > num_classes:
-        raise DatasetError(f"{name} has {found} classes but dataset.num_classes={num_classes}")
+    _check_class_count(name, train, num_classes)
     if label_noise > 0:
         noisy = apply_label_noise(train.targets, num_classes, label_noise, seed)
         if isinstance(train, TensorImageDataset):
