@@ -8,6 +8,8 @@ then ends with a summary of the failed jobs and exit code 1.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -62,6 +64,24 @@ def _ensure_writable(folder: Path, key: str) -> None:
         fail(f"{key}={folder} is not writable ({err.strerror or err}); choose another {key}")
 
 
+SWEEP_RECORD = "multirun.yaml"  # what Hydra's sweepers write in the sweep folder
+
+
+def keep_sweep_record(sweep_dir: Path) -> Path | None:
+    """A sweep re-run in the same folder would replace the earlier sweep's ``multirun.yaml``:
+    move it to the first free ``multirun.<n>.yaml`` (1 the oldest) and return where it went."""
+    record = sweep_dir / SWEEP_RECORD
+    if not record.is_file():
+        return None
+    for number in itertools.count(1):  # ends at the first free number
+        kept = sweep_dir / f"{record.stem}.{number}{record.suffix}"
+        with contextlib.suppress(FileExistsError):
+            os.link(record, kept)  # never over an existing record, even under a race
+            record.unlink()
+            return kept
+    raise AssertionError("unreachable")
+
+
 class RunFolderCheck(Callback):
     """Before Hydra writes anything (its log file): the run or sweep folder must be writable.
     Whether it may hold this run is decided by the run itself, under the folder's lock."""
@@ -70,7 +90,11 @@ class RunFolderCheck(Callback):
         _ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
-        _ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        _ensure_writable(sweep_dir, "hydra.sweep.dir")
+        kept = keep_sweep_record(sweep_dir)
+        if kept is not None:
+            print(f"sam-train: the earlier sweep's record is now {kept}", file=sys.stderr)
 
 
 def config_dir() -> str:
