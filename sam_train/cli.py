@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
 from sam_train.errors import RunFolderError, SamTrainError
+from sam_train.paths import quote_path_overrides
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: requeue and continue with resume=auto
@@ -265,6 +266,8 @@ def main() -> None:
     folder for everyone before Hydra creates it; then run as a single process would, and
     leave through :func:`process_group.exit_worker`."""
     _escape_unencodable_output()
+    multirun = bool({"-m", "--multirun"} & set(sys.argv[1:]))
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:], multirun=multirun)
     if not _launched_distributed():
         _run_and_summarise()
         return

@@ -5,8 +5,6 @@ digits for one short epoch, in this process."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from conftest import run_in_process
 from omegaconf import OmegaConf
 
@@ -28,4 +26,37 @@ def test_a_rerun_sweep_keeps_the_first_sweeps_record(tmp_path):
         "multirun.1.yaml",
         "multirun.2.yaml",
         "multirun.yaml",
+    ]
+
+
+def test_a_job_folder_named_the_old_way_is_given_back_as_written(tmp_path):
+    """``<sweep>/experiment=quickstart,sam=none,trainer.epochs=1``: trained into, resumed
+    (complete: nothing to do) and fine-tuned from, each path passed as sam-train printed it."""
+    job = tmp_path / "sweep" / "experiment=quickstart,sam=none,trainer.epochs=1"
+    quick = ["experiment=quickstart", "sam=none", "trainer.epochs=1", "logger=none"]
+    code, err = run_in_process([*quick, f"hydra.run.dir={job}"])
+    assert code == 0, err
+    assert (job / "checkpoints" / "last.pt").is_file()
+    code, err = run_in_process([*quick, "resume=auto", f"hydra.run.dir={job}"])
+    assert code == 0, err
+    finetuned = tmp_path / "finetuned"
+    init = f"model.init_from={job}/checkpoints/last.pt"
+    code, err = run_in_process([*quick, init, f"hydra.run.dir={finetuned}"])
+    assert code == 0, err
+    assert (finetuned / "results.json").is_file()
+
+
+def test_a_comma_in_a_path_is_a_sweep_only_in_a_multirun():
+    from sam_train.paths import quote_path_overrides
+
+    args = ["resume=a,b", "seed=1,2", "hydra.run.dir=x=y"]
+    assert quote_path_overrides(args, multirun=False) == [
+        "resume='a,b'",
+        "seed=1,2",
+        "hydra.run.dir='x=y'",
+    ]
+    assert quote_path_overrides(args, multirun=True) == [
+        "resume=a,b",
+        "seed=1,2",
+        "hydra.run.dir='x=y'",
     ]
