@@ -5,6 +5,9 @@ digits for one short epoch, in this process."""
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 from conftest import run_in_process
 from omegaconf import OmegaConf
 
@@ -60,3 +63,17 @@ def test_a_comma_in_a_path_is_a_sweep_only_in_a_multirun():
         "seed=1,2",
         "hydra.run.dir='x=y'",
     ]
+
+
+def test_an_optuna_search_whose_every_trial_fails_lists_them_without_a_traceback(tmp_path):
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        pytest.skip("hydra-optuna-sweeper is not installed (uv sync --extra optuna)")
+    sweep = f"hydra.sweep.dir={tmp_path / 'search'}"
+    args = ["-m", *REFUSED, "hparams_search=optuna", "hydra.sweeper.n_trials=2", sweep]
+    code, err = run_in_process(args)
+    assert code == 1, err
+    assert "Traceback" not in err and "ValueError" not in err
+    lines = err.strip().splitlines()
+    assert "sam-train: error: no trial of the search completed: there is no best trial" in lines
+    assert "sam-train: 2 job(s) of the sweep failed:" in lines
+    assert lines[-2].startswith("  #0 ") and lines[-1].startswith("  #1 ")
