@@ -59,7 +59,7 @@ def _ensure_writable(folder: Path, key: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write_test.{os.getpid()}"  # one per rank: they run this at once
-        probe.write_text("")
+        probe.write_bytes(b"\0")  # a byte: a full disk refuses it, not an empty file
         probe.unlink(missing_ok=True)
     except OSError as err:
         fail(f"{key}={folder} is not writable ({err.strerror or err}); choose another {key}")

@@ -25,6 +25,7 @@ from sam_train.build import Run, build_loggers, build_run, config_from_checkpoin
 from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
 from sam_train.config.schema import best_metric_key
 from sam_train.errors import CheckpointError
+from sam_train.logfile import CONSOLE_ONLY
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
 from sam_train.state import RunState
@@ -117,6 +118,7 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
             run_dir,
             saved.get("trainer", {}).get("epochs"),
             state.best.get("acc1"),
+            extra=CONSOLE_ONLY,  # a complete run's folder is left untouched, train.log too
         )
         return StartPlan(str(found.path), complete_results=results or state.to_dict())
     changed = tuple(change.key for change in changes)
