@@ -8,6 +8,7 @@ objects that take no config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
 from sam_train.step.precision import Precision
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
+
+log = logging.getLogger("sam_train")
 
 
 @dataclass
@@ -350,6 +353,11 @@ def build_step(
     with Mixup/CutMix, one mixing per batch and timm's soft-target loss."""
     device = strategy.device
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
+    if scaler is not None and device.type == "cpu":  # allowed: it proves the fp16 path on CPU
+        log.warning(
+            "trainer.amp=fp16 on a CPU: float16 is emulated there and trains many times slower "
+            "than fp32; use trainer.amp=bf16 or trainer.amp=none for a CPU run"
+        )
     mixup = build_mixup(cfg)
     criterion = (
         timm.loss.SoftTargetCrossEntropy()
