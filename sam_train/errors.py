@@ -3,6 +3,8 @@
 The CLI prints any ``SamTrainError`` as one line on stderr and exits with code 2.
 """
 
+EXIT_USER_ERROR = 2  # every command's exit code for bad input
+
 
 class SamTrainError(Exception):
     """Base of every error caused by input (config, data, checkpoint) rather than a bug."""

@@ -1,5 +1,11 @@
 """Path arguments, read as written and checked in one line before any work.
 
+Every command and script checks its path arguments with :func:`expect_file`,
+:func:`expect_folder` or :func:`expect_new_file` before it builds anything: a run folder where
+a checkpoint file is wanted is "a folder, expected a checkpoint file (.pt)", not "does not
+exist"; an existing file where an output folder is wanted is refused before the work that
+would end in writing there.
+
 A sweep job's folder is named by its overrides (``experiment=quickstart,sam=sam``): passed
 back as ``hydra.run.dir=<folder>`` Hydra's override grammar would read its ``=`` and ``,``
 as syntax. :func:`quote_path_overrides` quotes the value of a path key that Hydra cannot
@@ -8,7 +14,11 @@ take as one value, so every path sam-train writes can be given back as written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sam_train.errors import EXIT_USER_ERROR
 
 #: Overrides whose value is a file or folder path (the keys as written, without ``+``/``~``).
 PATH_OVERRIDES = (
@@ -48,3 +58,46 @@ def quote_path_overrides(args: Sequence[str], *, multirun: bool) -> list[str]:
                 quoted = None  # Hydra reads it as the user meant
         out.append(f"{key}={quoted}" if quoted is not None else arg)
     return out
+
+
+CHECKPOINT_FILE = "a checkpoint file (.pt)"
+
+
+def expect_file(path: str | Path, wanted: str = CHECKPOINT_FILE) -> str | None:
+    """Why ``path`` is not the existing file a command wants (None: it is), in one line that
+    says what it got and what it wants."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, expected {wanted}"
+    if not path.exists():
+        return f"{path} does not exist, expected {wanted}"
+    if not path.is_file():
+        return f"{path} is not a regular file, expected {wanted}"
+    return None
+
+
+def expect_folder(path: str | Path, wanted: str, *, exists: bool = True) -> str | None:
+    """Why ``path`` is not the folder a command wants (None: it is); ``exists=False``: a folder
+    to create or to write into, never an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, expected {wanted}"
+    if exists and not path.exists():
+        return f"{path} does not exist, expected {wanted}"
+    return None
+
+
+def expect_new_file(path: str | Path, wanted: str) -> str | None:
+    """Why ``path`` cannot be the file a command is to write (None: it can): a folder there."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, expected {wanted}"
+    return None
+
+
+def exit_on_problems(prog: str, problems: Iterable[str | None]) -> None:
+    """Before any work: the first problem as ``prog: error: ...`` on stderr, exit code 2."""
+    for problem in problems:
+        if problem is not None:
+            print(f"{prog}: error: {problem}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)

@@ -29,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import bench_run, compose, median_ratio, time_interleaved, train_step
 
+from sam_train.paths import exit_on_problems, expect_folder
+
 PRESET = "experiment=paper/noisy_digits"
 #: label -> the overrides that select the variant (on top of the preset's rho 0.5).
 VARIANTS: dict[str, list[str]] = {
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", action="store_true", help="train nothing")
     parser.add_argument("overrides", nargs="*", help="key=value passed to every run")
     args = parser.parse_intermixed_args(argv)
+    exit_on_problems("efficiency", [expect_folder(args.out, "a folder for runs", exists=False)])
     if not args.table_only:
         for label in args.variants:
             if train_variant(label, args.seeds, args.out, args.overrides):

@@ -320,7 +320,7 @@ def smoke_config(preset: str, data: dict[str, Path]):
     if dataset in TORCHVISION_WRITERS:
         overrides |= {"dataset.root": str(data["torchvision"]), "dataset.verify_checksums": False}
     if dataset == "imagenet":
-        overrides |= {"dataset.root": str(data["imagenet"])}
+        overrides |= {"dataset.root": str(data["imagenet"]), "dataset.num_classes": 2}
     if dataset != "digits":
         overrides["dataset.image_size"] = 32  # Table 3's 600 / 475 px and the ViTs' 224
     for key, value in overrides.items():

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import SamTrainError
-
-EXIT_USER_ERROR = 2
+from sam_train.errors import EXIT_USER_ERROR, SamTrainError
+from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +79,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be >= 1")
     if args.trace_samples < 0 or args.span <= 0 or any(r <= 0 for r in args.rho):
         parser.error("--trace-samples must be >= 0, --span and --rho > 0")
+    folders = {"out": "an output folder", "data_root": "a data folder (--data-root)"}
+    exit_on_problems(
+        parser.prog,
+        [
+            *map(expect_file, args.checkpoints),
+            *(
+                expect_folder(v, f, exists=False)
+                for k, f in folders.items()
+                if (v := getattr(args, k))
+            ),
+        ],
+    )
     return args
 
 

@@ -32,6 +32,7 @@ from sam_train.config.schema import (
     transform_options,
 )
 from sam_train.errors import ConfigError
+from sam_train.paths import expect_file
 
 _BRACKETS = {"ge": "[", "gt": "(", "le": "]", "lt": ")"}
 _SYMBOLS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -52,6 +53,7 @@ def validate(cfg: Any) -> None:
         _recipe_rules,
         _logger_rules,
         _init_rules,
+        _resume_rules,
     ):
         rule(cfg)
 
@@ -357,5 +359,16 @@ def _init_rules(cfg: Any) -> None:
         raise ConfigError(
             "model.init_from and model.pretrained=true both set the starting weights: choose one"
         )
-    if not Path(model.init_from).is_file():
+    if not Path(model.init_from).exists():
         raise ConfigError(f"model.init_from={model.init_from}: no such file")
+    problem = expect_file(model.init_from, "a checkpoint or weights file (.pt, .pth, .safetensors)")
+    if problem is not None:  # a run folder given for its checkpoint
+        raise ConfigError(f"model.init_from={problem}")
+
+
+def _resume_rules(cfg: Any) -> None:
+    """``resume=PATH``: a checkpoint file (``auto`` finds one in the run folder)."""
+    if cfg.resume not in (None, "auto") and Path(cfg.resume).exists():  # missing: at resume
+        problem = expect_file(cfg.resume)
+        if problem is not None:
+            raise ConfigError(f"resume={problem}")
