@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
 from sam_train.errors import RunFolderError, SamTrainError
+from sam_train.launch import LAUNCHER_ENV, launch, split_nproc
 from sam_train.paths import quote_path_overrides
 
 EXIT_USER_ERROR = 2
@@ -184,7 +185,8 @@ def _exit_code_of_stop(exit_code: int) -> int:
     """Under torchrun a preempted worker exits 0: a non-zero code would make torchrun report
     the group FAILED and, with ``--max-restarts``, restart it and undo the stop. The stopped
     run is continued by launching it again with ``resume=auto``."""
-    if exit_code == EXIT_PREEMPTED and "TORCHELASTIC_RUN_ID" in os.environ:
+    launched_here = LAUNCHER_ENV in os.environ  # sam-train's launcher never restarts
+    if exit_code == EXIT_PREEMPTED and "TORCHELASTIC_RUN_ID" in os.environ and not launched_here:
         return 0
     return exit_code
 
@@ -266,8 +268,11 @@ def main() -> None:
     folder for everyone before Hydra creates it; then run as a single process would, and
     leave through :func:`process_group.exit_worker`."""
     _escape_unencodable_output()
-    multirun = bool({"-m", "--multirun"} & set(sys.argv[1:]))
-    sys.argv[1:] = quote_path_overrides(sys.argv[1:], multirun=multirun)
+    nproc, args = split_nproc(sys.argv[1:])
+    if nproc is not None and not _launched_distributed():
+        sys.exit(launch(nproc, args))  # the workers come back here, under the agent
+    multirun = bool({"-m", "--multirun"} & set(args))
+    sys.argv[1:] = quote_path_overrides(args, multirun=multirun)
     if not _launched_distributed():
         _run_and_summarise()
         return
