@@ -109,3 +109,24 @@ def test_a_stop_checkpoints_and_exits_with_sam_trains_code(tmp_path, target, sig
     assert "Traceback" not in err and "ChildFailedError" not in err, err
     assert (run / "checkpoints" / "last.pt").is_file()
     assert "continue with resume=auto" in err
+
+
+def test_a_rank_whose_rendezvous_times_out_says_one_line_without_cpp_output(monkeypatch, capfd):
+    """RANK=1 of 2 with no rank 0: c10d's C++ retries (with their stack frames) are not
+    shown, the ConfigError line is all there is."""
+    import socket
+
+    from sam_train.errors import ConfigError
+    from sam_train.strategy import process_group
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in {**env, process_group.RENDEZVOUS_TIMEOUT_ENV: "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    with pytest.raises(ConfigError, match=f"rank 1 of 2 could not join .* at 127.0.0.1:{port}"):
+        process_group.init_distributed()
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
