@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import run_in_process
+from conftest import QUICK, run_in_process
 
-from sam_train.checkpoint import load_checkpoint
+from sam_train.callbacks import ModelEMA, WandbLogger
+from sam_train.checkpoint import callback_states, ema_weights, load_checkpoint, run_state
+from sam_train.trainer import Callback
 
 OLD_CHECKPOINT = Path(__file__).parent / "fixtures" / "main_814c447_step30.pt"
 OLD_RUN = [
-    "experiment=quickstart",
-    "trainer.epochs=2",
-    "scheduler.warmup_epochs=1",
+    *QUICK,
     "model.kwargs.width=2",
     "model.kwargs.drop_rate=0.2",
     "dataset.label_noise=0.2",
@@ -48,8 +49,38 @@ def _assert_equal(a: object, b: object, where: str) -> None:
 
 def test_the_old_checkpoint_loads():
     state = load_checkpoint(OLD_CHECKPOINT)
-    assert state["global_step"] == 30
-    assert "ModelEMA" in state["callbacks"]
+    assert run_state(state).global_step == 30
+    assert ModelEMA.state_key in state["callbacks"]  # "ModelEMA", the class name it had
+    weights = ema_weights(state)
+    assert weights is not None and weights.keys() == state["model"].keys()
+
+
+class _Counter(Callback):
+    state_key = "counter"
+
+    def __init__(self) -> None:
+        self.count = 3
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+
+class _RenamedCounter(_Counter):
+    pass
+
+
+class _Keyless(Callback):
+    def state_dict(self) -> dict:
+        return {}
+
+
+def test_callbacks_are_keyed_by_their_state_key_not_their_class_name():
+    assert callback_states([_RenamedCounter(), Callback()]) == {"counter": {"count": 3}}
+    assert WandbLogger.state_key == "WandbLogger"  # what checkpoints already hold
+    with pytest.raises(TypeError, match="_Keyless needs a state_key"):
+        callback_states([_Keyless()])
+    with pytest.raises(TypeError, match="needs a state_key of its own"):
+        callback_states([_Counter(), _RenamedCounter()])
 
 
 def test_a_resume_from_an_old_checkpoint_is_bit_identical_to_the_uninterrupted_run(tmp_path):

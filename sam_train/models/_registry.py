@@ -7,11 +7,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+from sam_train.data.constants import CIFAR_MEAN, CIFAR_STD
 
 
 def cifar_cfg(**overrides: Any) -> dict[str, Any]:
@@ -43,6 +41,17 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def stage_blocks(name: str, depth: int, layers_per_block: int, extra: int, least: int = 1) -> int:
+    """Blocks per stage of a three-stage network ``depth`` layers deep: depth is
+    ``3 * layers_per_block * n + extra`` (stem and classifier); a ValueError otherwise."""
+    per_stage = 3 * layers_per_block
+    if (depth - extra) % per_stage or depth < per_stage * least + extra:
+        raise ValueError(
+            f"{name} depth must be {per_stage}n + {extra} with n >= {least}, got {depth}"
+        )
+    return (depth - extra) // per_stage
 
 
 def cifar_stages(
@@ -113,10 +122,6 @@ class PooledLinearHead:
 
 
 __all__ = [
-    "CIFAR_MEAN",
-    "CIFAR_STD",
-    "IMAGENET_DEFAULT_MEAN",
-    "IMAGENET_DEFAULT_STD",
     "PooledLinearHead",
     "cifar_cfg",
     "cifar_stages",

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, cifar_stages, init_weights
+from sam_train.models._registry import (
+    PooledLinearHead,
+    cifar_cfg,
+    cifar_stages,
+    init_weights,
+    stage_blocks,
+)
 
 
 class BasicBlock(nn.Module):
@@ -49,9 +55,7 @@ class CifarResNet(PooledLinearHead, nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
-        blocks = (depth - 2) // 6
+        blocks = stage_blocks("CIFAR ResNet", depth, 2, 2)
         widths = (base_width, 2 * base_width, 4 * base_width)
         self.drop_rate = drop_rate
         self.stem = nn.Sequential(

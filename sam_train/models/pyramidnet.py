@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights
+from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights, stage_blocks
 from sam_train.models.shake import ShakeDrop
 
 
@@ -69,12 +69,10 @@ class PyramidNet(PooledLinearHead, nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        if (depth - 2) % 9 or depth < 11:
-            raise ValueError(f"bottleneck PyramidNet depth must be 9n + 2 with n >= 1, got {depth}")
+        blocks = stage_blocks("bottleneck PyramidNet", depth, 3, 2)
         if width_rounding not in ("round", "floor"):
             raise ValueError(f"width_rounding must be 'round' or 'floor', got {width_rounding!r}")
         to_int = round if width_rounding == "round" else math.floor
-        blocks = (depth - 2) // 9
         total = 3 * blocks
         self.drop_rate = drop_rate
         self.stem = nn.Sequential(

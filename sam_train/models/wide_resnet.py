@@ -13,7 +13,13 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, cifar_stages, init_weights
+from sam_train.models._registry import (
+    PooledLinearHead,
+    cifar_cfg,
+    cifar_stages,
+    init_weights,
+    stage_blocks,
+)
 
 
 class _BasicBlock(nn.Module):
@@ -51,9 +57,7 @@ class WideResNet(PooledLinearHead, nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        if (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
-        blocks = (depth - 4) // 6
+        blocks = stage_blocks("WRN", depth, 2, 4, least=0)
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.drop_rate = drop_rate
         self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
