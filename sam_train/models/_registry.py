@@ -121,8 +121,39 @@ class PooledLinearHead:
         return self.forward_head(self.forward_features(x))
 
 
+class ThreeStageNet(PooledLinearHead, nn.Module):
+    """The CIFAR networks' shared frame: ``stem``, the three ``stages``, an optional final
+    ``norm``, then the pooled linear head, initialised as the reference implementations are.
+
+    A subclass builds its stem and stages (in that order: the random draws at initialisation
+    follow it), passes them here, and defines ``forward_features``.
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: nn.Module,
+        num_features: int,
+        head: dict[str, Any],
+        norm: nn.Module | None = None,
+        head_dropout: bool = True,
+    ) -> None:
+        """``head``: the constructor's ``num_classes``, ``global_pool`` and ``drop_rate``;
+        ``head_dropout=False`` for a network that drops out inside its blocks (WRN)."""
+        super().__init__()
+        self.drop_rate = head["drop_rate"]
+        self.stem = stem
+        self.stages = stages
+        if norm is not None:
+            self.norm = norm
+        drop = self.drop_rate if head_dropout else 0.0
+        self.init_head(num_features, head["num_classes"], head["global_pool"], drop)
+        init_weights(self)
+
+
 __all__ = [
     "PooledLinearHead",
+    "ThreeStageNet",
     "cifar_cfg",
     "cifar_stages",
     "init_weights",
