@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from sam_train import callbacks as cb
 from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved_config
 from sam_train.config import SAM_VARIANT_OPTIONS
-from sam_train.config.schema import transform_options
+from sam_train.config.schema import best_metric_key, transform_options
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -37,6 +37,7 @@ from sam_train.run import Run
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
+from sam_train.trainer import Trainer
 
 
 # ---------------------------------------------------------------------------- device, processes
@@ -523,6 +524,21 @@ def build_callbacks(
     rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0
     callbacks.append(cb.Results(run_dir, {"sam": cfg.sam.name, "rho": rho, "seed": cfg.seed}))
     return callbacks
+
+
+def describe_perturbation(cfg: DictConfig, run: Run) -> str:
+    """Where SAM's eps comes from when several processes train."""
+    if isinstance(run.strategy, FSDPStrategy):
+        return "one eps from the reduce-scattered global gradient (FSDP: sync implied)"
+    if not cfg.sam.sync_perturbation:
+        return f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
+    return "one eps from the all-reduced first gradient (sam.sync_perturbation)"
+
+
+def build_trainer(cfg: DictConfig, run: Run, callbacks: Sequence[cb.Callback]) -> Trainer:
+    """The trainer over a built run, ranking epochs by ``checkpoint.best_metric``."""
+    metric = best_metric_key(cfg.checkpoint.best_metric)
+    return Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
 
 
 def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:

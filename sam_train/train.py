@@ -23,20 +23,20 @@ from omegaconf import DictConfig, OmegaConf
 from sam_train.build import (
     build_callbacks,
     build_run,
+    build_trainer,
     config_from_checkpoint,
+    describe_perturbation,
     describe_run,
     run_strategy,
 )
 from sam_train.callbacks import Results
 from sam_train.callbacks.results import RESULTS_NAME
 from sam_train.checkpoint import load_resume, restore, run_state, saved_config
-from sam_train.config.schema import best_metric_key
 from sam_train.errors import CheckpointError
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
 from sam_train.state import RunState
-from sam_train.strategy import FSDPStrategy, Strategy, process_group
-from sam_train.trainer import Trainer
+from sam_train.strategy import Strategy, process_group
 
 log = logging.getLogger("sam_train")
 
@@ -153,13 +153,6 @@ def _fit(
                 plan.grown[1],
             )
     if run.step.uses_sam and strategy.distributed:
-        eps = "one eps from the all-reduced first gradient (sam.sync_perturbation)"
-        if isinstance(strategy, FSDPStrategy):
-            eps = "one eps from the reduce-scattered global gradient (FSDP: sync implied)"
-        elif not cfg.sam.sync_perturbation:
-            eps = f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
-        log.info("SAM under %d processes: %s", strategy.world_size, eps)
-    metric = best_metric_key(cfg.checkpoint.best_metric)
-    trainer = Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
-    trainer.fit(state)
+        log.info("SAM under %d processes: %s", strategy.world_size, describe_perturbation(cfg, run))
+    build_trainer(cfg, run, callbacks).fit(state)
     return next(c for c in callbacks if isinstance(c, Results)).results
