@@ -31,12 +31,10 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from sam_train.errors import EXIT_USER_ERROR
+from sam_train.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 NPROC_KEY = "trainer.nproc_per_node"
 LAUNCHER_ENV = "SAM_TRAIN_LAUNCHER"  # set in the workers: a stop exits 75, not 0 (see cli)
-EXIT_PREEMPTED = 75
-EXIT_INTERRUPTED = 130
 SHUTDOWN_SECONDS = 120  # a stopped worker's time to write its checkpoint
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 #: A worker's exit code -> the launcher's, the first found wins (a user error before a stop).

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import EXIT_USER_ERROR, SamTrainError
+from sam_train.errors import exit_on_user_error
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 
@@ -304,11 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SamTrainError as err:
-        print(f"sam-analyze: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("sam-analyze", lambda: run(args))
 
 
 if __name__ == "__main__":
