@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import sam_train_command, subprocess_env
+from test_resume import _children
 
 from sam_train.launch import exit_code, split_nproc
 
@@ -31,20 +32,10 @@ TIMEOUT = 600  # two workers importing torch on a loaded 2-core machine
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     """The launcher in a session of its own: a signal sent to it reaches the agent only,
     as a scheduler's does (a terminal's Ctrl-C too: the workers run in their own session)."""
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
     return subprocess.Popen(
-        sam_train_command(args),
-        cwd=cwd,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        sam_train_command(args), cwd=cwd, env=subprocess_env(), start_new_session=True, **quiet
     )
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
 def _wait_for_training(run: Path, proc: subprocess.Popen) -> None:
@@ -102,7 +93,7 @@ def test_a_stop_checkpoints_and_exits_with_sam_trains_code(tmp_path, target, sig
     _wait_for_training(run, proc)
     pid = proc.pid
     if target == "worker":
-        pid = max(_children(proc.pid))  # the last-started worker (not rank 0, whose log it is)
+        pid = max(_children(proc.pid))  # one of the workers the agent started
     os.kill(pid, sig)
     code, err = _finish(proc)
     assert code == expected, err

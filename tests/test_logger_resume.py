@@ -15,8 +15,6 @@ session only, so their values are not compared; the test metrics are).
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -24,21 +22,15 @@ from pathlib import Path
 import pytest
 from conftest import run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_outputs import BASE as OUTPUTS_BASE
+from test_outputs import _needs, _rows
 
 import sam_train.train as train_module
 from sam_train.callbacks import Callback
 
 KILLED_AT = 13
 RESUMED_AT = 12
-BASE = [
-    "experiment=quickstart",
-    "sam=none",
-    "dataset.test_fraction=0.75",
-    "trainer.epochs=2",
-    "scheduler.warmup_epochs=1",
-    "trainer.log_every=3",
-    "checkpoint.every_n_steps=6",
-]
+BASE = [*OUTPUTS_BASE, "checkpoint.every_n_steps=6"]  # digits, SGD, 2 epochs, log every 3
 #: Values that are measured, not computed: they differ between two sessions.
 TIMINGS = ("seconds", "images_per_sec", "eta")
 
@@ -52,11 +44,6 @@ class CopyAtStep(Callback):
     def on_train_step_end(self, trainer, state, output) -> None:
         if state.global_step == self.step:
             shutil.copytree(self.run, self.copy, ignore=shutil.ignore_patterns(".lock"))
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def _measured(name: str) -> bool:
@@ -80,11 +67,6 @@ def _tensorboard(run: Path) -> Counter:
     events.Reload()
     tags = events.Tags()["scalars"]
     return Counter(_comparable(e.step, tag, e.value) for tag in tags for e in events.Scalars(tag))
-
-
-def _needs(package: str) -> None:
-    if importlib.util.find_spec(package) is None:
-        pytest.skip(f"{package} is not installed")
 
 
 @pytest.fixture
