@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
+from sam_train.config.overrides import check_command_line
 from sam_train.errors import RunFolderError, SamTrainError
 
 EXIT_USER_ERROR = 2
@@ -241,6 +242,10 @@ def main() -> None:
     folder for everyone before Hydra creates it; then run as a single process would, and
     leave through :func:`process_group.exit_worker`."""
     _escape_unencodable_output()
+    try:  # before Hydra: one line for a typo, not Hydra's composition error
+        check_command_line(sys.argv[1:], config_dir())
+    except SamTrainError as err:
+        fail(str(err))
     if not _launched_distributed():
         _run_and_summarise()
         return
