@@ -38,6 +38,7 @@ from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
 from sam_train.step.precision import Precision
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
+from sam_train.strategy.cpu_threads import set_cpu_threads
 
 
 @dataclass
@@ -104,9 +105,12 @@ def build_strategy(
 def run_strategy(cfg: DictConfig) -> Strategy:
     """:func:`build_strategy` as ``cfg.trainer`` asks."""
     trainer = cfg.trainer
-    return build_strategy(
+    strategy = build_strategy(
         trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap, amp=trainer.amp
     )
+    if strategy.device.type == "cpu":
+        set_cpu_threads(trainer.cpu_threads)
+    return strategy
 
 
 def per_device_batch(cfg: DictConfig, world_size: int) -> int:

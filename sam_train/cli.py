@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
 from sam_train.config.overrides import check_command_line
+from sam_train.console import to_log_files
 from sam_train.errors import RunFolderError, SamTrainError
 
 EXIT_USER_ERROR = 2
@@ -36,10 +37,7 @@ log = logging.getLogger("sam_train")
 def report(message: str, level: int = logging.ERROR) -> None:
     """A line for the user: once on stderr, and in the run's log file (not a second time on
     the console, where the log's stream handler would repeat it)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers + log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    to_log_files(message, level)
     prefix = "error: " if level >= logging.ERROR else ""
     print(f"sam-train: {prefix}{message}", file=sys.stderr)
 

@@ -207,12 +207,20 @@ def _restore_optimizer(run: Run, saved: dict, path: Path, changed: tuple[str, ..
 
 
 def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
+    """The run's first line: model, data, optimizer (``SAM over SGD``, or ``SGD without SAM``
+    for ``sam=none``), device (with torch's CPU threads), processes, folder."""
     params = sum(p.numel() for p in run.model.parameters())
+    base = type(run.step.base_optimizer).__name__
+    optimizer = f"{type(run.optimizer).__name__} over {base}" if run.step.uses_sam else base
+    if not run.step.uses_sam:
+        optimizer += " without SAM (sam=none)"
+    device = str(run.device)
+    if run.device.type == "cpu":
+        device += f" ({torch.get_num_threads()} threads; trainer.cpu_threads)"
     return (
         f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
-        f"({len(run.data.train)} train / {len(run.data.test)} test images), "
-        f"{type(run.optimizer).__name__} over {type(run.step.base_optimizer).__name__}, "
-        f"device {run.device}, {run.strategy.world_size} process(es), run folder {run_dir}"
+        f"({len(run.data.train)} train / {len(run.data.test)} test images), {optimizer}, "
+        f"device {device}, {run.strategy.world_size} process(es), run folder {run_dir}"
     )
 
 
