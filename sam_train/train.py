@@ -216,7 +216,8 @@ def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
         optimizer += " without SAM (sam=none)"
     device = str(run.device)
     if run.device.type == "cpu":
-        device += f" ({torch.get_num_threads()} threads; trainer.cpu_threads)"
+        threads = torch.get_num_threads()
+        device += f" ({threads} thread{'s' * (threads != 1)}, trainer.cpu_threads)"
     return (
         f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
         f"({len(run.data.train)} train / {len(run.data.test)} test images), {optimizer}, "
