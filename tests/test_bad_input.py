@@ -340,6 +340,8 @@ TYPOS = [
         "experiment=noisy_digits is not an option; did you mean experiment=paper/noisy_digits?",
     ),
     (["logger=[tensorboard,cvs]"], "logger=cvs is not an option; did you mean logger=csv?"),
+    (["recipe=sam_finetune"], "recipe is not in the defaults: write +recipe=sam_finetune"),
+    (["+sam=asam"], "sam is in the defaults already: write sam=asam (no +)"),
     (
         ["sam.rho=abc"],
         "sam.rho=abc is refused: Value 'abc' of type 'str' could not be converted to Float",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
 from functools import cache
 from pathlib import Path
@@ -39,13 +39,16 @@ def check_command_line(argv: list[str], config_dir: str | Path) -> None:
     args = parser.parse_args(argv)
     if args.help or args.hydra_help or args.shell_completion:
         return
-    groups = config_groups(Path(config_dir))
-    for text in args.overrides:
-        override = _parse(text)
+    folder = Path(config_dir)
+    groups = config_groups(folder)
+    overrides = [_parse(text) for text in args.overrides]
+    chosen = _chosen_groups(folder, overrides, groups)
+    for override in overrides:
         name = override.key_or_group
         if name.startswith("hydra") or override.package is not None:
             continue  # Hydra's own settings, or a config placed at another package
         if name in groups and not override.is_delete():
+            _check_add(override, chosen)
             _check_options(name, _values(override), groups[name])
         else:
             _check_key(override, groups)
@@ -125,6 +128,39 @@ def config_groups(config_dir: Path) -> dict[str, tuple[str, ...]]:
         )
         groups[folder.relative_to(config_dir).as_posix()] = tuple(options)
     return groups
+
+
+@cache
+def default_groups(config_file: Path) -> frozenset[str]:
+    """The groups a config file's defaults list chooses (``train.yaml``: not ``recipe``)."""
+    if not config_file.is_file():
+        return frozenset()
+    defaults = OmegaConf.load(config_file).get("defaults", [])
+    keys = (str(next(iter(d))) for d in defaults if isinstance(d, Mapping))
+    return frozenset(key.removeprefix("override ").strip("/") for key in keys)
+
+
+def _chosen_groups(
+    folder: Path, overrides: list[Override], groups: dict[str, tuple[str, ...]]
+) -> frozenset[str]:
+    """The groups in the defaults: train.yaml's and those of the options chosen here (a
+    preset may add a group to the defaults list)."""
+    chosen = set(default_groups(folder / "train.yaml"))
+    for override in overrides:
+        if override.key_or_group in groups and not override.is_sweep_override():
+            for option in _values(override):
+                for name in option if isinstance(option, list) else [option]:
+                    chosen |= default_groups(folder / override.key_or_group / f"{name}.yaml")
+    return frozenset(chosen)
+
+
+def _check_add(override: Override, chosen: frozenset[str]) -> None:
+    """``+`` adds a group the defaults list lacks; one it has is overridden without ``+``."""
+    group, text = override.key_or_group, _text(override)
+    if override.is_add() and group in chosen:
+        raise ConfigError(f"{group} is in the defaults already: write {group}={text} (no +)")
+    if not override.is_add() and not override.is_force_add() and group not in chosen:
+        raise ConfigError(f"{group} is not in the defaults: write +{group}={text}")
 
 
 def _check_options(group: str, values: Iterable[Any], options: tuple[str, ...]) -> None:
