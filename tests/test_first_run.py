@@ -3,8 +3,10 @@ terminal and plain lines elsewhere, and keeps its ETA steady."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -20,9 +22,9 @@ from sam_train.trainer import StepTime
 def machine(monkeypatch):
     """A machine of ``cores`` cores with a 1-minute load of ``load``."""
 
-    def make(cores: int, load: float) -> None:
+    def make(cores: int, load: float, machine_cores: int | None = None) -> None:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(os, "cpu_count", lambda: machine_cores or cores)
         monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
 
     return make
@@ -42,6 +44,12 @@ def machine(monkeypatch):
 def test_thread_count_is_the_share_of_the_free_cores(machine, cores, load, environ, threads):
     machine(cores, load)
     assert cpu_threads.choose_cpu_threads(None, environ) == threads
+
+
+def test_a_cpu_set_of_a_loaded_machine_is_used_whole(machine):
+    """A SLURM job or container given 8 of 64 cores: the load is its neighbours', elsewhere."""
+    machine(8, 60.0, machine_cores=64)
+    assert cpu_threads.choose_cpu_threads(None, {}) == 8
 
 
 def test_requested_thread_count_wins(machine):
@@ -133,3 +141,20 @@ def test_no_terminal_gets_plain_lines(capsys, caplog, log_file):
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("epoch 1/2  step 2/4  loss 1.5") for line in lines), lines
     assert "step 4/4" in log_file.read_text()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stdout_tty", "stderr_tty", "bar"), [(1, 1, True), (1, 0, False), (0, 1, False)]
+)
+def test_the_bar_needs_both_streams_on_a_terminal(monkeypatch, stdout_tty, stderr_tty, bar):
+    monkeypatch.setattr(sys, "stdout", _Terminal() if stdout_tty else io.StringIO())
+    monkeypatch.setattr(sys, "stderr", _Terminal() if stderr_tty else io.StringIO())
+    progress = ConsoleProgress("a run")
+    trainer, state = _epoch(progress)
+    assert (progress.bar is not None) == bar
+    _end(progress, trainer, state)

@@ -4,8 +4,8 @@ torch's default is one thread per core. Next to other busy processes (or the oth
 torchrun launch) its threads wait for each other at every parallel region: on 2 shared cores
 the quickstart took 23 minutes of training instead of under one. The default here is this
 process's share of the cores it may run on (``os.sched_getaffinity``), minus the cores other
-work keeps busy (the load average), at least 1. ``trainer.cpu_threads=N`` or an
-``OMP_NUM_THREADS`` in the environment is taken as given.
+work keeps busy (the load average, when the process may run on every core), at least 1.
+``trainer.cpu_threads=N`` or an ``OMP_NUM_THREADS`` in the environment is taken as given.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ def usable_cores() -> int:
 
 def busy_cores(cores: int, own_processes: int) -> int:
     """Of ``cores``, how many other work keeps busy: the 1-minute load average, less this
-    launch's own processes, as a share of the machine's cores."""
+    launch's own processes. Only when this process may run on every core: the load average
+    is the whole machine's, and a job given some of its cores (a SLURM or container CPU set)
+    shares them with no one."""
+    if cores < (os.cpu_count() or cores):
+        return 0
     try:
         load = os.getloadavg()[0]
     except OSError:  # not on this platform
         return 0
-    others = max(load - own_processes, 0.0)
-    return min(round(cores * others / (os.cpu_count() or cores)), cores)
+    return min(round(max(load - own_processes, 0.0)), cores)
 
 
 def choose_cpu_threads(requested: int | None, environ: Mapping[str, str] = os.environ) -> int:
