@@ -38,6 +38,7 @@ from sam_train.run import Run
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
+from sam_train.strategy.cpu_threads import set_cpu_threads
 from sam_train.trainer import Trainer
 
 log = logging.getLogger("sam_train")
@@ -79,11 +80,14 @@ def build_strategy(
 
 
 def run_strategy(cfg: DictConfig) -> Strategy:
-    """:func:`build_strategy` as ``cfg.trainer`` asks."""
+    """:func:`build_strategy` as ``cfg.trainer`` asks; on the CPU, torch's thread count."""
     trainer = cfg.trainer
-    return build_strategy(
+    strategy = build_strategy(
         trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap, amp=trainer.amp
     )
+    if strategy.device.type == "cpu":
+        set_cpu_threads(trainer.cpu_threads)
+    return strategy
 
 
 def per_device_batch(cfg: DictConfig, world_size: int) -> int:
@@ -550,10 +554,19 @@ def build_trainer(cfg: DictConfig, run: Run, callbacks: Sequence[cb.Callback]) -
 
 
 def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
+    """The run's first line: model, data, optimizer (``SAM over SGD``, or ``SGD without SAM``
+    for ``sam=none``), device (with torch's CPU threads), processes, folder."""
     params = sum(p.numel() for p in run.model.parameters())
+    base = type(run.step.base_optimizer).__name__
+    optimizer = f"{type(run.optimizer).__name__} over {base}" if run.step.uses_sam else base
+    if not run.step.uses_sam:
+        optimizer += " without SAM (sam=none)"
+    device = str(run.device)
+    if run.device.type == "cpu":
+        threads = torch.get_num_threads()
+        device += f" ({threads} thread{'s' * (threads != 1)}, trainer.cpu_threads)"
     return (
         f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
-        f"({len(run.data.train)} train / {len(run.data.test)} test images), "
-        f"{type(run.optimizer).__name__} over {type(run.step.base_optimizer).__name__}, "
-        f"device {run.device}, {run.strategy.world_size} process(es), run folder {run_dir}"
+        f"({len(run.data.train)} train / {len(run.data.test)} test images), {optimizer}, "
+        f"device {device}, {run.strategy.world_size} process(es), run folder {run_dir}"
     )

@@ -6,7 +6,6 @@ Every failure is a :class:`~sam_train.errors.ConfigError` of one line naming the
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import itertools
 import math
@@ -20,6 +19,7 @@ from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
 
+from sam_train.config.overrides import closest
 from sam_train.config.schema import (
     CIFAR_DATASETS,
     CIFAR_IMAGE_SIZE,
@@ -95,9 +95,9 @@ def check_known_keys(node: Any, cls: type, prefix: str = "") -> None:
 
 
 def _unknown_key(prefix: str, key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = closest(key, known)
     if close:
-        return f"unknown key {prefix}{key}; did you mean {prefix}{close[0]}?"
+        return f"unknown key {prefix}{key}; did you mean {prefix}{close}?"
     group = prefix.rstrip(".") or "the config"
     return f"unknown key {prefix}{key}; {group} takes: {', '.join(known)}"
 
