@@ -399,6 +399,7 @@ def test_config_names_every_variant():
         ["sam=looksam"],
         ["sam=interval"],
         ["sam=fsam"],
+        ["sam=msam"],
         ["sam=asam"],
         ["sam.p=inf", "sam.rho=0.0002"],  # ||eps||_2 = rho * sqrt(#weights), about 0.06 here
         ["sam.perturb_fraction=0.5", "sam.include_weight_decay=true", "sam.inner_steps=2"],
@@ -478,7 +479,9 @@ from sam_train.strategy import DDPStrategy, process_group
 strategy = DDPStrategy(process_group.init_distributed("cpu"), torch.device("cpu"))
 rank = strategy.rank
 with process_group.exits_worker():
-    for name, kwargs in [("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2})]:
+    for name, kwargs in [
+        ("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2}), ("msam", {"momentum": 0.9})
+    ]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
         ddp = strategy.wrap(model)
@@ -513,4 +516,5 @@ def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_pat
     )
     report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
     assert result.returncode == 0, report
-    assert result.stdout.split() == ["gsam", "True", "looksam", "True", "interval", "True"], report
+    expected = ["gsam", "True", "looksam", "True", "interval", "True", "msam", "True"]
+    assert result.stdout.split() == expected, report

@@ -95,7 +95,12 @@ AUTO_AUGMENT = (
 ERASE_MODES = ("pixel", "const", "rand")  # timm's RandomErasing fills
 # SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
 # reads is the ``variants`` metadata of SAMConfig's fields.
-SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam")
+SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam", "msam")
+# Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
+# (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
+NO_ASCENT_VARIANTS = ("msam",)
+# Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
+FSDP_UNTESTED_VARIANTS = ("msam",)
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
 ADAPTIVE_PARAMS = ("all", "weights")
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")

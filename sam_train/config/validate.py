@@ -24,8 +24,10 @@ from sam_train.config.schema import (
     CIFAR_DATASETS,
     CIFAR_IMAGE_SIZE,
     DATA_SPECS,
+    FSDP_UNTESTED_VARIANTS,
     GPU_LOADER_AUGMENTATIONS,
     LOGGER_PACKAGES,
+    NO_ASCENT_VARIANTS,
     SAM_VARIANT_OPTIONS,
     LoggerConfig,
     TrainConfig,
@@ -47,6 +49,7 @@ def validate(cfg: Any) -> None:
         _dataset_rules,
         _sam_rules,
         _sam_sharpness_rules,
+        _efficient_variant_rules,
         _optimization_rules,
         _fsdp_rules,
         _recipe_rules,
@@ -284,6 +287,35 @@ def _sam_sharpness_rules(cfg: Any) -> None:
         raise ConfigError(
             "sam.m gives each chunk of m examples its own perturbation; it cannot be "
             "combined with sam.sync_perturbation=true (one global perturbation)"
+        )
+
+
+def _efficient_variant_rules(cfg: Any) -> None:
+    """The efficient variants' own limits: MSAM's stored direction, what FSDP has not tested."""
+    sam, optimizer = cfg.sam, cfg.optimizer
+    if sam.name in NO_ASCENT_VARIANTS:
+        ascent = {
+            "adaptive": sam.adaptive,
+            "p": sam.p != 2,
+            "perturb_fraction": sam.perturb_fraction != 1,
+            "inner_steps": sam.inner_steps != 1,
+            "include_weight_decay": sam.include_weight_decay,
+        }
+        changed = [key for key, on in ascent.items() if on]
+        if changed:
+            raise ConfigError(
+                f"sam={sam.name} perturbs along a stored direction, not a gradient ascent: "
+                f"sam.{changed[0]} does not apply (leave it at its default)"
+            )
+    if sam.name == "msam":
+        momentum = optimizer.betas[0] if optimizer.name == "adamw" else optimizer.momentum
+        if momentum <= 0:
+            key = "optimizer.betas[0]" if optimizer.name == "adamw" else "optimizer.momentum"
+            raise ConfigError(f"sam=msam perturbs along the momentum: set {key} above 0")
+    if sam.name in FSDP_UNTESTED_VARIANTS and cfg.trainer.strategy == "fsdp":
+        raise ConfigError(
+            f"sam={sam.name} is not tested under trainer.strategy=fsdp yet: use "
+            "trainer.strategy=ddp"
         )
 
 

@@ -5,6 +5,7 @@ from sam_train.sam.fsam import FriendlySAM
 from sam_train.sam.gsam import GSAM
 from sam_train.sam.interval import IntervalSAM
 from sam_train.sam.looksam import LookSAM
+from sam_train.sam.msam import MomentumSAM
 from sam_train.sam.running_stats import RunningStatsGuard
 from sam_train.sam.sam import SAM
 
@@ -15,6 +16,7 @@ VARIANTS: dict[str, type[SAM]] = {
     "looksam": LookSAM,
     "interval": IntervalSAM,
     "fsam": FriendlySAM,
+    "msam": MomentumSAM,
 }
 # The config declares the variant names (torch-free, for the validator); "none" has no class.
 if set(VARIANTS) != set(SAM_VARIANTS) - {"none"}:
@@ -30,5 +32,6 @@ __all__ = [
     "FriendlySAM",
     "IntervalSAM",
     "LookSAM",
+    "MomentumSAM",
     "RunningStatsGuard",
 ]

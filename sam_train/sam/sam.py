@@ -107,6 +107,9 @@ class SAM(Optimizer):
     #: LookSAM): the gradient at w is kept, and under DDP it must be the all-reduced one so
     #: that every replica combines the same vectors.
     combines_gradients: bool = False
+    #: True for variants that perturb before the step's only pass (MSAM): the step calls
+    #: ``perturb_before_pass``, runs one forward-backward (all-reduced), then ``restore``.
+    single_pass: bool = False
 
     def __init__(
         self,

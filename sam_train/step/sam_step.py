@@ -139,11 +139,15 @@ class SAMStep:
             images, targets = self.mix(images, targets)
         if self.scaler is not None or self.skip_nonfinite:
             self._step_stats.save()
-        if self.uses_sam:
+        if self.uses_sam and not self.optimizer.single_pass:
             loss_sum, correct, grad_norm = self._sam_passes(images, targets)
-        else:
+        else:  # one pass: the base optimizer, or a variant that perturbs before it (MSAM)
+            if self.uses_sam:
+                self.optimizer.perturb_before_pass()
             micro = self._micro_batches(images, targets, self.accum_steps)
             loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))
+            if self.uses_sam:
+                self.optimizer.restore()
             grad_norm = None
         finite = self._apply_gradients()
         if not finite:
