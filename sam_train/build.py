@@ -261,10 +261,14 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
+def sam_kwargs(
+    cfg: DictConfig, lr_min: float = 0.0, total_steps: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
 
-    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs.
+    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs; ``total_steps`` the
+    run's length (AE-SAM's threshold schedule); ``seed`` the run's seed (RST's trials, the same
+    on every replica).
     """
     kwargs: dict[str, Any] = {
         key: cfg[key]
@@ -276,11 +280,21 @@ def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
             kwargs[key] = cfg[key]
     if cfg.name == "gsam":
         kwargs["lr_min"] = lr_min
+    if cfg.name == "aesam":
+        kwargs["total_steps"] = total_steps
+    if cfg.name == "rst":
+        kwargs["seed"] = seed
     return kwargs
 
 
 def build_optimizer(
-    model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig, lr_min: float = 0.0
+    model: nn.Module,
+    opt_cfg: DictConfig,
+    sam_cfg: DictConfig,
+    lr_min: float = 0.0,
+    *,
+    total_steps: int | None = None,
+    seed: int = 0,
 ) -> Optimizer:
     """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
     unless ``sam=none``. With ``layer_decay`` each group has an ``lr_scale`` that timm's
@@ -293,7 +307,7 @@ def build_optimizer(
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
-    kwargs = sam_kwargs(sam_cfg, lr_min)
+    kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed)
     if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
         kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
     return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
@@ -397,7 +411,14 @@ def build_run(
     if init_weights and cfg.model.init_from is not None:
         initial_weights(model, cfg)
     model = strategy.shard(model)  # FSDP: in place, before the optimizer is built
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
+    optimizer = build_optimizer(
+        model,
+        cfg.optimizer,
+        cfg.sam,
+        lr_min=cfg.scheduler.min_lr,
+        total_steps=cfg.trainer.epochs * steps_per_epoch,
+        seed=cfg.seed,
+    )
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's
     # gradient hooks stay in eager code, for both SAM passes.

@@ -16,7 +16,7 @@ from sam_reference import CPU
 from torch import nn
 
 from sam_train.config import ConfigError, validate
-from sam_train.sam import VARIANTS, MomentumSAM
+from sam_train.sam import AESAM, SAM, VARIANTS, MomentumSAM, RandomizedSAM
 from sam_train.step import SAMStep
 
 A_DIM = 6
@@ -44,8 +44,20 @@ def _quadratic_steps(opt_factory, a: np.ndarray, w0: np.ndarray, steps: int):
 
     for _ in range(steps):
         opt.zero_grad()
+        if not isinstance(opt, SAM):  # the base optimizer alone
+            closure()
+            opt.step()
+            continue
+        if not opt.single_pass:  # SAM.step needs the gradient at w
+            closure()
         opt.step(closure)
     return w.detach().numpy(), calls[0], opt
+
+
+def _sam_update(a, w, rho, lr):
+    """One SAM step with plain SGD: w - lr * grad L(w + rho g / ||g||)."""
+    g = a @ w
+    return w - lr * (a @ (w + rho * g / np.linalg.norm(g)))
 
 
 # --------------------------------------------------------------------------- MSAM
@@ -99,6 +111,82 @@ def test_msam_refuses_a_base_optimizer_without_momentum():
         MomentumSAM(w, torch.optim.AdamW, lr=0.1, betas=(0.0, 0.99))
 
 
+# --------------------------------------------------------------------------- RST
+def test_rst_takes_a_sam_step_with_probability_p_from_its_seeded_trials():
+    a, w0 = _quadratic()
+    steps, p, seed = 12, 0.5, 7
+    got, calls, _ = _quadratic_steps(
+        lambda q: RandomizedSAM(q, torch.optim.SGD, rho=0.2, lr=0.02, probability=p, seed=seed),
+        a,
+        w0,
+        steps,
+    )
+    trials = torch.Generator().manual_seed(seed)
+    w, sam_steps = w0.copy(), 0
+    for _ in range(steps):
+        if torch.rand((), generator=trials).item() < p:
+            w, sam_steps = _sam_update(a, w, 0.2, 0.02), sam_steps + 1
+        else:
+            w = w - 0.02 * (a @ w)
+    assert 0 < sam_steps < steps, "the trials must mix both kinds of step"
+    assert calls == steps + sam_steps
+    np.testing.assert_allclose(got, w, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("p", "sam_steps"), [(0.0, 0), (1.0, 5)])
+def test_rst_with_p_0_is_the_base_optimizer_and_with_p_1_is_sam(p, sam_steps):
+    a, w0 = _quadratic()
+    _, calls, _ = _quadratic_steps(
+        lambda q: RandomizedSAM(q, torch.optim.SGD, rho=0.2, lr=0.02, probability=p), a, w0, 5
+    )
+    assert calls == 5 + sam_steps
+
+
+# --------------------------------------------------------------------------- AE-SAM
+def _aesam_reference(a, w0, rho, lr, delta, c1, c2, total, steps):
+    """Jiang et al., Algorithm 1: SAM when ||g||^2 >= mu + c_t sigma, c_t linear in t/T."""
+    w, mu, var, decisions = w0.copy(), 0.0, 0.0, []
+    for t in range(steps):
+        g = a @ w
+        s = float(g @ g)
+        mu = delta * mu + (1 - delta) * s
+        var = delta * var + (1 - delta) * (s - mu) ** 2
+        c = c1 + (c2 - c1) * min(t / total, 1.0)
+        sharp = s >= mu + c * np.sqrt(var)
+        decisions.append(sharp)
+        w = _sam_update(a, w, rho, lr) if sharp else w - lr * g
+    return w, decisions
+
+
+def test_aesam_takes_sam_steps_where_the_squared_gradient_norm_stands_out():
+    a, w0 = _quadratic()
+    steps, total = 30, 30
+    got, calls, opt = _quadratic_steps(
+        lambda q: AESAM(
+            q,
+            torch.optim.SGD,
+            rho=0.2,
+            lr=0.02,
+            ema_decay=0.8,
+            threshold_start=-0.5,
+            threshold_end=1.0,
+            total_steps=total,
+        ),
+        a,
+        w0,
+        steps,
+    )
+    want, decisions = _aesam_reference(a, w0, 0.2, 0.02, 0.8, -0.5, 1.0, total, steps)
+    assert 0 < sum(decisions) < steps, "the policy must take both kinds of step here"
+    assert opt.sam_steps == sum(decisions) and calls == steps + sum(decisions)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_aesam_always_syncs_the_first_gradient():
+    w = [torch.zeros(1, requires_grad=True)]
+    assert AESAM(w, torch.optim.SGD, lr=0.1).needs_synced_first_pass()
+
+
 # --------------------------------------------------------------------------- the step
 def _model():
     torch.manual_seed(0)
@@ -114,7 +202,11 @@ def _data(steps: int, seed: int = 0):
 
 
 #: variant name -> (its keyword arguments, on a momentum-SGD base with rho 0.1)
-STEP_CASES = {"msam": {}}
+STEP_CASES = {
+    "msam": {},
+    "rst": {"probability": 0.5, "seed": 3},
+    "aesam": {"threshold_start": 0.0, "threshold_end": 0.0},
+}
 
 
 def _step(name: str, model: nn.Module) -> SAMStep:
@@ -147,6 +239,47 @@ def test_a_resumed_variant_continues_bit_identically(name):
         resumed(x, y)
     for p, q in zip(model.state_dict().values(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(p, q)
+    if "sam" not in saved[1]:  # MSAM: the base optimizer's momentum is its whole state
+        return
+    fresh_model = _model()  # the weights and momentum, without the variant's own state
+    fresh = _step(name, fresh_model)
+    fresh_model.load_state_dict(saved[0])
+    fresh.optimizer.base_optimizer.load_state_dict(
+        {k: v for k, v in saved[1].items() if k != "sam"}
+    )
+    fresh_model.train()
+    for x, y in data[3:]:
+        fresh(x, y)
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(model.state_dict().values(), fresh_model.state_dict().values(), strict=True)
+    ), "the variant's state must matter, or this test proves nothing"
+
+
+@pytest.mark.parametrize("name", list(STEP_CASES))
+def test_the_step_counts_the_passes_it_runs(name):
+    """The counts results.json reports equal the passes the model really ran (hooks)."""
+    model = _model()
+    forwards, backwards = [], []
+    model.register_forward_hook(lambda module, args, out: forwards.append(len(args[0])))
+    model[0].weight.register_hook(lambda g: backwards.append(1))
+    step = _step(name, model)
+    model.train()
+    for x, y in _data(8):
+        step(x, y)
+    counts = step.counts
+    assert (counts.steps, counts.examples) == (8, 8 * 16)
+    assert counts.forward_examples == sum(forwards) and counts.backward_examples == 16 * len(
+        backwards
+    )
+    second_passes = len(forwards) - 8
+    if VARIANTS[name].single_pass:
+        assert second_passes == 0 and counts.ascent_steps == 7  # no momentum at step 1
+    else:
+        assert counts.ascent_steps == second_passes
+    summary = counts.summary()
+    assert summary["passes_per_step"] == round(len(forwards) / 8, 4)
+    assert summary["ascent_fraction"] == round(counts.ascent_steps / 8, 4)
 
 
 def test_msam_runs_one_forward_and_one_backward_per_step():
@@ -173,6 +306,11 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
         (["sam=msam", "sam.adaptive=true"], "sam.adaptive does not apply"),
         (["sam=msam", "sam.inner_steps=2"], "sam.inner_steps does not apply"),
         (["sam=msam", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=rst", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=aesam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
+        (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
+        (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
+        (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),
     ],
 )
 def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, message):

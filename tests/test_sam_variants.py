@@ -400,6 +400,8 @@ def test_config_names_every_variant():
         ["sam=interval"],
         ["sam=fsam"],
         ["sam=msam"],
+        ["sam=rst"],
+        ["sam=aesam"],
         ["sam=asam"],
         ["sam.p=inf", "sam.rho=0.0002"],  # ||eps||_2 = rho * sqrt(#weights), about 0.06 here
         ["sam.perturb_fraction=0.5", "sam.include_weight_decay=true", "sam.inner_steps=2"],
@@ -420,6 +422,10 @@ def test_every_variant_trains_the_quickstart(overrides, tmp_path):
     results = train(cfg, tmp_path)
     assert results["sam"] == cfg.sam.name
     assert results["final_acc1"] >= 70.0, results  # chance is 10%
+    # results.json's measured cost: 1 + inner_steps per ascent for these whole-batch variants
+    ascents = 0.0 if cfg.sam.name == "msam" else results["ascent_fraction"]
+    expected = 1 + cfg.sam.inner_steps * ascents
+    assert results["passes_per_step"] == pytest.approx(expected, abs=1e-3), results
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert state["optimizer"]["state"], "the base optimizer's momentum must be checkpointed"
 

@@ -95,12 +95,12 @@ AUTO_AUGMENT = (
 ERASE_MODES = ("pixel", "const", "rand")  # timm's RandomErasing fills
 # SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
 # reads is the ``variants`` metadata of SAMConfig's fields.
-SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam", "msam")
+SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam", "msam", "rst", "aesam")
 # Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
 # (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
 NO_ASCENT_VARIANTS = ("msam",)
 # Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
-FSDP_UNTESTED_VARIANTS = ("msam",)
+FSDP_UNTESTED_VARIANTS = ("msam", "rst", "aesam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
 ADAPTIVE_PARAMS = ("all", "weights")
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
@@ -200,7 +200,12 @@ class SAMConfig:
     rho_min: float | None = checked(None, ge=0, variants=("gsam",))  # rho at scheduler.min_lr
     k: int | None = checked(None, gt=0, variants=("looksam", "interval"))  # SAM every k steps
     sigma: float | None = checked(None, ge=0, variants=("fsam",))  # EMA share removed
-    ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam",))  # the EMA's lambda
+    # fsam: the gradient EMA's lambda; aesam: delta, the forgetting rate of ||g||^2's statistics
+    ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam", "aesam"))
+    probability: float | None = checked(None, ge=0, le=1, variants=("rst",))  # of a SAM step
+    # aesam: SAM when ||g||^2 >= mean + c_t * std, c_t linear from start to end over the run
+    threshold_start: float | None = checked(None, variants=("aesam",))
+    threshold_end: float | None = checked(None, variants=("aesam",))
 
 
 @dataclass

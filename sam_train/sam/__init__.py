@@ -1,11 +1,13 @@
 """SAM optimizers (one class per variant on a shared base) and the helpers the step needs."""
 
 from sam_train.config.schema import SAM_VARIANTS
+from sam_train.sam.aesam import AESAM
 from sam_train.sam.fsam import FriendlySAM
 from sam_train.sam.gsam import GSAM
 from sam_train.sam.interval import IntervalSAM
 from sam_train.sam.looksam import LookSAM
 from sam_train.sam.msam import MomentumSAM
+from sam_train.sam.rst import RandomizedSAM
 from sam_train.sam.running_stats import RunningStatsGuard
 from sam_train.sam.sam import SAM
 
@@ -17,6 +19,8 @@ VARIANTS: dict[str, type[SAM]] = {
     "interval": IntervalSAM,
     "fsam": FriendlySAM,
     "msam": MomentumSAM,
+    "rst": RandomizedSAM,
+    "aesam": AESAM,
 }
 # The config declares the variant names (torch-free, for the validator); "none" has no class.
 if set(VARIANTS) != set(SAM_VARIANTS) - {"none"}:
@@ -26,6 +30,7 @@ if set(VARIANTS) != set(SAM_VARIANTS) - {"none"}:
     )
 
 __all__ = [
+    "AESAM",
     "GSAM",
     "SAM",
     "VARIANTS",
@@ -33,5 +38,6 @@ __all__ = [
     "IntervalSAM",
     "LookSAM",
     "MomentumSAM",
+    "RandomizedSAM",
     "RunningStatsGuard",
 ]

@@ -78,8 +78,9 @@ class MomentumSAM(SAM):
         return None
 
     @torch.no_grad()
-    def perturb_before_pass(self) -> None:
-        """w -> w - rho * v / ||v|| over the parameters that have a momentum (none at step 1)."""
+    def perturb_before_pass(self) -> bool:
+        """w -> w - rho * v / ||v|| over the parameters that have a momentum; False when none
+        has one yet (step 1: the weights stay at w)."""
         pairs = [
             (group, p, v)
             for group in self.param_groups
@@ -88,13 +89,14 @@ class MomentumSAM(SAM):
         ]
         self._perturbed = []
         if not pairs:
-            return
+            return False
         params = [p for _, p, _ in pairs]
         self._keep(self._backup, params, params)
         scale = 1.0 / (global_norm([v for _, _, v in pairs]) + _NORM_EPS)
         for group, p, v in pairs:
             p.sub_(v * (self._group_rho(group) * scale))
         self._perturbed = params
+        return True
 
     def first_step(
         self, zero_grad: bool = False, ascent_closure: Callable[[], Any] | None = None
