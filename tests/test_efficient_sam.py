@@ -16,7 +16,7 @@ from sam_reference import CPU
 from torch import nn
 
 from sam_train.config import ConfigError, validate
-from sam_train.sam import AESAM, SAM, VARIANTS, MomentumSAM, RandomizedSAM
+from sam_train.sam import AESAM, SAM, VARIANTS, MomentumSAM, RandomizedSAM, WeightedSAM
 from sam_train.step import SAMStep
 
 A_DIM = 6
@@ -187,10 +187,94 @@ def test_aesam_always_syncs_the_first_gradient():
     assert AESAM(w, torch.optim.SGD, lr=0.1).needs_synced_first_pass()
 
 
+# --------------------------------------------------------------------------- WSAM
+def _wsam_reference(a, w0, rho, lr, gamma, decouple, steps):
+    """Yue et al.: the loss L + alpha (L(w + eps) - L), alpha = gamma / (1 - gamma); plain
+    SGD applies g + alpha (g_s - g), or g and then, decoupled, lr alpha (g_s - g)."""
+    alpha, w = gamma / (1 - gamma), w0.copy()
+    for _ in range(steps):
+        g = a @ w
+        g_s = a @ (w + rho * g / np.linalg.norm(g))
+        w = w - lr * (g + alpha * (g_s - g))  # the same update either way with plain SGD
+    return w
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_wsam_weights_the_sharpness_gradient_by_gamma_over_one_minus_gamma(decouple):
+    a, w0 = _quadratic()
+    got, calls, _ = _quadratic_steps(
+        lambda q: WeightedSAM(q, torch.optim.SGD, rho=0.2, lr=0.01, gamma=0.8, decouple=decouple),
+        a,
+        w0,
+        4,
+    )
+    assert calls == 8
+    np.testing.assert_allclose(got, _wsam_reference(a, w0, 0.2, 0.01, 0.8, decouple, 4))
+
+
+def test_wsam_with_gamma_one_half_and_no_decoupling_is_sam():
+    a, w0 = _quadratic()
+    wsam, _, _ = _quadratic_steps(
+        lambda q: WeightedSAM(q, torch.optim.SGD, rho=0.2, lr=0.01, gamma=0.5, decouple=False),
+        a,
+        w0,
+        3,
+    )
+    sam, _, _ = _quadratic_steps(lambda q: SAM(q, torch.optim.SGD, rho=0.2, lr=0.01), a, w0, 3)
+    np.testing.assert_allclose(wsam, sam, rtol=1e-12)
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_wsam_matches_pytorch_optimizer_on_a_small_network(decouple):
+    """pytorch_optimizer 4.1's WSAM, same model, data and momentum SGD: the same weights
+    (its BatchNorm handling is irrelevant to this network without running statistics)."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    data = _data(4)
+    models = [_mlp(), _mlp()]
+    ours = WeightedSAM(
+        models[0].parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        gamma=0.7,
+        decouple=decouple,
+        lr=0.05,
+        momentum=0.9,
+    )
+    theirs = pytorch_optimizer.WSAM(
+        models[1],
+        models[1].parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        gamma=0.7,
+        decouple=decouple,
+        lr=0.05,
+        momentum=0.9,
+    )
+    for model, opt in zip(models, (ours, theirs), strict=True):
+        for x, y in data:
+
+            def closure(model=model, x=x, y=y):
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.zero_grad()
+            if opt is ours:
+                closure()
+            opt.step(closure)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- the step
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
 
 
 def _data(steps: int, seed: int = 0):
@@ -206,6 +290,7 @@ STEP_CASES = {
     "msam": {},
     "rst": {"probability": 0.5, "seed": 3},
     "aesam": {"threshold_start": 0.0, "threshold_end": 0.0},
+    "wsam": {"gamma": 0.8},
 }
 
 
@@ -308,6 +393,8 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
         (["sam=msam", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
         (["sam=rst", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
         (["sam=aesam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
+        (["sam=wsam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
+        (["sam=wsam", "sam.gamma=1"], "sam.gamma must be in [0, 1)"),
         (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
         (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
         (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),

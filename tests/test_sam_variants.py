@@ -402,6 +402,7 @@ def test_config_names_every_variant():
         ["sam=msam"],
         ["sam=rst"],
         ["sam=aesam"],
+        ["sam=wsam"],
         ["sam=asam"],
         ["sam.p=inf", "sam.rho=0.0002"],  # ||eps||_2 = rho * sqrt(#weights), about 0.06 here
         ["sam.perturb_fraction=0.5", "sam.include_weight_decay=true", "sam.inner_steps=2"],
@@ -488,6 +489,7 @@ with process_group.exits_worker():
     for name, kwargs in [
         ("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2}), ("msam", {"momentum": 0.9}),
         ("rst", {"seed": 5}), ("aesam", {"threshold_start": 0.0, "threshold_end": 0.0}),
+        ("wsam", {}),
     ]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
@@ -523,6 +525,6 @@ def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_pat
     )
     report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
     assert result.returncode == 0, report
-    names = ["gsam", "looksam", "interval", "msam", "rst", "aesam"]
+    names = ["gsam", "looksam", "interval", "msam", "rst", "aesam", "wsam"]
     expected = [word for name in names for word in (name, "True")]
     assert result.stdout.split() == expected, report

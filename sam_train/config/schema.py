@@ -95,12 +95,23 @@ AUTO_AUGMENT = (
 ERASE_MODES = ("pixel", "const", "rand")  # timm's RandomErasing fills
 # SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
 # reads is the ``variants`` metadata of SAMConfig's fields.
-SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam", "msam", "rst", "aesam")
+SAM_VARIANTS = (
+    "none",
+    "sam",
+    "gsam",
+    "looksam",
+    "interval",
+    "fsam",
+    "msam",
+    "rst",
+    "aesam",
+    "wsam",
+)
 # Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
 # (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
 NO_ASCENT_VARIANTS = ("msam",)
 # Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
-FSDP_UNTESTED_VARIANTS = ("msam", "rst", "aesam")
+FSDP_UNTESTED_VARIANTS = ("msam", "rst", "aesam", "wsam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
 ADAPTIVE_PARAMS = ("all", "weights")
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
@@ -206,6 +217,9 @@ class SAMConfig:
     # aesam: SAM when ||g||^2 >= mean + c_t * std, c_t linear from start to end over the run
     threshold_start: float | None = checked(None, variants=("aesam",))
     threshold_end: float | None = checked(None, variants=("aesam",))
+    # wsam: the sharpness weight is gamma / (1 - gamma); decouple: applied after the base step
+    gamma: float | None = checked(None, ge=0, lt=1, variants=("wsam",))
+    decouple: bool | None = checked(None, variants=("wsam",))
 
 
 @dataclass

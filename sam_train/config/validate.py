@@ -312,8 +312,8 @@ def _efficient_variant_rules(cfg: Any) -> None:
         if momentum <= 0:
             key = "optimizer.betas[0]" if optimizer.name == "adamw" else "optimizer.momentum"
             raise ConfigError(f"sam=msam perturbs along the momentum: set {key} above 0")
-    if sam.name == "aesam" and cfg.trainer.amp == "fp16":
-        raise ConfigError("sam=aesam compares unscaled gradient norms: use trainer.amp=bf16")
+    if sam.name in ("aesam", "wsam") and cfg.trainer.amp == "fp16":
+        raise ConfigError(f"sam={sam.name} needs unscaled gradients: use trainer.amp=bf16")
     if sam.name in FSDP_UNTESTED_VARIANTS and cfg.trainer.strategy == "fsdp":
         raise ConfigError(
             f"sam={sam.name} is not tested under trainer.strategy=fsdp yet: use "

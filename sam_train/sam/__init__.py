@@ -10,6 +10,7 @@ from sam_train.sam.msam import MomentumSAM
 from sam_train.sam.rst import RandomizedSAM
 from sam_train.sam.running_stats import RunningStatsGuard
 from sam_train.sam.sam import SAM
+from sam_train.sam.wsam import WeightedSAM
 
 #: ``sam.name`` in the config -> the optimizer class.
 VARIANTS: dict[str, type[SAM]] = {
@@ -21,6 +22,7 @@ VARIANTS: dict[str, type[SAM]] = {
     "msam": MomentumSAM,
     "rst": RandomizedSAM,
     "aesam": AESAM,
+    "wsam": WeightedSAM,
 }
 # The config declares the variant names (torch-free, for the validator); "none" has no class.
 if set(VARIANTS) != set(SAM_VARIANTS) - {"none"}:
@@ -40,4 +42,5 @@ __all__ = [
     "MomentumSAM",
     "RandomizedSAM",
     "RunningStatsGuard",
+    "WeightedSAM",
 ]
