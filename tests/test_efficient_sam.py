@@ -16,7 +16,16 @@ from sam_reference import CPU
 from torch import nn
 
 from sam_train.config import ConfigError, validate
-from sam_train.sam import AESAM, SAM, VARIANTS, MomentumSAM, RandomizedSAM, WeightedSAM
+from sam_train.sam import (
+    AESAM,
+    ESAM,
+    KSAM,
+    SAM,
+    VARIANTS,
+    MomentumSAM,
+    RandomizedSAM,
+    WeightedSAM,
+)
 from sam_train.step import SAMStep
 
 A_DIM = 6
@@ -266,6 +275,82 @@ def test_wsam_matches_pytorch_optimizer_on_a_small_network(decouple):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+# --------------------------------------------------------------------------- K-SAM, ESAM
+def _softmax_regression():
+    torch.manual_seed(0)
+    return nn.Linear(6, 3)
+
+
+def _grad_at(w, b, x, y):
+    """The gradient of the mean cross-entropy of (x, y) for a linear model (w, b)."""
+    w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
+    nn.functional.cross_entropy(x @ w.T + b, y).backward()
+    return w.grad, b.grad
+
+
+def _losses_at(w, b, x, y):
+    return nn.functional.cross_entropy(x @ w.T + b, y, reduction="none")
+
+
+def _sam_on(w, b, x_first, y_first, x_second_fn, rho, lr):
+    """eps = rho g / ||g|| from (x_first, y_first); the SGD step with the gradient at w + eps
+    of the examples ``x_second_fn(w + eps, b + eps_b)`` picks."""
+    gw, gb = _grad_at(w, b, x_first, y_first)
+    norm = torch.cat([gw.flatten(), gb]).norm()
+    ew, eb = rho * gw / norm, rho * gb / norm
+    x2, y2 = x_second_fn(w + ew, b + eb)
+    sw, sb = _grad_at(w + ew, b + eb, x2, y2)
+    return w - lr * sw, b - lr * sb
+
+
+def _one_step(opt_cls, x, y, **kwargs):
+    model = _softmax_regression()
+    opt = opt_cls(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, **kwargs)
+    step = SAMStep(model, opt, nn.CrossEntropyLoss(), CPU)
+    sizes = []
+    model.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+    step(x, y)
+    return model, step, sizes
+
+
+def test_ksam_takes_both_sam_gradients_on_the_k_highest_loss_examples():
+    x, y = _data(1)[0]
+    model0 = _softmax_regression()
+    w, b = model0.weight.detach(), model0.bias.detach()
+    top = torch.topk(_losses_at(w, b, x, y), 4).indices
+    want = _sam_on(w, b, x[top], y[top], lambda *_: (x[top], y[top]), 0.3, 0.1)
+    model, step, sizes = _one_step(KSAM, x, y, select_fraction=0.25)
+    assert sizes == [16, 4, 4]  # rank the batch, then both passes on k = 4
+    assert (step.counts.forward_examples, step.counts.backward_examples) == (24, 8)
+    torch.testing.assert_close(model.weight.detach(), want[0])
+    torch.testing.assert_close(model.bias.detach(), want[1])
+
+
+def test_esam_runs_the_second_pass_on_the_examples_whose_loss_rose_most():
+    x, y = _data(1)[0]
+    model0 = _softmax_regression()
+    w, b = model0.weight.detach(), model0.bias.detach()
+    before = _losses_at(w, b, x, y)
+
+    def sharpest(w_eps, b_eps):  # the official rule: strictly above the 8th largest rise
+        rise = _losses_at(w_eps, b_eps, x, y) - before
+        keep = rise > torch.topk(rise, 8).values[-1]
+        return x[keep], y[keep]
+
+    want = _sam_on(w, b, x, y, sharpest, 0.3, 0.1)
+    model, step, sizes = _one_step(ESAM, x, y, select_fraction=0.5, perturb_fraction=1.0)
+    assert sizes == [16, 16, 7]  # the batch, its losses at w + eps, the 7 sharpest
+    assert (step.counts.forward_examples, step.counts.backward_examples) == (39, 23)
+    torch.testing.assert_close(model.weight.detach(), want[0])
+    torch.testing.assert_close(model.bias.detach(), want[1])
+
+
+def test_esam_without_data_selection_is_sam_with_its_stochastic_perturbation():
+    x, y = _data(1)[0]
+    _, step, sizes = _one_step(ESAM, x, y, select_fraction=1.0, perturb_fraction=0.5)
+    assert not step.optimizer.selects_examples and sizes == [16, 16]
+
+
 # --------------------------------------------------------------------------- the step
 def _model():
     torch.manual_seed(0)
@@ -291,6 +376,8 @@ STEP_CASES = {
     "rst": {"probability": 0.5, "seed": 3},
     "aesam": {"threshold_start": 0.0, "threshold_end": 0.0},
     "wsam": {"gamma": 0.8},
+    "esam": {"select_fraction": 0.5, "perturb_fraction": 0.5},
+    "ksam": {"select_fraction": 0.25},
 }
 
 
@@ -346,24 +433,30 @@ def test_the_step_counts_the_passes_it_runs(name):
     """The counts results.json reports equal the passes the model really ran (hooks)."""
     model = _model()
     forwards, backwards = [], []
-    model.register_forward_hook(lambda module, args, out: forwards.append(len(args[0])))
-    model[0].weight.register_hook(lambda g: backwards.append(1))
+
+    def record(module, args, out):  # the first layer sees every example of every pass
+        forwards.append(len(args[0]))
+        if out.requires_grad:
+            out.register_hook(lambda grad: backwards.append(len(grad)))
+
+    model[0].register_forward_hook(record)
     step = _step(name, model)
     model.train()
     for x, y in _data(8):
         step(x, y)
     counts = step.counts
     assert (counts.steps, counts.examples) == (8, 8 * 16)
-    assert counts.forward_examples == sum(forwards) and counts.backward_examples == 16 * len(
-        backwards
-    )
-    second_passes = len(forwards) - 8
+    assert (counts.forward_examples, counts.backward_examples) == (sum(forwards), sum(backwards))
     if VARIANTS[name].single_pass:
-        assert second_passes == 0 and counts.ascent_steps == 7  # no momentum at step 1
+        assert len(forwards) == 8 and counts.ascent_steps == 7  # no momentum at step 1
+    elif step.optimizer.selects_examples:
+        assert len(forwards) == 3 * 8 and counts.ascent_steps == 8
+        assert sum(backwards) < 2 * 8 * 16
     else:
-        assert counts.ascent_steps == second_passes
+        assert counts.ascent_steps == len(forwards) - 8
     summary = counts.summary()
-    assert summary["passes_per_step"] == round(len(forwards) / 8, 4)
+    expected = (sum(forwards) + 2 * sum(backwards)) / (3 * 8 * 16)
+    assert summary["passes_per_step"] == round(expected, 4)
     assert summary["ascent_fraction"] == round(counts.ascent_steps / 8, 4)
 
 
@@ -395,6 +488,10 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
         (["sam=aesam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
         (["sam=wsam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
         (["sam=wsam", "sam.gamma=1"], "sam.gamma must be in [0, 1)"),
+        (["sam=ksam", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
+        (["sam=esam", "augment.mixup_alpha=0.2"], "set augment.mixup_alpha=0"),
+        (["sam=esam", "trainer.amp=fp16"], "set trainer.amp=bf16 or none"),
+        (["sam=ksam", "sam.select_fraction=0"], "sam.select_fraction must be in (0, 1]"),
         (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
         (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
         (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),

@@ -106,12 +106,16 @@ SAM_VARIANTS = (
     "rst",
     "aesam",
     "wsam",
+    "esam",
+    "ksam",
 )
 # Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
 # (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
 NO_ASCENT_VARIANTS = ("msam",)
 # Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
-FSDP_UNTESTED_VARIANTS = ("msam", "rst", "aesam", "wsam")
+FSDP_UNTESTED_VARIANTS = ("msam", "rst", "aesam", "wsam", "esam", "ksam")
+# Variants whose passes run on part of the batch (sam_train/step/selection.py).
+SELECTING_VARIANTS = ("esam", "ksam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
 ADAPTIVE_PARAMS = ("all", "weights")
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
@@ -220,6 +224,8 @@ class SAMConfig:
     # wsam: the sharpness weight is gamma / (1 - gamma); decouple: applied after the base step
     gamma: float | None = checked(None, ge=0, lt=1, variants=("wsam",))
     decouple: bool | None = checked(None, variants=("wsam",))
+    # esam: gamma, the share of the batch in the second pass; ksam: k / batch, for both passes
+    select_fraction: float | None = checked(None, gt=0, le=1, variants=("esam", "ksam"))
 
 
 @dataclass

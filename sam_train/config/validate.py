@@ -29,6 +29,7 @@ from sam_train.config.schema import (
     LOGGER_PACKAGES,
     NO_ASCENT_VARIANTS,
     SAM_VARIANT_OPTIONS,
+    SELECTING_VARIANTS,
     LoggerConfig,
     TrainConfig,
     transform_options,
@@ -314,11 +315,29 @@ def _efficient_variant_rules(cfg: Any) -> None:
             raise ConfigError(f"sam=msam perturbs along the momentum: set {key} above 0")
     if sam.name in ("aesam", "wsam") and cfg.trainer.amp == "fp16":
         raise ConfigError(f"sam={sam.name} needs unscaled gradients: use trainer.amp=bf16")
+    if sam.name in SELECTING_VARIANTS:
+        _selection_rules(cfg)
     if sam.name in FSDP_UNTESTED_VARIANTS and cfg.trainer.strategy == "fsdp":
         raise ConfigError(
             f"sam={sam.name} is not tested under trainer.strategy=fsdp yet: use "
             "trainer.strategy=ddp"
         )
+
+
+def _selection_rules(cfg: Any) -> None:
+    """Passes on part of the batch need per-example cross-entropy over one micro-batch."""
+    name, trainer, augment = cfg.sam.name, cfg.trainer, cfg.augment
+    limits = {
+        "trainer.accum_steps=1": trainer.accum_steps != 1,
+        "trainer.amp=bf16 or none": trainer.amp == "fp16",
+        "augment.mixup_alpha=0 and augment.cutmix_alpha=0": bool(
+            augment.mixup_alpha or augment.cutmix_alpha
+        ),
+        "sam.inner_steps=1": cfg.sam.inner_steps != 1,
+    }
+    for fix, broken in limits.items():
+        if broken:
+            raise ConfigError(f"sam={name} selects examples of the batch: set {fix}")
 
 
 def _fsdp_rules(cfg: Any) -> None:

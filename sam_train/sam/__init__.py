@@ -2,9 +2,11 @@
 
 from sam_train.config.schema import SAM_VARIANTS
 from sam_train.sam.aesam import AESAM
+from sam_train.sam.esam import ESAM
 from sam_train.sam.fsam import FriendlySAM
 from sam_train.sam.gsam import GSAM
 from sam_train.sam.interval import IntervalSAM
+from sam_train.sam.ksam import KSAM
 from sam_train.sam.looksam import LookSAM
 from sam_train.sam.msam import MomentumSAM
 from sam_train.sam.rst import RandomizedSAM
@@ -23,6 +25,8 @@ VARIANTS: dict[str, type[SAM]] = {
     "rst": RandomizedSAM,
     "aesam": AESAM,
     "wsam": WeightedSAM,
+    "esam": ESAM,
+    "ksam": KSAM,
 }
 # The config declares the variant names (torch-free, for the validator); "none" has no class.
 if set(VARIANTS) != set(SAM_VARIANTS) - {"none"}:
@@ -33,7 +37,9 @@ if set(VARIANTS) != set(SAM_VARIANTS) - {"none"}:
 
 __all__ = [
     "AESAM",
+    "ESAM",
     "GSAM",
+    "KSAM",
     "SAM",
     "VARIANTS",
     "FriendlySAM",

@@ -110,6 +110,11 @@ class SAM(Optimizer):
     #: True for variants that perturb before the step's only pass (MSAM): the step calls
     #: ``perturb_before_pass``, runs one forward-backward (all-reduced), then ``restore``.
     single_pass: bool = False
+    #: True for variants whose passes run on part of the batch (K-SAM, ESAM's data
+    #: selection): the step runs ``sam_train.step.selection.selected_passes``.
+    selects_examples: bool = False
+    select_before_ascent: bool = False  # rank the examples at w (K-SAM), or after eps (ESAM)
+    select_fraction: float = 1.0
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from torch.optim import Optimizer
 from sam_train.sam import SAM, RunningStatsGuard
 from sam_train.step.counts import PassCounts
 from sam_train.step.precision import NonFiniteGuard, Precision
+from sam_train.step.selection import selected_passes
 from sam_train.strategy.base import SingleProcess, Strategy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -141,7 +142,9 @@ class SAMStep:
             images, targets = self.mix(images, targets)
         if self.scaler is not None or self.skip_nonfinite:
             self._step_stats.save()
-        if self.uses_sam and not self.optimizer.single_pass:
+        if self.uses_sam and self.optimizer.selects_examples:  # K-SAM, ESAM's selection
+            loss_sum, correct, grad_norm = selected_passes(self, images, targets)
+        elif self.uses_sam and not self.optimizer.single_pass:
             loss_sum, correct, grad_norm = self._sam_passes(images, targets)
         else:  # one pass: the base optimizer, or a variant that perturbs before it (MSAM)
             if self.uses_sam:
