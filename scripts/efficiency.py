@@ -58,6 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     "ASAM": ["sam=asam"],
     "F-SAM": ["sam=fsam"],
     "ESAM beta=0.5": ["sam=sam", "sam.perturb_fraction=0.5"],
+    "ESAM SWP+SDS": ["sam=esam"],
+    "K-SAM": ["sam=ksam"],
+    "WSAM": ["sam=wsam"],
 }
 #: label -> the grid its hyper-parameters are chosen from on TUNE_SEEDS (declared up front).
 #: SAM's rho = 0.5 is the preset's; MSAM's radius is along the momentum (the probe in the
@@ -77,13 +80,17 @@ GRID: dict[str, list[list[str]]] = {
     "ASAM": [[f"sam.rho={r}"] for r in ("0.5", "1.0", "2.0")],
     "F-SAM": [[f"sam.rho={r}"] for r in RHOS],
     "ESAM beta=0.5": [[f"sam.rho={r}"] for r in RHOS],
+    "ESAM SWP+SDS": [[f"sam.rho={r}"] for r in RHOS],
+    "K-SAM": [[f"sam.rho={r}"] for r in RHOS],
+    "WSAM": [[f"sam.rho={r}"] for r in RHOS],
 }
-#: (variant, noise) in the order the work is done: the baselines and MSAM first.
+#: (variant, noise) in the order the work is done: the candidate for the goal (MSAM, about
+#: SGD's cost) and the baselines it is measured against, at 40% noise first.
 PRIORITY: list[tuple[str, float]] = [
     ("SGD", 0.4),
-    ("SGD", 0.6),
     ("MSAM", 0.4),
     ("SAM", 0.4),
+    ("SGD", 0.6),
     ("MSAM", 0.6),
     ("SAM", 0.6),
     *(
