@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 from sam_train import callbacks as cb
 from sam_train.checkpoint import load_checkpoint, load_model_state
 from sam_train.config import SAM_VARIANT_OPTIONS
-from sam_train.config.schema import transform_options
+from sam_train.config.schema import TRAJECTORY_VARIANTS, transform_options
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -37,6 +37,7 @@ from sam_train.models import create_model
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
 from sam_train.step.precision import Precision
+from sam_train.step.trajectory import TrajectoryLoss
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
 
 
@@ -262,13 +263,17 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def sam_kwargs(
-    cfg: DictConfig, lr_min: float = 0.0, total_steps: int | None = None, seed: int = 0
+    cfg: DictConfig,
+    lr_min: float = 0.0,
+    total_steps: int | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 1,
 ) -> dict[str, Any]:
     """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
 
     ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs; ``total_steps`` the
     run's length (AE-SAM's threshold schedule); ``seed`` the run's seed (RST's trials, the same
-    on every replica).
+    on every replica); ``steps_per_epoch`` turns MESA's ``start_epoch`` into its first step.
     """
     kwargs: dict[str, Any] = {
         key: cfg[key]
@@ -284,6 +289,8 @@ def sam_kwargs(
         kwargs["total_steps"] = total_steps
     if cfg.name == "rst":
         kwargs["seed"] = seed
+    if "start_epoch" in kwargs:
+        kwargs["start_step"] = kwargs.pop("start_epoch") * steps_per_epoch
     return kwargs
 
 
@@ -295,6 +302,7 @@ def build_optimizer(
     *,
     total_steps: int | None = None,
     seed: int = 0,
+    steps_per_epoch: int = 1,
 ) -> Optimizer:
     """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
     unless ``sam=none``. With ``layer_decay`` each group has an ``lr_scale`` that timm's
@@ -307,7 +315,9 @@ def build_optimizer(
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
-    kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed)
+    kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed, steps_per_epoch)
+    if sam_cfg.name in TRAJECTORY_VARIANTS:
+        kwargs["model"] = model  # the EMA follows its weights
     if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
         kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
     return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
@@ -370,6 +380,8 @@ def build_step(
         if mixup is not None
         else nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     )
+    if cfg.sam.name in TRAJECTORY_VARIANTS:  # the KL term towards the variant's references
+        criterion = TrajectoryLoss(criterion, optimizer)
     return SAMStep(
         model,
         optimizer,
@@ -418,6 +430,7 @@ def build_run(
         lr_min=cfg.scheduler.min_lr,
         total_steps=cfg.trainer.epochs * steps_per_epoch,
         seed=cfg.seed,
+        steps_per_epoch=steps_per_epoch,
     )
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's

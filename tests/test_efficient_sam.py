@@ -20,6 +20,7 @@ from sam_train.sam import (
     AESAM,
     ESAM,
     KSAM,
+    MESA,
     SAM,
     VARIANTS,
     MomentumSAM,
@@ -27,6 +28,7 @@ from sam_train.sam import (
     WeightedSAM,
 )
 from sam_train.step import SAMStep
+from sam_train.step.trajectory import TrajectoryLoss
 
 A_DIM = 6
 
@@ -351,6 +353,51 @@ def test_esam_without_data_selection_is_sam_with_its_stochastic_perturbation():
     assert not step.optimizer.selects_examples and sizes == [16, 16]
 
 
+# --------------------------------------------------------------------------- MESA
+def _mesa_reference(data, lr, decay, weight, t, start):
+    """Du et al.'s MESA by hand: CE + weight T^2 KL(softmax(ema/T) || softmax(out/T)) from
+    step ``start``, plain SGD, then ema <- decay ema + (1 - decay) w."""
+    model = _softmax_regression()
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    ew, eb = w.clone(), b.clone()
+    for step, (x, y) in enumerate(data):
+        wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out = x @ wg.T + bg
+        loss = nn.functional.cross_entropy(out, y)
+        if step >= start:
+            p_ref = torch.softmax((x @ ew.T + eb) / t, dim=-1)
+            log_p = torch.log_softmax(out / t, dim=-1)
+            kl = (p_ref * (torch.log(p_ref) - log_p)).sum(-1).mean()
+            loss = loss + weight * t * t * kl
+        loss.backward()
+        w, b = w - lr * wg.grad, b - lr * bg.grad
+        ew, eb = decay * ew + (1 - decay) * w, decay * eb + (1 - decay) * b
+    return w, b
+
+
+def test_mesa_adds_the_tempered_kl_towards_the_ema_models_outputs():
+    data = _data(5)
+    model = _softmax_regression()
+    opt = MESA(
+        model.parameters(),
+        torch.optim.SGD,
+        model=model,
+        lr=0.5,
+        ema_decay=0.6,
+        trajectory_weight=0.8,
+        temperature=2.0,
+        start_step=2,
+    )
+    step = SAMStep(model, opt, TrajectoryLoss(nn.CrossEntropyLoss(), opt), CPU)
+    for x, y in data:
+        step(x, y)
+    w, b = _mesa_reference(data, 0.5, 0.6, 0.8, 2.0, 2)
+    torch.testing.assert_close(model.weight.detach(), w)
+    torch.testing.assert_close(model.bias.detach(), b)
+    assert step.counts.forward_examples == 5 * 16 + 3 * 16  # the EMA's forwards from step 2
+    assert step.counts.backward_examples == 5 * 16
+
+
 # --------------------------------------------------------------------------- the step
 def _model():
     torch.manual_seed(0)
@@ -378,14 +425,19 @@ STEP_CASES = {
     "wsam": {"gamma": 0.8},
     "esam": {"select_fraction": 0.5, "perturb_fraction": 0.5},
     "ksam": {"select_fraction": 0.25},
+    "mesa": {"ema_decay": 0.5, "start_step": 1},
 }
 
 
 def _step(name: str, model: nn.Module) -> SAMStep:
+    kwargs = {**STEP_CASES[name], **({"model": model} if name == "mesa" else {})}
     opt = VARIANTS[name](
-        model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, **STEP_CASES[name]
+        model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, **kwargs
     )
-    return SAMStep(model, opt, nn.CrossEntropyLoss(), CPU)
+    criterion = nn.CrossEntropyLoss()
+    if name == "mesa":
+        criterion = TrajectoryLoss(criterion, opt)
+    return SAMStep(model, opt, criterion, CPU)
 
 
 @pytest.mark.parametrize("name", list(STEP_CASES))
@@ -447,7 +499,9 @@ def test_the_step_counts_the_passes_it_runs(name):
     counts = step.counts
     assert (counts.steps, counts.examples) == (8, 8 * 16)
     assert (counts.forward_examples, counts.backward_examples) == (sum(forwards), sum(backwards))
-    if VARIANTS[name].single_pass:
+    if name == "mesa":  # the EMA model's forwards from step 1 (the EMA is a copy: hooked too)
+        assert len(forwards) == 8 + 7 and counts.ascent_steps == 0
+    elif VARIANTS[name].single_pass:
         assert len(forwards) == 8 and counts.ascent_steps == 7  # no momentum at step 1
     elif step.optimizer.selects_examples:
         assert len(forwards) == 3 * 8 and counts.ascent_steps == 8
@@ -492,6 +546,9 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
         (["sam=esam", "augment.mixup_alpha=0.2"], "set augment.mixup_alpha=0"),
         (["sam=esam", "trainer.amp=fp16"], "set trainer.amp=bf16 or none"),
         (["sam=ksam", "sam.select_fraction=0"], "sam.select_fraction must be in (0, 1]"),
+        (["sam=mesa", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
+        (["sam=mesa", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=mesa", "sam.temperature=0"], "sam.temperature must be > 0"),
         (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
         (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
         (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),

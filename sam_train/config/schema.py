@@ -108,12 +108,15 @@ SAM_VARIANTS = (
     "wsam",
     "esam",
     "ksam",
+    "mesa",
 )
 # Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
 # (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
-NO_ASCENT_VARIANTS = ("msam",)
+NO_ASCENT_VARIANTS = ("msam", "mesa")
 # Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
-FSDP_UNTESTED_VARIANTS = ("msam", "rst", "aesam", "wsam", "esam", "ksam")
+FSDP_UNTESTED_VARIANTS = ("msam", "rst", "aesam", "wsam", "esam", "ksam", "mesa")
+# Variants whose loss gains a trajectory term (sam_train/step/trajectory.py).
+TRAJECTORY_VARIANTS = ("mesa",)
 # Variants whose passes run on part of the batch (sam_train/step/selection.py).
 SELECTING_VARIANTS = ("esam", "ksam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
@@ -216,7 +219,8 @@ class SAMConfig:
     k: int | None = checked(None, gt=0, variants=("looksam", "interval"))  # SAM every k steps
     sigma: float | None = checked(None, ge=0, variants=("fsam",))  # EMA share removed
     # fsam: the gradient EMA's lambda; aesam: delta, the forgetting rate of ||g||^2's statistics
-    ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam", "aesam"))
+    # mesa: the EMA model's decay per step
+    ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam", "aesam", "mesa"))
     probability: float | None = checked(None, ge=0, le=1, variants=("rst",))  # of a SAM step
     # aesam: SAM when ||g||^2 >= mean + c_t * std, c_t linear from start to end over the run
     threshold_start: float | None = checked(None, variants=("aesam",))
@@ -226,6 +230,10 @@ class SAMConfig:
     decouple: bool | None = checked(None, variants=("wsam",))
     # esam: gamma, the share of the batch in the second pass; ksam: k / batch, for both passes
     select_fraction: float | None = checked(None, gt=0, le=1, variants=("esam", "ksam"))
+    # mesa: lambda * T^2 * KL(EMA outputs / T || outputs / T) added to the loss from start_epoch
+    trajectory_weight: float | None = checked(None, ge=0, variants=("mesa",))
+    temperature: float | None = checked(None, gt=0, variants=("mesa",))
+    start_epoch: int | None = checked(None, ge=0, variants=("mesa",))
 
 
 @dataclass

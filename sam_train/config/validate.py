@@ -30,6 +30,7 @@ from sam_train.config.schema import (
     NO_ASCENT_VARIANTS,
     SAM_VARIANT_OPTIONS,
     SELECTING_VARIANTS,
+    TRAJECTORY_VARIANTS,
     LoggerConfig,
     TrainConfig,
     transform_options,
@@ -317,6 +318,11 @@ def _efficient_variant_rules(cfg: Any) -> None:
         raise ConfigError(f"sam={sam.name} needs unscaled gradients: use trainer.amp=bf16")
     if sam.name in SELECTING_VARIANTS:
         _selection_rules(cfg)
+    if sam.name in TRAJECTORY_VARIANTS and cfg.trainer.accum_steps != 1:
+        raise ConfigError(
+            f"sam={sam.name} compares each batch with reference outputs for the whole batch: "
+            "set trainer.accum_steps=1"
+        )
     if sam.name in FSDP_UNTESTED_VARIANTS and cfg.trainer.strategy == "fsdp":
         raise ConfigError(
             f"sam={sam.name} is not tested under trainer.strategy=fsdp yet: use "

@@ -8,6 +8,7 @@ from sam_train.sam.gsam import GSAM
 from sam_train.sam.interval import IntervalSAM
 from sam_train.sam.ksam import KSAM
 from sam_train.sam.looksam import LookSAM
+from sam_train.sam.mesa import MESA
 from sam_train.sam.msam import MomentumSAM
 from sam_train.sam.rst import RandomizedSAM
 from sam_train.sam.running_stats import RunningStatsGuard
@@ -27,6 +28,7 @@ VARIANTS: dict[str, type[SAM]] = {
     "wsam": WeightedSAM,
     "esam": ESAM,
     "ksam": KSAM,
+    "mesa": MESA,
 }
 # The config declares the variant names (torch-free, for the validator); "none" has no class.
 if set(VARIANTS) != set(SAM_VARIANTS) - {"none"}:
@@ -40,6 +42,7 @@ __all__ = [
     "ESAM",
     "GSAM",
     "KSAM",
+    "MESA",
     "SAM",
     "VARIANTS",
     "FriendlySAM",

@@ -219,6 +219,15 @@ class SAM(Optimizer):
     def _combine_gradients(self, perturbed: bool) -> None:
         """Leave in ``.grad`` what the base optimizer applies; SAM keeps the perturbed one."""
 
+    def perturb_before_pass(self, images: torch.Tensor | None = None) -> bool:
+        """``single_pass`` variants: prepare the step's one pass (MSAM moves w); True when
+        the weights were moved (``restore`` puts them back)."""
+        return False
+
+    def reference_forwards(self) -> int:
+        """Examples run forward (no gradient) by ``perturb_before_pass`` this step (MESA)."""
+        return 0
+
     def _extra_state(self) -> dict[str, Any]:
         """State beyond the base optimizer's that a resume needs (saved under ``"sam"``)."""
         if not self._mask_generators:

@@ -148,7 +148,8 @@ class SAMStep:
             loss_sum, correct, grad_norm = self._sam_passes(images, targets)
         else:  # one pass: the base optimizer, or a variant that perturbs before it (MSAM)
             if self.uses_sam:
-                self.counts.ascent_steps += self.optimizer.perturb_before_pass()
+                self.counts.ascent_steps += self.optimizer.perturb_before_pass(images)
+                self.counts.add_pass(self.optimizer.reference_forwards(), backward=False)
             micro = self._micro_batches(images, targets, self.accum_steps)
             loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))
             if self.uses_sam:

@@ -19,14 +19,25 @@ Under DDP each replica selects from its own batch and the second pass's gradient
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from sam_train.step.sam_step import SAMStep
+
+class SAMStep(Protocol):
+    """What the selection reads of ``sam_train.step.SAMStep`` (not imported: it imports this)."""
+
+    model: nn.Module
+    optimizer: Any
+    criterion: nn.Module
+    strategy: Any
+    precision: Any
+    counts: Any
+    sync_perturbation: bool
+    _stats_guard: Any
+
 
 Losses = tuple[torch.Tensor, torch.Tensor]  # (per-example losses, logits), detached
 
