@@ -61,6 +61,7 @@ VARIANTS: dict[str, list[str]] = {
     "ESAM SWP+SDS": ["sam=esam"],
     "K-SAM": ["sam=ksam"],
     "WSAM": ["sam=wsam"],
+    "MESA": ["sam=mesa"],
 }
 #: label -> the grid its hyper-parameters are chosen from on TUNE_SEEDS (declared up front).
 #: SAM's rho = 0.5 is the preset's; MSAM's radius is along the momentum (the probe in the
@@ -83,6 +84,12 @@ GRID: dict[str, list[list[str]]] = {
     "ESAM SWP+SDS": [[f"sam.rho={r}"] for r in RHOS],
     "K-SAM": [[f"sam.rho={r}"] for r in RHOS],
     "WSAM": [[f"sam.rho={r}"] for r in RHOS],
+    # the official weights 0.3 and 0.8; EMA decays for a 1260-step run (0.9998 is ImageNet's)
+    "MESA": [
+        [f"sam.trajectory_weight={w}", f"sam.ema_decay={d}"]
+        for w in ("0.3", "0.8")
+        for d in ("0.99", "0.999")
+    ],
 }
 #: (variant, noise) in the order the work is done: the candidate for the goal (MSAM, about
 #: SGD's cost) and the baselines it is measured against, at 40% noise first.
