@@ -21,11 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import SamTrainError
+from sam_train.errors import exit_on_user_error
 
-EXIT_USER_ERROR = 2
 EVAL_NAME = "eval.json"
-EMA_CALLBACK = "ModelEMA"  # checkpoint["callbacks"]["ModelEMA"]["module"]: the EMA weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,13 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _ema_model(model, state: dict[str, Any], path: Path):
     """A copy of ``model`` with the checkpoint's EMA weights, or None when it holds none."""
-    from sam_train.checkpoint import load_model_state
+    from sam_train.checkpoint import ema_weights, load_model_state
 
-    ema = (state.get("callbacks") or {}).get(EMA_CALLBACK) or {}
-    if "module" not in ema:
+    weights = ema_weights(state)
+    if weights is None:
         return None
     ema_model = copy.deepcopy(model)
-    load_model_state(ema_model, ema["module"], path)
+    load_model_state(ema_model, weights, path)
     return ema_model
 
 
@@ -68,6 +66,7 @@ def evaluate_checkpoint(path: Path, overrides: list[str], strategy) -> dict[str,
     """Scores of one checkpoint's weights (and EMA weights) on its rebuilt test set."""
     import torch
 
+    from sam_train import checkpoint
     from sam_train.build import build_data, build_run_loaders, model_from_checkpoint
     from sam_train.step import evaluate
     from sam_train.step.precision import Precision
@@ -91,8 +90,8 @@ def evaluate_checkpoint(path: Path, overrides: list[str], strategy) -> dict[str,
 
     result: dict[str, Any] = {
         "checkpoint": str(path),
-        "epochs_trained": state.get("epoch"),  # completed epochs when it was written
-        "global_step": state.get("global_step"),
+        "epochs_trained": state.get(checkpoint.EPOCH),  # completed epochs when it was written
+        "global_step": state.get(checkpoint.GLOBAL_STEP),
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "sam": cfg.sam.name,
@@ -145,11 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SamTrainError as err:
-        print(f"sam-eval: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("sam-eval", lambda: run(args))
 
 
 if __name__ == "__main__":
