@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import compose_config
 from sam_reference import CPU
+from test_lifecycle import BASE, _Act, _assert_same_weights, _last, inject  # noqa: F401
 from torch import nn
 
 from sam_train.config import ConfigError, validate
@@ -558,3 +559,33 @@ def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, me
     with pytest.raises(ConfigError) as err:
         validate(compose_config(overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- crash and resume
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant",
+    [["sam=rst"], ["sam=aesam"], ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"]],
+    ids=lambda overrides: overrides[0],
+)
+def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path, variant):  # noqa: F811
+    """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA): a run
+    that crashes after step 25 and resumes from its step-24 checkpoint ends with the
+    uninterrupted run's weights and variant state (test_lifecycle's helpers)."""
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    code, err = cli_in_process([*BASE, *variant, f"hydra.run.dir={whole}"])
+    assert code == 0, err
+
+    def crash() -> None:
+        raise RuntimeError("simulated crash")
+
+    inject(_Act(25, crash))
+    args = [*BASE, *variant, "checkpoint.every_n_steps=4", f"hydra.run.dir={crashed}"]
+    code, err = cli_in_process(args)
+    assert code == 1 and "simulated crash" in err
+    assert _last(crashed)["global_step"] == 24
+    code, err = cli_in_process([*args, "resume=auto"])
+    assert code == 0, err
+    _assert_same_weights(_last(crashed)["model"], _last(whole)["model"])
+    ours, theirs = _last(crashed)["optimizer"]["sam"], _last(whole)["optimizer"]["sam"]
+    assert str(ours) == str(theirs)  # counters, statistics, generator states, EMA
