@@ -25,7 +25,12 @@ from torch.optim import Optimizer
 from sam_train import callbacks as cb
 from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved_config
 from sam_train.config import SAM_VARIANT_OPTIONS
-from sam_train.config.schema import TRAJECTORY_VARIANTS, best_metric_key, transform_options
+from sam_train.config.schema import (
+    INDEXED_VARIANTS,
+    TRAJECTORY_VARIANTS,
+    best_metric_key,
+    transform_options,
+)
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -163,6 +168,7 @@ def build_run_loaders(
         kind=cfg.dataset.loader,
         device=strategy.device,
         host_rngs=bool(transform_options(cfg.augment)),  # timm's transforms draw from them
+        with_indices=cfg.sam.name in INDEXED_VARIANTS,
     )
 
 
@@ -263,8 +269,10 @@ def sam_kwargs(
         kwargs["total_steps"] = total_steps
     if cfg.name == "rst":
         kwargs["seed"] = seed
-    if "start_epoch" in kwargs:
+    if cfg.name == "mesa" and "start_epoch" in kwargs:
         kwargs["start_step"] = kwargs.pop("start_epoch") * steps_per_epoch
+    if cfg.name == "saf":
+        kwargs["steps_per_epoch"] = steps_per_epoch
     return kwargs
 
 
@@ -277,6 +285,7 @@ def build_optimizer(
     total_steps: int | None = None,
     seed: int = 0,
     steps_per_epoch: int = 1,
+    num_examples: int = 1,
 ) -> Optimizer:
     """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
     unless ``sam=none``. With ``layer_decay`` each group has an ``lr_scale`` that timm's
@@ -290,8 +299,10 @@ def build_optimizer(
     if sam_cfg.name == "none":
         return base
     kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed, steps_per_epoch)
-    if sam_cfg.name in TRAJECTORY_VARIANTS:
+    if sam_cfg.name == "mesa":
         kwargs["model"] = model  # the EMA follows its weights
+    if sam_cfg.name in INDEXED_VARIANTS:
+        kwargs["num_examples"] = num_examples  # the store's rows
     if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
         kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
     return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
@@ -384,6 +395,8 @@ def build_run(
 
     ``init_weights``: load ``model.init_from`` (off when a resume loads its own weights)."""
     strategy = strategy or run_strategy(cfg)
+    if cfg.sam.name in INDEXED_VARIANTS and strategy.world_size > 1:
+        raise ConfigError(f"sam={cfg.sam.name} keeps every example's outputs in one process")
     batch = per_device_batch(cfg, strategy.world_size)
     data = build_data(cfg, strategy)
     loaders = build_run_loaders(cfg, data, strategy, batch)
@@ -405,6 +418,7 @@ def build_run(
         total_steps=cfg.trainer.epochs * steps_per_epoch,
         seed=cfg.seed,
         steps_per_epoch=steps_per_epoch,
+        num_examples=len(data.train),
     )
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's

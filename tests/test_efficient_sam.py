@@ -22,6 +22,7 @@ from sam_train.sam import (
     ESAM,
     KSAM,
     MESA,
+    SAF,
     SAM,
     VARIANTS,
     MomentumSAM,
@@ -399,6 +400,100 @@ def test_mesa_adds_the_tempered_kl_towards_the_ema_models_outputs():
     assert step.counts.backward_examples == 5 * 16
 
 
+# --------------------------------------------------------------------------- SAF
+def _saf_batches(epochs: int):
+    """8 examples, batches of 4 in a new order each epoch: (x, y, indices) per step."""
+    x, y = _data(2)[0][0][:8], _data(2)[0][1][:8]
+    order = torch.Generator().manual_seed(5)
+    for _ in range(epochs):
+        perm = torch.randperm(8, generator=order)
+        for part in perm.split(4):
+            yield x[part], y[part], part
+
+
+def _saf_reference(lr, weight, t, start_epoch, past, epochs):
+    """Du et al.'s SAF by hand: record each example's logits in slot e % (past + 1); after
+    start_epoch add weight T^2 KL(softmax(stored from e - past) || softmax(out)), plain SGD."""
+    model = _softmax_regression()
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    store = torch.zeros(8, past + 1, 3)
+    for step, (x, y, idx) in enumerate(_saf_batches(epochs)):
+        epoch = step // 2
+        wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out = x @ wg.T + bg
+        loss = nn.functional.cross_entropy(out, y)
+        if epoch > start_epoch:
+            p_ref = torch.softmax(store[idx, (epoch - past) % (past + 1)] / t, dim=-1)
+            kl = (p_ref * (torch.log(p_ref) - torch.log_softmax(out / t, dim=-1))).sum(-1)
+            loss = loss + weight * t * t * kl.mean()
+        store[idx, epoch % (past + 1)] = out.detach()
+        loss.backward()
+        w, b = w - lr * wg.grad, b - lr * bg.grad
+    return w, b
+
+
+def _saf_step(model, **kwargs):
+    opt = SAF(model.parameters(), torch.optim.SGD, lr=0.5, num_examples=8, steps_per_epoch=2,
+              trajectory_weight=0.7, temperature=2.0, **kwargs)  # fmt: skip
+    return SAMStep(model, opt, TrajectoryLoss(nn.CrossEntropyLoss(), opt), CPU)
+
+
+def test_saf_adds_the_kl_towards_each_examples_outputs_from_past_epochs():
+    model = _softmax_regression()
+    step = _saf_step(model, start_epoch=1, past_epochs=2)
+    for x, y, idx in _saf_batches(6):
+        step(x, y, idx)
+    w, b = _saf_reference(0.5, 0.7, 2.0, 1, 2, 6)
+    torch.testing.assert_close(model.weight.detach(), w)
+    torch.testing.assert_close(model.bias.detach(), b)
+    assert step.counts.forward_examples == step.counts.backward_examples == 6 * 2 * 4  # SGD's
+    assert step.optimizer.store.shape == (8, 3, 3)  # examples x (past_epochs + 1) x classes
+
+
+def test_saf_resumes_with_its_stored_outputs():
+    batches = list(_saf_batches(4))
+    model = _softmax_regression()
+    step = _saf_step(model, start_epoch=0, past_epochs=1)
+    for batch in batches[:3]:
+        step(*batch)
+    saved = copy.deepcopy((model.state_dict(), step.optimizer.state_dict()))
+    for batch in batches[3:]:
+        step(*batch)
+    resumed_model = _softmax_regression()
+    resumed = _saf_step(resumed_model, start_epoch=0, past_epochs=1)
+    resumed_model.load_state_dict(saved[0])
+    resumed.optimizer.load_state_dict(saved[1])
+    for batch in batches[3:]:
+        resumed(*batch)
+    assert torch.equal(model.weight, resumed_model.weight)
+    assert saved[1]["sam"]["store"].abs().sum() > 0
+
+
+def test_the_loader_hands_out_each_examples_index():
+    from sam_train.data.datasets import TensorImageDataset
+    from sam_train.data.loaders import build_loaders
+
+    images = torch.arange(10.0).reshape(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    data = TensorImageDataset(images, np.arange(10) % 3)
+    loaders = build_loaders(data, data, batch_size=4, eval_batch_size=4, num_workers=0,
+                            seed=0, with_indices=True)  # fmt: skip
+    seen = []
+    for x, y, idx in loaders.train:
+        assert torch.equal(x[:, 0, 0, 0], idx.float()) and torch.equal(y, idx % 3)
+        seen += idx.tolist()
+    assert len(seen) == 8 and len(set(seen)) == 8  # two full batches, no repeats
+
+
+def test_saf_is_refused_under_several_processes():
+    from types import SimpleNamespace
+
+    from sam_train.build import build_run
+
+    cfg = compose_config(["experiment=quickstart", "sam=saf"])
+    with pytest.raises(ConfigError, match="keeps every example's outputs in one process"):
+        build_run(cfg, SimpleNamespace(world_size=2))
+
+
 # --------------------------------------------------------------------------- the step
 def _model():
     torch.manual_seed(0)
@@ -550,6 +645,9 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
         (["sam=mesa", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
         (["sam=mesa", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
         (["sam=mesa", "sam.temperature=0"], "sam.temperature must be > 0"),
+        (["sam=saf", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
+        (["sam=saf", "sam.past_epochs=0"], "sam.past_epochs must be > 0"),
+        (["sam=saf", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
         (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
         (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
         (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),
@@ -565,11 +663,17 @@ def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, me
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
-    [["sam=rst"], ["sam=aesam"], ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"]],
+    [
+        ["sam=rst"],
+        ["sam=aesam"],
+        ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
+        ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
+    ],
     ids=lambda overrides: overrides[0],
 )
 def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path, variant):  # noqa: F811
-    """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA): a run
+    """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA, SAF's
+    stored outputs, filled through the loader's example indices): a run
     that crashes after step 25 and resumes from its step-24 checkpoint ends with the
     uninterrupted run's weights and variant state (test_lifecycle's helpers)."""
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"

@@ -406,6 +406,7 @@ def test_config_names_every_variant():
         ["sam=esam"],
         ["sam=ksam"],
         ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
+        ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
         ["sam=asam"],
         ["sam.p=inf", "sam.rho=0.0002"],  # ||eps||_2 = rho * sqrt(#weights), about 0.06 here
         ["sam.perturb_fraction=0.5", "sam.include_weight_decay=true", "sam.inner_steps=2"],
@@ -430,6 +431,8 @@ def test_every_variant_trains_the_quickstart(overrides, tmp_path):
     ascents = 0.0 if cfg.sam.name == "msam" else results["ascent_fraction"]
     if cfg.sam.name in ("esam", "ksam"):  # a forward over the batch, the rest on part of it
         assert 1.0 < results["passes_per_step"] < 2.0, results
+    elif cfg.sam.name == "saf":  # SGD's one pass: the stored outputs cost no computation
+        assert results["passes_per_step"] == 1.0, results
     elif cfg.sam.name == "mesa":  # the EMA model's forward (1/3) from epoch 1 of 2
         assert results["passes_per_step"] == pytest.approx(1 + 1 / 6, abs=0.02), results
     else:

@@ -110,14 +110,17 @@ SAM_VARIANTS = (
     "esam",
     "ksam",
     "mesa",
+    "saf",
 )
 # Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
 # (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
-NO_ASCENT_VARIANTS = ("msam", "mesa")
+NO_ASCENT_VARIANTS = ("msam", "mesa", "saf")
 # Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
-FSDP_UNTESTED_VARIANTS = ("esam", "ksam", "mesa")
+FSDP_UNTESTED_VARIANTS = ("esam", "ksam", "mesa", "saf")
 # Variants whose loss gains a trajectory term (sam_train/step/trajectory.py).
-TRAJECTORY_VARIANTS = ("mesa",)
+TRAJECTORY_VARIANTS = ("mesa", "saf")
+# Variants whose loader hands the step each example's index (one process only).
+INDEXED_VARIANTS = ("saf",)
 # Variants whose passes run on part of the batch (sam_train/step/selection.py).
 SELECTING_VARIANTS = ("esam", "ksam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
@@ -231,10 +234,13 @@ class SAMConfig:
     decouple: bool | None = checked(None, variants=("wsam",))
     # esam: gamma, the share of the batch in the second pass; ksam: k / batch, for both passes
     select_fraction: float | None = checked(None, gt=0, le=1, variants=("esam", "ksam"))
-    # mesa: lambda * T^2 * KL(EMA outputs / T || outputs / T) added to the loss from start_epoch
-    trajectory_weight: float | None = checked(None, ge=0, variants=("mesa",))
-    temperature: float | None = checked(None, gt=0, variants=("mesa",))
-    start_epoch: int | None = checked(None, ge=0, variants=("mesa",))
+    # mesa, saf: lambda * T^2 * KL(reference / T || outputs / T) added to the loss from
+    # start_epoch; the reference: an EMA model's outputs (mesa), or each example's own outputs
+    # from past_epochs epochs earlier (saf)
+    trajectory_weight: float | None = checked(None, ge=0, variants=("mesa", "saf"))
+    temperature: float | None = checked(None, gt=0, variants=("mesa", "saf"))
+    start_epoch: int | None = checked(None, ge=0, variants=("mesa", "saf"))
+    past_epochs: int | None = checked(None, gt=0, variants=("saf",))
 
 
 @dataclass

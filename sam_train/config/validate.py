@@ -26,6 +26,7 @@ from sam_train.config.schema import (
     DATA_SPECS,
     FSDP_UNTESTED_VARIANTS,
     GPU_LOADER_AUGMENTATIONS,
+    INDEXED_VARIANTS,
     LOGGER_PACKAGES,
     NO_ASCENT_VARIANTS,
     SAM_VARIANT_OPTIONS,
@@ -318,6 +319,8 @@ def _efficient_variant_rules(cfg: Any) -> None:
         raise ConfigError(f"sam={sam.name} needs unscaled gradients: use trainer.amp=bf16")
     if sam.name in SELECTING_VARIANTS:
         _selection_rules(cfg)
+    if sam.name in INDEXED_VARIANTS and cfg.dataset.loader == "gpu":
+        raise ConfigError(f"sam={sam.name} needs example indices: set dataset.loader=dataloader")
     if sam.name in TRAJECTORY_VARIANTS and cfg.trainer.accum_steps != 1:
         raise ConfigError(
             f"sam={sam.name} compares each batch with reference outputs for the whole batch: "

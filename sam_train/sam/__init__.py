@@ -11,6 +11,7 @@ from sam_train.sam.mesa import MESA
 from sam_train.sam.msam import MomentumSAM
 from sam_train.sam.rst import RandomizedSAM
 from sam_train.sam.running_stats import RunningStatsGuard
+from sam_train.sam.saf import SAF
 from sam_train.sam.sam import SAM
 from sam_train.sam.wsam import WeightedSAM
 
@@ -28,6 +29,7 @@ VARIANTS: dict[str, type[SAM]] = {
     "esam": ESAM,
     "ksam": KSAM,
     "mesa": MESA,
+    "saf": SAF,
 }
 # The config declares the same names, torch-free, for its validator (config.schema
 # SAM_VARIANTS, plus "none", which has no class): tests/test_imports.py checks they agree.
@@ -38,6 +40,7 @@ __all__ = [
     "GSAM",
     "KSAM",
     "MESA",
+    "SAF",
     "SAM",
     "VARIANTS",
     "FriendlySAM",

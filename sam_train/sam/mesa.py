@@ -75,7 +75,9 @@ class MESA(SAM):
         return False
 
     @torch.no_grad()
-    def perturb_before_pass(self, images: torch.Tensor | None = None) -> bool:
+    def perturb_before_pass(
+        self, images: torch.Tensor | None = None, indices: torch.Tensor | None = None
+    ) -> bool:
         """No perturbation: the EMA model's outputs on ``images`` (from ``start_step`` on),
         which the step's loss compares with the model's. Returns False (w is not moved)."""
         self.reference = None
@@ -83,6 +85,9 @@ class MESA(SAM):
             self.reference = self.ema.module(images).float()
         self._steps += 1
         return False
+
+    def record(self, logits: torch.Tensor) -> None:
+        """MESA keeps no outputs (its reference is the EMA model's)."""
 
     def reference_forwards(self) -> int:
         """Examples the EMA model ran forward on for the coming pass (the step counts them)."""

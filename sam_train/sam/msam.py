@@ -78,7 +78,9 @@ class MomentumSAM(SAM):
         return None
 
     @torch.no_grad()
-    def perturb_before_pass(self, images: torch.Tensor | None = None) -> bool:
+    def perturb_before_pass(
+        self, images: torch.Tensor | None = None, indices: torch.Tensor | None = None
+    ) -> bool:
         """w -> w - rho * v / ||v|| over the parameters that have a momentum; False when none
         has one yet (step 1: the weights stay at w)."""
         pairs = [

@@ -230,9 +230,12 @@ class SAM(Optimizer):
     def _combine_gradients(self, perturbed: bool) -> None:
         """Leave in ``.grad`` what the base optimizer applies; SAM keeps the perturbed one."""
 
-    def perturb_before_pass(self, images: torch.Tensor | None = None) -> bool:
-        """``single_pass`` variants: prepare the step's one pass (MSAM moves w); True when
-        the weights were moved (``restore`` puts them back)."""
+    def perturb_before_pass(
+        self, images: torch.Tensor | None = None, indices: torch.Tensor | None = None
+    ) -> bool:
+        """``single_pass`` variants: prepare the step's one pass (MSAM moves w; MESA and SAF
+        set the reference outputs of ``images``, SAF by their ``indices``); True when the
+        weights were moved (``restore`` puts them back)."""
         return False
 
     def reference_forwards(self) -> int:

@@ -135,8 +135,11 @@ class SAMStep:
         return self.precision.scaler
 
     # ------------------------------------------------------------------ one step
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
-        """One optimizer step on a per-device batch."""
+    def __call__(
+        self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        """One optimizer step on a per-device batch; ``indices`` (the examples' places in the
+        training set) only for the variants that keep per-example outputs (SAF)."""
         images, targets = self._to_device(images, targets)
         if self.mix is not None:
             images, targets = self.mix(images, targets)
@@ -148,7 +151,7 @@ class SAMStep:
             loss_sum, correct, grad_norm = self._sam_passes(images, targets)
         else:  # one pass: the base optimizer, or a variant that perturbs before it (MSAM)
             if self.uses_sam:
-                self.counts.ascent_steps += self.optimizer.perturb_before_pass(images)
+                self.counts.ascent_steps += self.optimizer.perturb_before_pass(images, indices)
                 self.counts.add_pass(self.optimizer.reference_forwards(), backward=False)
             micro = self._micro_batches(images, targets, self.accum_steps)
             loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))

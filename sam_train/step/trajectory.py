@@ -5,7 +5,8 @@ code writes it::
     KL(softmax(reference / T) || softmax(logits / T)).sum(-1).mean() * T^2 * weight
 
 The reference comes from ``source.reference`` (None: the criterion alone), set for the whole
-batch before the pass; accumulation micro-batches are refused by the config.
+batch before the pass; the pass's outputs go to ``source.record`` (SAF keeps them for later
+epochs). Accumulation micro-batches are refused by the config.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class ReferenceSource(Protocol):
     trajectory_weight: float
     temperature: float
 
+    def record(self, logits: torch.Tensor) -> None:
+        """Keep the pass's outputs (SAF's store; MESA keeps none)."""
+
 
 class TrajectoryLoss(nn.Module):
     """``criterion(logits, targets)`` + the weighted, tempered KL towards the reference."""
@@ -33,6 +37,7 @@ class TrajectoryLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.criterion(logits, targets)
+        self.source.record(logits)
         reference = self.source.reference
         if reference is None:
             return loss
