@@ -62,6 +62,7 @@ VARIANTS: dict[str, list[str]] = {
     "K-SAM": ["sam=ksam"],
     "WSAM": ["sam=wsam"],
     "MESA": ["sam=mesa"],
+    "SAF": ["sam=saf"],
 }
 #: label -> the grid its hyper-parameters are chosen from on TUNE_SEEDS (declared up front).
 #: SAM's rho = 0.5 is the preset's; MSAM's radius is along the momentum (the probe in the
@@ -90,6 +91,7 @@ GRID: dict[str, list[list[str]]] = {
         for w in ("0.3", "0.8")
         for d in ("0.99", "0.999")
     ],
+    "SAF": [[f"sam.trajectory_weight={w}"] for w in ("0.16", "0.3", "0.8")],  # the official
 }
 #: (variant, noise) in the order the work is done: the candidate for the goal (MSAM, about
 #: SGD's cost) and the baselines it is measured against, at 40% noise first.
@@ -242,20 +244,20 @@ def run_all(out: Path, budget_s: float) -> int:
 # ---------------------------------------------------------------------------- costs
 def measure_costs(labels: list[str], reps: int) -> dict[str, dict[str, float]]:
     """label -> CPU ms per step and its ratio to SGD's, interleaved in this process (one
-    thread), over whole cycles of CYCLE steps from the start of a run, at the preset's rho."""
+    thread), over whole cycles of CYCLE steps of ``run.step`` from the start of a run, at the
+    preset's options (the schedule is not advanced: the learning rate stays at warm-up's)."""
     import torch
 
     sys.path.insert(0, str(REPO / "scripts"))
-    from bench import bench_run, compose, median_ratio, time_interleaved, train_step
+    from bench import bench_run, compose, median_ratio, time_interleaved
 
     torch.set_num_threads(1)
     labels = ["SGD", *[label for label in labels if label != "SGD"]]
     cycles = {}
     for label in labels:
         run = bench_run(compose([PRESET, *VARIANTS[label], "trainer.num_workers=0"]))
-        images, targets = next(iter(run.loaders.train))
-        step = train_step(run, images, targets)
-        cycles[label] = lambda step=step: [step() for _ in range(CYCLE)]
+        batch = next(iter(run.loaders.train))  # (images, targets[, indices for SAF])
+        cycles[label] = lambda run=run, batch=batch: [run.step(*batch) for _ in range(CYCLE)]
     timings = time_interleaved(cycles, device=torch.device("cpu"), warmup=1, reps=reps)
     return {
         label: {
