@@ -222,23 +222,24 @@ def next_job(out: Path, skip: set[str]) -> tuple[str, float, list[str], int] | N
     return None
 
 
-def run_all(out: Path, budget_s: float) -> int:
-    """Train pending runs until none is left or the budget is spent; 1 if one failed."""
-    started, failed = time.monotonic(), set()
+def run_all(out: Path, budget_s: float, tries: int = 2) -> int:
+    """Train pending runs until none is left or the budget is spent (a failed run is tried
+    ``tries`` times in all, resuming); 1 if one failed for good."""
+    started, failures = time.monotonic(), {}
     while time.monotonic() - started < budget_s:
-        job = next_job(out, failed)
+        job = next_job(out, {key for key, n in failures.items() if n >= tries})
         if job is None:
             break
         key = run_key(*job)
         summary = train(*job, out)
         (out / key / ".claim").unlink(missing_ok=True)
         if summary is None:
-            failed.add(key)
-            print(f"{key}: failed", flush=True)
+            failures[key] = failures.get(key, 0) + 1
+            print(f"{key}: failed ({failures[key]} of {tries} tries)", flush=True)
             continue
         with locked_store() as store:
             store["runs"][key] = summary
-    return int(bool(failed))
+    return int(any(n >= tries for n in failures.values()))
 
 
 # ---------------------------------------------------------------------------- costs
