@@ -164,8 +164,8 @@ class Trainer:
         window = _Window(device)
         first_window = True  # holds the loader's start (workers): not a typical step
         started = time.perf_counter()
-        for step, (images, targets) in enumerate(run.loaders.train, start=start_step + 1):
-            output = run.step(images, targets)
+        for step, (images, targets, *indices) in enumerate(run.loaders.train, start=start_step + 1):
+            output = run.step(images, targets, *indices)  # indices: SAF's loader only
             state.global_step += 1
             state.skipped_steps += not output.finite
             run.scheduler.step_update(num_updates=state.global_step)

@@ -127,6 +127,14 @@ class SAM(Optimizer):
     #: LookSAM): the gradient at w is kept, and under DDP it must be the all-reduced one so
     #: that every replica combines the same vectors.
     combines_gradients: bool = False
+    #: True for variants that perturb before the step's only pass (MSAM): the step calls
+    #: ``perturb_before_pass``, runs one forward-backward (all-reduced), then ``restore``.
+    single_pass: bool = False
+    #: True for variants whose passes run on part of the batch (K-SAM, ESAM's data
+    #: selection): the step runs ``sam_train.step.selection.selected_passes``.
+    selects_examples: bool = False
+    select_before_ascent: bool = False  # rank the examples at w (K-SAM), or after eps (ESAM)
+    select_fraction: float = 1.0
 
     def __init__(
         self,
@@ -222,6 +230,18 @@ class SAM(Optimizer):
 
     def _combine_gradients(self, perturbed: bool) -> None:
         """Leave in ``.grad`` what the base optimizer applies; SAM keeps the perturbed one."""
+
+    def perturb_before_pass(
+        self, images: torch.Tensor | None = None, indices: torch.Tensor | None = None
+    ) -> bool:
+        """``single_pass`` variants: prepare the step's one pass (MSAM moves w; MESA and SAF
+        set the reference outputs of ``images``, SAF by their ``indices``); True when the
+        weights were moved (``restore`` puts them back)."""
+        return False
+
+    def reference_forwards(self) -> int:
+        """Examples run forward (no gradient) by ``perturb_before_pass`` this step (MESA)."""
+        return 0
 
     def _extra_state(self) -> dict[str, Any]:
         """State beyond the base optimizer's that a resume needs (saved under ``"sam"``)."""
