@@ -23,6 +23,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
+from sam_train.config.overrides import check_command_line
+from sam_train.console import to_log_files
 from sam_train.errors import (
     EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
@@ -41,10 +43,7 @@ log = logging.getLogger("sam_train")
 def report(message: str, level: int = logging.ERROR) -> None:
     """A line for the user: once on stderr, and in the run's log file (not a second time on
     the console, where the log's stream handler would repeat it)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers + log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    to_log_files(message, level)
     prefix = "error: " if level >= logging.ERROR else ""
     print(f"sam-train: {prefix}{message}", file=sys.stderr)
 
@@ -253,10 +252,15 @@ def main() -> None:
     leave through :func:`process_group.exit_worker`."""
     _escape_unencodable_output()
     nproc, args = split_nproc(sys.argv[1:])
+    multirun = bool({"-m", "--multirun"} & set(args))
+    quoted = quote_path_overrides(args, multirun=multirun)
+    try:  # before Hydra and before any worker starts: one line for a typo
+        check_command_line(quoted, config_dir())
+    except SamTrainError as err:
+        fail(str(err))
     if nproc is not None and not _launched_distributed():
         sys.exit(launch(nproc, args))  # the workers come back here, under the agent
-    multirun = bool({"-m", "--multirun"} & set(args))
-    sys.argv[1:] = quote_path_overrides(args, multirun=multirun)
+    sys.argv[1:] = quoted
     if not _launched_distributed():
         _run_and_summarise()
         return
