@@ -18,6 +18,7 @@ from typing import ClassVar
 import pytest
 from conftest import run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb_records import finished_log
 
 import sam_train.train as train_module
 from sam_train.callbacks import Callback
@@ -160,8 +161,7 @@ def test_wandb_logger_writes_an_offline_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     results = _one_epoch(tmp_path / "run", "logger=wandb")
-    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
-    (records,) = offline.glob("run-*.wandb")  # what `wandb sync` uploads: protobuf records
+    records = finished_log(tmp_path / "run")  # what `wandb sync` uploads: protobuf records
     data = records.read_bytes()
     assert b"final/acc1" in data and json.dumps(results["final_acc1"]).encode() in data
     assert b"train/loss" in data and b"sam.name" in data
