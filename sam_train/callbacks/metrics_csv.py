@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_train.callbacks.base import Callback
+from sam_train.run_files import METRICS_NAME
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
     from sam_train.trainer import Trainer
 
-METRICS_NAME = "metrics.csv"
 #: column -> where its value comes from (train: state.train_metrics, test: state.test_metrics).
 COLUMNS: dict[str, tuple[str, str]] = {
     "train_loss": ("train", "loss"),

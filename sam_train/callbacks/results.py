@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_train.callbacks.base import Callback
+from sam_train.run_files import RESULTS_NAME
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
     from sam_train.trainer import Trainer
 
 log = logging.getLogger("sam_train")
-RESULTS_NAME = "results.json"
 
 
 def results_of(state: RunState, epochs: int, world_size: int) -> dict[str, Any]:
