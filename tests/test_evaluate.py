@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -37,13 +38,17 @@ def _eval(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def _results(folder: Path, prefix: str = "") -> list[dict]:
+    """The evaluations in a results folder whose names start with ``prefix``."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{prefix}*.json"))]
+
+
 def test_sam_eval_of_best_pt_equals_the_best_top1_of_results_json(trained, capsys):
     best = trained / "checkpoints" / "best.pt"
     code, out, err = _eval([str(best)], capsys)
     assert code == 0, err
     results = json.loads((trained / "results.json").read_text())
-    report = json.loads((trained / "eval.json").read_text())
-    (scored,) = report["results"]
+    (scored,) = _results(trained / "eval", "best-")
     assert scored["acc1"] == results["best_acc1"] and scored["acc5"] == results["best_acc5"]
     assert scored["count"] == results["test_images"] == 450
     assert f"top-1 {results['best_acc1']:.2f}%" in out and out.count("\n") == 2
@@ -52,7 +57,7 @@ def test_sam_eval_of_best_pt_equals_the_best_top1_of_results_json(trained, capsy
 def test_sam_eval_of_last_pt_scores_the_ema_callbacks_weights_as_training_did(trained, capsys):
     code, _, err = _eval([str(trained / "checkpoints" / "last.pt")], capsys)
     assert code == 0, err
-    (scored,) = json.loads((trained / "eval.json").read_text())["results"]
+    scored = _results(trained / "eval", "last-")[0]
     results = json.loads((trained / "results.json").read_text())
     assert scored["acc1"] == results["final_acc1"]
     assert scored["ema_acc1"] == results["ema_final_acc1"] != scored["acc1"]
@@ -70,12 +75,61 @@ def test_sam_eval_scores_the_ema_weights_a_checkpoint_holds(trained, tmp_path, c
         [str(path), "--out", str(tmp_path / "o"), "trainer.eval_batch_size=7"], capsys
     )
     assert code == 0, err
-    (scored,) = json.loads((tmp_path / "o" / "eval.json").read_text())["results"]
+    (scored,) = _results(tmp_path / "o")
     live = json.loads((trained / "results.json").read_text())["best_acc1"]
     assert scored["acc1"] == live
     # all-zero weights: equal logits for every class, so top-1 is whatever class wins ties
     assert scored["ema_acc1"] < 20 and scored["ema_loss"] == pytest.approx(2.302585, abs=1e-4)
     assert "EMA loss" in out
+
+
+def test_each_evaluation_keeps_its_own_result(trained, tmp_path, capsys):
+    """best.pt, then last.pt, then best.pt with an override: three files, the first intact."""
+    run = Path(shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("eval")))
+    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    assert _eval([str(best)], capsys)[0] == 0
+    (first,) = (run / "eval").iterdir()
+    content = first.read_text()
+    assert _eval([str(last)], capsys)[0] == 0
+    assert _eval([str(best), "trainer.eval_batch_size=7"], capsys)[0] == 0
+    names = {p.name for p in (run / "eval").iterdir()}
+    step = load_checkpoint(best)["global_step"]
+    assert first.name == f"best-step{step}.json" and len(names) == 3
+    (hashed,) = {n for n in names if n.startswith(f"best-step{step}-")}
+    assert any(n.startswith("last-step") for n in names)
+    assert first.read_text() == content
+    assert json.loads((run / "eval" / hashed).read_text())["overrides"] == [
+        "trainer.eval_batch_size=7"
+    ]
+
+
+def test_per_class_accuracy_and_confusion_are_the_checkpoints_predictions(
+    trained, tmp_path, capsys
+):
+    """Every test image through the checkpoint's model by hand: the same confusion matrix."""
+    from sam_train.build import build_data, model_from_checkpoint
+
+    best = trained / "checkpoints" / "best.pt"
+    code, out, err = _eval([str(best), "--per-class", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    (scored,) = _results(tmp_path)
+    model, cfg, _ = model_from_checkpoint(best)
+    test = build_data(cfg).test
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    targets = torch.tensor([test[i][1] for i in range(len(test))])
+    with torch.no_grad():
+        predicted = model.eval()(images).argmax(dim=1)
+    expected = torch.zeros(10, 10, dtype=torch.int64)
+    expected.index_put_((targets, predicted), torch.ones_like(targets), accumulate=True)
+    assert scored["confusion"] == expected.tolist()
+    for entry in scored["per_class"]:
+        row = expected[entry["class"]]
+        assert entry["images"] == row.sum().item()
+        assert entry["acc1"] == pytest.approx(100.0 * row[entry["class"]].item() / row.sum().item())
+    assert scored["acc1"] == pytest.approx(100.0 * expected.trace().item() / len(test))
+    assert [c["name"] for c in scored["per_class"]] == [str(i) for i in range(10)]
+    png = tmp_path / f"best-step{scored['global_step']}-confusion.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"written to {png}" in out
 
 
 @pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "state_dict", "override"])
@@ -118,7 +172,7 @@ def test_sam_eval_under_torchrun_scores_every_test_image_once(trained, tmp_path)
         env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (scored,) = json.loads((out / "eval.json").read_text())["results"]
+    (scored,) = _results(out)
     results = json.loads((trained / "results.json").read_text())
     assert scored["count"] == 450 and scored["acc1"] == results["best_acc1"]
     assert result.stdout.count(f"{best}:") == 1  # rank 0 prints
