@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from sam_train.errors import PathError
 from sam_train.run_files import METRICS_NAME, RESULTS_NAME
 from sam_train.run_folder import CHECKPOINTS_DIR, LOCK_NAME
 
@@ -55,27 +56,23 @@ DECIMALS = {"final_acc1": 2, "best_acc1": 2, "ema_acc1": 2, "passes_per_step": 2
 DECIMALS |= {"images_per_sec": 1, "train_seconds": 1}
 
 
-class UsageError(Exception):
-    """A path argument that cannot be used: printed as one line, exit 2, before any work."""
-
-
 # ---------------------------------------------------------------------------- finding runs
 def find_runs(paths: Sequence[Path]) -> list[Path]:
     """Run folders: a run given as is, a sweep (or any folder above runs) expanded to the runs
-    under it, in order; each run once. UsageError for a path that is none of these."""
+    under it, in order; each run once. PathError for a path that is none of these."""
     runs: list[Path] = []
     for path in paths:
         if not path.exists():
-            raise UsageError(f"{path} does not exist")
+            raise PathError(f"{path} does not exist")
         if not path.is_dir():
-            raise UsageError(f"{path} is a file, expected a run or sweep folder")
+            raise PathError(f"{path} is a file, expected a run or sweep folder")
         found = (
             [path]
             if (path / RUN_MARKER).is_file()
             else sorted(p.parent.parent for p in path.rglob(str(RUN_MARKER)))
         )
         if not found:
-            raise UsageError(f"{path} holds no sam-train run (no {RUN_MARKER} under it)")
+            raise PathError(f"{path} holds no sam-train run (no {RUN_MARKER} under it)")
         runs += [run for run in found if run.resolve() not in {r.resolve() for r in runs}]
     return runs
 
@@ -251,9 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         if args.plot is not None and args.plot.is_dir():
-            raise UsageError(f"--plot {args.plot} is a folder, expected a .png file to write")
+            raise PathError(f"--plot {args.plot} is a folder, expected a .png file to write")
         runs = find_runs(args.paths)
-    except UsageError as err:
+    except PathError as err:
         print(f"sam-compare: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     rows, shared = compare(runs)

@@ -34,3 +34,7 @@ class RunFolderError(SamTrainError, RuntimeError):
 
 class RunFolderBusy(RunFolderError):
     """Another live sam-train process holds the run folder's lock."""
+
+
+class PathError(SamTrainError, ValueError):
+    """A path argument that names nothing, or the wrong kind of thing (a folder for a file)."""

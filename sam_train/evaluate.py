@@ -25,10 +25,11 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import SamTrainError
+from sam_train.errors import PathError, SamTrainError
 from sam_train.run_files import EVAL_DIR
 from sam_train.run_folder import CHECKPOINTS_DIR
 
@@ -66,6 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_checkpoint(path: Path) -> None:
+    """PathError, before any work, unless ``path`` is a file (sam-export, sam-predict)."""
+    if not path.exists():
+        raise PathError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise PathError(f"{path} is a folder, expected a checkpoint file (.pt)")
+
+
 def run_folder_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint belongs to (``<run>/checkpoints/x.pt``), else its folder."""
     checkpoint = checkpoint.resolve()
@@ -94,6 +103,38 @@ def _ema_model(model, state: dict[str, Any], path: Path):
     return ema_model
 
 
+@dataclass
+class Loaded:
+    """A checkpoint rebuilt for inference: its model (weights loaded), config, raw contents,
+    data sets (the test set's ``transform`` is the evaluation transform) and class names."""
+
+    model: Any
+    cfg: Any
+    state: dict[str, Any]
+    data: Any
+    names: list[str]
+
+    def ema_model(self, path: Path):
+        """The model with the checkpoint's EMA weights; CheckpointError when it holds none."""
+        from sam_train.errors import CheckpointError
+
+        ema = _ema_model(self.model, self.state, path)
+        if ema is None:
+            raise CheckpointError(f"checkpoint {path} holds no EMA weights (train with ema.decay)")
+        return ema
+
+
+def load_checkpoint_for_inference(path: Path, overrides: Sequence[str], strategy=None) -> Loaded:
+    """What sam-eval, sam-export and sam-predict start from, through build.py: the model the
+    checkpoint's config builds, its weights, and the test set rebuilt from that config."""
+    from sam_train.build import build_data, model_from_checkpoint
+
+    model, cfg, state = model_from_checkpoint(path, strategy, overrides)
+    data = build_data(cfg, strategy)
+    names = class_names(data.test, cfg.dataset.num_classes)
+    return Loaded(model.eval(), cfg, state, data, names)
+
+
 def per_class(confusion: list[list[int]], names: Sequence[str]) -> list[dict[str, Any]]:
     """Each class's test images and top-1 accuracy (%), from the confusion matrix's rows."""
     return [
@@ -114,12 +155,12 @@ def evaluate_checkpoint(
     ``with_classes``, the live weights' per-class accuracy and confusion matrix too."""
     import torch
 
-    from sam_train.build import build_data, build_run_loaders, model_from_checkpoint
+    from sam_train.build import build_run_loaders
     from sam_train.step import evaluate
     from sam_train.step.precision import Precision
 
-    model, cfg, state = model_from_checkpoint(path, strategy, overrides)
-    data = build_data(cfg, strategy)
+    loaded = load_checkpoint_for_inference(path, overrides, strategy)
+    model, cfg, state, data = loaded.model, loaded.cfg, loaded.state, loaded.data
     loaders = build_run_loaders(cfg, data, strategy, batch=1)
     amp = cfg.trainer.amp  # the training loop's autocast (fp16's scaler is never used here)
     scaler = torch.amp.GradScaler(strategy.device.type) if amp == "fp16" else None
@@ -152,7 +193,7 @@ def evaluate_checkpoint(
         result.update({f"ema_{k}": v for k, v in score(ema_model).items() if k != "count"})
     if with_classes:
         result["confusion"] = confusion.tolist()
-        result["per_class"] = per_class(result["confusion"], class_names(data.test, classes))
+        result["per_class"] = per_class(result["confusion"], loaded.names)
     return result
 
 

@@ -277,3 +277,178 @@ def test_init_from_and_pretrained_are_refused_with_one_line(cli_in_process, tmp_
         [*QUICK, f"model.init_from={tmp_path / 'w.pt'}", "model.pretrained=true"]
     )
     assert code == 2 and "choose one" in err
+
+
+# ---------------------------------------------------------------------------- sam-export
+def _main(module, argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        module.main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _test_images(run: Path, count: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's first test digits through the evaluation transform, and their labels."""
+    test = sam_eval.load_checkpoint_for_inference(run / "checkpoints" / "best.pt", []).data.test
+    return torch.stack([test[i][0] for i in range(count)]), torch.tensor(test.targets[:count])
+
+
+def _logits(model, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_sam_export_loads_back_in_timm_with_the_checkpoints_logits(trained, tmp_path, capsys, ema):
+    """sam-train's own model (registered in timm by sam_train.models): local-dir and
+    pretrained_cfg_overlay both rebuild it; the EMA export carries the EMA weights."""
+    import timm
+
+    from sam_train import export
+    from sam_train.data.transforms import DIGITS_MEAN, DIGITS_STD
+
+    best, out = trained / "checkpoints" / "last.pt", tmp_path / "exported"
+    code, stdout, err = _main(export, [str(best), "--out", str(out), *["--ema"] * ema], capsys)
+    assert code == 0, err
+    assert f"wrote {out / 'model.safetensors'}" in stdout
+    loaded = sam_eval.load_checkpoint_for_inference(best, [])
+    source = loaded.ema_model(best) if ema else loaded.model
+    images, _ = _test_images(trained)
+    expected = _logits(source, images)
+    from_dir = timm.create_model(f"local-dir:{out}", pretrained=True)
+    overlay = timm.create_model(
+        "digits_cnn",
+        pretrained=True,
+        num_classes=10,
+        in_chans=1,
+        pretrained_cfg_overlay={"file": str(out / "model.safetensors")},
+    )
+    for model in (from_dir, overlay):
+        assert torch.equal(_logits(model, images), expected)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "digits_cnn"
+    assert config["label_names"] == [str(i) for i in range(10)]
+    cfg = config["pretrained_cfg"]
+    assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (DIGITS_MEAN, DIGITS_STD)  # not (0.5,)
+    assert cfg["input_size"] == [1, 8, 8]
+    if ema:  # the EMA of this short run is far from the live weights
+        assert not torch.allclose(expected, _logits(loaded.model, images))
+
+
+def test_sam_export_of_a_timm_architecture_loads_with_timm_alone(trained, tmp_path, capsys):
+    """A checkpoint of timm's test_resnet: the export rebuilds through timm's registry."""
+    import timm
+
+    from sam_train import export
+
+    state = load_checkpoint(trained / "checkpoints" / "best.pt")
+    torch.manual_seed(0)
+    state["config"]["model"]["name"] = "test_resnet"
+    state["model"] = timm.create_model("test_resnet", num_classes=10, in_chans=1).state_dict()
+    state.pop("callbacks", None), state.pop("magic"), state.pop("format_version")
+    path = save_checkpoint(state, tmp_path / "resnet.pt")
+    out = tmp_path / "exported"
+    code, _, err = _main(export, [str(path), "--out", str(out)], capsys)
+    assert code == 0, err
+    images, _ = _test_images(trained)
+    expected = _logits(sam_eval.load_checkpoint_for_inference(path, []).model, images)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert torch.equal(_logits(model, images), expected)
+    assert json.loads((out / "config.json").read_text())["architecture"] == "test_resnet"
+
+
+@pytest.mark.parametrize("kind", ["not_empty", "out_is_file", "folder", "no_ema"])
+def test_sam_export_refuses_bad_paths_in_one_line_before_writing(trained, tmp_path, capsys, kind):
+    from sam_train import export
+
+    best, out = trained / "checkpoints" / "best.pt", tmp_path / "out"
+    args = [str(best), "--out", str(out)]
+    if kind == "not_empty":
+        out.mkdir()
+        (out / "other.txt").write_text("x")
+    elif kind == "out_is_file":
+        out.write_text("x")
+    elif kind == "folder":
+        args[0] = str(trained)
+    elif kind == "no_ema":
+        state = load_checkpoint(best)
+        state.pop("callbacks", None), state.pop("magic"), state.pop("format_version")
+        args[0] = str(save_checkpoint(state, tmp_path / "plain.pt"))
+        args.append("--ema")
+    code, stdout, err = _main(export, args, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("sam-export: error: "), err
+    expected = {
+        "not_empty": "is not empty",
+        "out_is_file": "is a file, expected a folder",
+        "folder": "is a folder, expected a checkpoint file",
+        "no_ema": "holds no EMA weights",
+    }[kind]
+    assert expected in err and not stdout
+    assert not (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------- sam-predict
+def test_sam_predict_gives_the_models_top_k_on_image_files(trained, tmp_path, capsys):
+    """Test digits saved as 8-bit PNGs: the CSV's classes and probabilities are the
+    checkpoint's softmax on the test set's own tensors (up to the 8-bit rounding)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from sam_train import predict
+    from sam_train.data.transforms import DIGITS_MEAN, DIGITS_STD
+
+    images, labels = _test_images(trained, 12)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    raw = images * DIGITS_STD[0] + DIGITS_MEAN[0]  # back to [0, 1]
+    for i, image in enumerate(raw):
+        pixels = np.round(image[0].numpy() * 255).clip(0, 255).astype("uint8")
+        Image.fromarray(pixels, "L").save(folder / f"{i:02d}.png")
+    best, out = trained / "checkpoints" / "best.pt", tmp_path / "p.csv"
+    code, stdout, err = _main(predict, [str(best), str(folder), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert stdout == f"wrote 12 predictions to {out}\n"
+    with out.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    probs = _logits(sam_eval.load_checkpoint_for_inference(best, []).model, images).softmax(1)
+    top = probs.topk(5, dim=1)
+    for i, row in enumerate(rows):
+        assert row["image"] == str(folder / f"{i:02d}.png")
+        for rank in range(5):
+            assert float(row[f"prob_{rank + 1}"]) == pytest.approx(
+                probs[i, int(row[f"class_{rank + 1}"])].item(), abs=0.02
+            )
+            assert row[f"name_{rank + 1}"] == row[f"class_{rank + 1}"]  # digits' names
+        if top.values[i, 0] - top.values[i, 1] > 0.05:
+            assert int(row["class_1"]) == top.indices[i, 0].item()
+    hits = sum(
+        int(row["class_1"]) == label for row, label in zip(rows, labels.tolist(), strict=True)
+    )
+    assert hits >= 10  # a trained model: most of these test digits right
+
+
+@pytest.mark.parametrize("kind", ["missing_image", "empty_folder", "out_is_folder"])
+def test_sam_predict_refuses_bad_paths_in_one_line(trained, tmp_path, capsys, kind):
+    from sam_train import predict
+
+    best, out = trained / "checkpoints" / "best.pt", tmp_path / "p.csv"
+    target = tmp_path / "missing.png"
+    if kind == "empty_folder":
+        target = tmp_path / "empty"
+        target.mkdir()
+    elif kind == "out_is_folder":
+        out = tmp_path
+        target = trained  # never read: --out is checked first
+    code, stdout, err = _main(predict, [str(best), str(target), "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("sam-predict: error: "), err
+    expected = {
+        "missing_image": "does not exist",
+        "empty_folder": "holds no image file",
+        "out_is_folder": "is a folder, expected a .csv file",
+    }[kind]
+    assert expected in err and not stdout
