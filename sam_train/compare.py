@@ -4,6 +4,7 @@
     sam-compare outputs/a outputs/b --format markdown
     sam-compare hp/sweep --format csv > runs.csv
     sam-compare hp/sweep --plot curves.png                # test top-1 per epoch (plot_runs)
+    sam-compare hp/sweep --tensorboard tb && tensorboard --logdir tb
 
 A row per run: what differs between the runs (the command-line overrides that are not shared,
 read from each run's ``.hydra/overrides.yaml``), status, epochs, final / best / EMA top-1, best
@@ -12,6 +13,11 @@ epoch, passes per step, images/s and training time. A finished run's numbers are
 ``running`` while a live process holds the run's lock, ``finished`` when ``results.json``
 covers the configured epochs, ``stopped`` when a checkpoint is left to resume from, ``failed``
 otherwise. Reads files only (no torch): it answers in a second.
+
+``--tensorboard DIR`` makes a folder for ``tensorboard --logdir DIR`` in which each run is
+named by what differs (``sam=none``, ``sam=sam``): TensorBoard names a run by its folder, and a
+sweep job's folder lists every override, sorted by key. Each run's folder there holds links to
+the run's event files (a resumed run's new file needs the command again).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from sam_train.run_files import METRICS_NAME, RESULTS_NAME
 from sam_train.run_folder import CHECKPOINTS_DIR, LOCK_NAME
 
 EXIT_USER_ERROR = 2
+VIEW_MARKER = ".sam-compare-view"  # a --tensorboard folder that the next call may rebuild
+EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files (SummaryWriter's names)
 RUN_MARKER = Path(".hydra") / "config.yaml"  # what makes a folder a run (Hydra writes it first)
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 FORMATS = ("text", "markdown", "csv")
@@ -233,6 +241,38 @@ def render(rows: list[dict[str, Any]], shared: dict[str, str], fmt: str) -> str:
     return intro + "\n".join(line.rstrip() for line in lines) + "\n"
 
 
+def check_view_folder(out: Path) -> None:
+    """PathError unless ``out`` is new, empty or an earlier view (which is rebuilt)."""
+    if out.exists() and not out.is_dir():
+        raise PathError(f"--tensorboard {out} is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / VIEW_MARKER).is_file():
+        raise PathError(f"--tensorboard {out} is not empty and not a sam-compare view")
+
+
+def tensorboard_view(rows: list[dict[str, Any]], out: Path) -> int:
+    """Fill ``out`` with a folder per run, named by its row's label, of links to its event
+    files; returns how many runs have events. A folder this function made before is rebuilt."""
+    check_view_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():  # the previous view: folders of links only
+        if old.is_dir() and not old.is_symlink():
+            for link in old.iterdir():
+                link.unlink()
+            old.rmdir()
+    (out / VIEW_MARKER).write_text("made by sam-compare --tensorboard; rebuilt on each call\n")
+    linked = 0
+    for row in rows:
+        events = sorted(Path(row["path"]).glob(EVENTS_GLOB))
+        if not events:
+            continue
+        folder = out / row["run"].replace("/", "_")
+        folder.mkdir()
+        for event in events:
+            (folder / event.name).symlink_to(event.resolve())
+        linked += 1
+    return linked
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sam-compare",
@@ -241,6 +281,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP")
     parser.add_argument("--format", choices=FORMATS, default="text", help="default: text")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw test top-1 curves")
+    parser.add_argument(
+        "--tensorboard", type=Path, metavar="DIR", help="a logdir naming runs by what differs"
+    )
     return parser.parse_args(argv)
 
 
@@ -249,12 +292,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.plot is not None and args.plot.is_dir():
             raise PathError(f"--plot {args.plot} is a folder, expected a .png file to write")
+        if args.tensorboard is not None:
+            check_view_folder(args.tensorboard)
         runs = find_runs(args.paths)
     except PathError as err:
         print(f"sam-compare: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     rows, shared = compare(runs)
     sys.stdout.write(render(rows, shared, args.format))
+    if args.tensorboard is not None:
+        linked = tensorboard_view(rows, args.tensorboard)
+        print(f"{linked} runs in {args.tensorboard}: tensorboard --logdir {args.tensorboard}")
     if args.plot is not None:
         from sam_train.run_curves import collect, plot
 

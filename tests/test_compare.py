@@ -20,7 +20,7 @@ BASE = [
     "dataset.test_fraction=0.75",
     "trainer.epochs=2",
     "scheduler.warmup_epochs=1",
-    "logger=none",
+    "logger=tensorboard",
 ]
 RUNS = {"sgd": ["sam=none", "ema.decay=0.9"], "sam": ["sam=sam"]}
 
@@ -101,6 +101,30 @@ def test_the_formats_and_the_plot(sweep, tmp_path, capsys):
     assert lines[0].startswith("shared: experiment=quickstart")
     assert lines[1].startswith("| run | status |") and lines[2].startswith("| --- |")
     assert lines[3].startswith(f"| sam=sam | finished | 2/2 | {results['final_acc1']:.2f} |")
+
+
+def test_the_tensorboard_view_names_each_run_by_what_differs(sweep, tmp_path, capsys):
+    """TensorBoard names a run by its folder: the view's folders are the table's labels, and
+    TensorBoard reads the runs' own scalars through the links; a second call rebuilds it."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    view = tmp_path / "view"
+    compare.main([str(sweep), "--tensorboard", str(view)])
+    assert capsys.readouterr().out.endswith(f"2 runs in {view}: tensorboard --logdir {view}\n")
+    events = EventMultiplexer().AddRunsFromDirectory(str(view)).Reload()
+    assert set(events.Runs()) == {"sam=sam", "sam=none ema.decay=0.9"}
+    for label, name in (("sam=sam", "sam"), ("sam=none ema.decay=0.9", "sgd")):
+        results = json.loads((sweep / name / "results.json").read_text())
+        assert events.Scalars(label, "test/acc1")[-1].value == pytest.approx(results["final_acc1"])
+    compare.main([str(sweep / "sam"), "--tensorboard", str(view)])
+    capsys.readouterr()
+    assert sorted(p.name for p in view.iterdir() if p.is_dir()) == ["sam"]  # the folder's name
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        compare.main([str(sweep), "--tensorboard", str(tmp_path / "busy")])
+    out = capsys.readouterr()
+    assert stop.value.code == 2 and not out.out and "is not empty" in out.err
 
 
 @pytest.mark.parametrize(
