@@ -9,7 +9,6 @@ objects that take no config.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from torch import nn
 from torch.optim import Optimizer
 
 from sam_train import callbacks as cb
-from sam_train.checkpoint import load_checkpoint, load_model_state
+from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved_config
 from sam_train.config import SAM_VARIANT_OPTIONS
-from sam_train.config.schema import transform_options
+from sam_train.config.schema import best_metric_key, transform_options
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -34,36 +33,11 @@ from sam_train.data.transforms import IMAGENET_NORMALIZATION, Normalization
 from sam_train.errors import CheckpointError, ConfigError
 from sam_train.hparams import curated_hparams
 from sam_train.models import create_model
+from sam_train.run import Run
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
-from sam_train.step.precision import Precision
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
-
-
-@dataclass
-class Run:
-    """Every object a training run needs, built and placed; no config inside."""
-
-    model: nn.Module  # the plain module: state dicts, EMA, evaluation
-    train_model: nn.Module  # what the step runs: compiled and/or wrapped by the strategy
-    optimizer: Optimizer  # a SAM variant over the base optimizer, or the base optimizer
-    scheduler: Any  # timm scheduler, stepped per update
-    step: SAMStep
-    strategy: Strategy
-    data: DatasetPair
-    loaders: Loaders
-    device: torch.device
-    epochs: int
-    steps_per_epoch: int
-    per_device_batch: int
-
-    @property
-    def precision(self) -> Precision:
-        return self.step.precision
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler | None:
-        return self.step.scaler
+from sam_train.trainer import Trainer
 
 
 # ---------------------------------------------------------------------------- device, processes
@@ -426,12 +400,13 @@ def config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DictConfig:
 
     from sam_train.config import TrainConfig
 
-    if not isinstance(checkpoint.get("config"), dict):
+    config = saved_config(checkpoint)
+    if config is None:
         raise CheckpointError(f"checkpoint {path} holds no config to rebuild its run from")
     schema = OmegaConf.structured(TrainConfig)
     OmegaConf.set_struct(schema.model.kwargs, False)
     try:
-        return OmegaConf.merge(schema, checkpoint["config"])
+        return OmegaConf.merge(schema, config)
     except OmegaConfBaseException as err:
         raise CheckpointError(f"the config in {path} does not fit this sam-train: {err}") from err
 
@@ -443,7 +418,7 @@ def model_from_checkpoint(
     factory from the config it holds, with ``overrides`` ("key=value") applied on top."""
     strategy = strategy or SingleProcess()
     state = load_checkpoint(path, map_location=strategy.device)
-    if not isinstance(state.get("model"), dict):
+    if not isinstance(state.get(MODEL), dict):
         raise CheckpointError(f"checkpoint {path} has no model weights")
     cfg = config_from_checkpoint(state, str(path))
     cfg.model.pretrained = False  # the checkpoint's weights replace both (and a fine-tune's
@@ -452,7 +427,7 @@ def model_from_checkpoint(
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     model = build_model(cfg, cfg.dataset.num_classes, strategy)
-    load_model_state(model, state["model"], Path(path))  # names the keys that do not fit
+    load_model_state(model, state[MODEL], Path(path))  # names the keys that do not fit
     return model, cfg, state
 
 
@@ -488,6 +463,7 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+# ---------------------------------------------------------------------------- callbacks
 #: logger name (configs/logger/, schema.LOGGER_PACKAGES) -> its callback class.
 LOGGERS: dict[str, type[cb.MetricLogger]] = {
     "tensorboard": cb.TensorBoard,
@@ -514,3 +490,62 @@ def build_loggers(
             kwargs = {"log_hparams": kwargs["hparams"]}
         loggers.append(logger(run_dir, hparams, flat, **kwargs))
     return loggers
+
+
+def build_callbacks(
+    cfg: DictConfig,
+    run_dir: Path,
+    config: dict[str, Any],
+    description: str,
+    overrides: Sequence[str] = (),
+) -> list[cb.Callback]:
+    """The callbacks a training run uses, in the order they hear each event. metrics.csv and
+    the loggers come before checkpointing: an epoch's rows are written before its checkpoint,
+    so a resume drops only what came after the checkpoint and never misses an epoch."""
+    checkpoint = cfg.checkpoint
+    callbacks: list[cb.Callback] = []
+    if cfg.ema.decay:  # first: a step's checkpoint must hold the EMA updated by that step
+        ema = cfg.ema
+        callbacks.append(cb.ModelEMA(ema.decay, warmup=ema.warmup, warmup_power=ema.warmup_power))
+    callbacks += [
+        cb.ConsoleProgress(description),
+        cb.Preemption(),
+        cb.MetricsCSV(run_dir),
+        *build_loggers(cfg, run_dir, overrides),
+        cb.Checkpointing(
+            run_dir,
+            config,
+            save_last=checkpoint.save_last,
+            save_best=checkpoint.save_best,
+            every_n_steps=checkpoint.every_n_steps,
+            keep_last=checkpoint.keep_last,
+        ),
+    ]
+    rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0
+    callbacks.append(cb.Results(run_dir, {"sam": cfg.sam.name, "rho": rho, "seed": cfg.seed}))
+    return callbacks
+
+
+def describe_perturbation(cfg: DictConfig, run: Run) -> str:
+    """Where SAM's eps comes from when several processes train."""
+    if isinstance(run.strategy, FSDPStrategy):
+        return "one eps from the reduce-scattered global gradient (FSDP: sync implied)"
+    if not cfg.sam.sync_perturbation:
+        return f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
+    return "one eps from the all-reduced first gradient (sam.sync_perturbation)"
+
+
+def build_trainer(cfg: DictConfig, run: Run, callbacks: Sequence[cb.Callback]) -> Trainer:
+    """The trainer over a built run, ranking epochs by ``checkpoint.best_metric``."""
+    metric = best_metric_key(cfg.checkpoint.best_metric)
+    return Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
+
+
+def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
+    params = sum(p.numel() for p in run.model.parameters())
+    return (
+        f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
+        f"({len(run.data.train)} train / {len(run.data.test)} test images), "
+        f"{type(run.optimizer).__name__} over {type(run.step.base_optimizer).__name__}, "
+        f"device {run.device}, {run.strategy.world_size} process(es), run folder {run_dir}"
+    )

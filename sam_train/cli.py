@@ -23,12 +23,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
-from sam_train.errors import RunFolderError, SamTrainError
+from sam_train.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    EXIT_SWEEP_FAILED,
+    EXIT_USER_ERROR,
+    RunFolderError,
+    SamTrainError,
+)
 
-EXIT_USER_ERROR = 2
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: requeue and continue with resume=auto
-EXIT_INTERRUPTED = 130
-EXIT_SWEEP_FAILED = 1
 log = logging.getLogger("sam_train")
 
 

@@ -37,11 +37,10 @@ from typing import Any
 
 import yaml
 
-from sam_train.errors import PathError
+from sam_train.errors import PathError, exit_on_user_error
 from sam_train.run_files import METRICS_NAME, RESULTS_NAME
 from sam_train.run_folder import CHECKPOINTS_DIR, LOCK_NAME
 
-EXIT_USER_ERROR = 2
 VIEW_MARKER = ".sam-compare-view"  # a --tensorboard folder that the next call may rebuild
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files (SummaryWriter's names)
 RUN_MARKER = Path(".hydra") / "config.yaml"  # what makes a folder a run (Hydra writes it first)
@@ -287,17 +286,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """PathError, before any work, for a path argument that cannot be used."""
+    if args.plot is not None and args.plot.is_dir():
+        raise PathError(f"--plot {args.plot} is a folder, expected a .png file to write")
+    if args.tensorboard is not None:
+        check_view_folder(args.tensorboard)
+    find_runs(args.paths)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        if args.plot is not None and args.plot.is_dir():
-            raise PathError(f"--plot {args.plot} is a folder, expected a .png file to write")
-        if args.tensorboard is not None:
-            check_view_folder(args.tensorboard)
-        runs = find_runs(args.paths)
-    except PathError as err:
-        print(f"sam-compare: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("sam-compare", lambda: check_paths(args))
+    runs = find_runs(args.paths)
     rows, shared = compare(runs)
     sys.stdout.write(render(rows, shared, args.format))
     if args.tensorboard is not None:

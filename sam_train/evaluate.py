@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import PathError, SamTrainError
+from sam_train.errors import PathError, exit_on_user_error
 from sam_train.run_files import EVAL_DIR
 from sam_train.run_folder import CHECKPOINTS_DIR
 
-EXIT_USER_ERROR = 2
-EMA_CALLBACK = "ModelEMA"  # checkpoint["callbacks"]["ModelEMA"]["module"]: the EMA weights
 ANNOTATED = 20  # confusion matrices of at most this many classes get their counts written
 
 
@@ -93,13 +91,13 @@ def class_names(dataset: Any, num_classes: int) -> list[str]:
 
 def _ema_model(model, state: dict[str, Any], path: Path):
     """A copy of ``model`` with the checkpoint's EMA weights, or None when it holds none."""
-    from sam_train.checkpoint import load_model_state
+    from sam_train.checkpoint import ema_weights, load_model_state
 
-    ema = (state.get("callbacks") or {}).get(EMA_CALLBACK) or {}
-    if "module" not in ema:
+    weights = ema_weights(state)
+    if weights is None:
         return None
     ema_model = copy.deepcopy(model)
-    load_model_state(ema_model, ema["module"], path)
+    load_model_state(ema_model, weights, path)
     return ema_model
 
 
@@ -155,6 +153,7 @@ def evaluate_checkpoint(
     ``with_classes``, the live weights' per-class accuracy and confusion matrix too."""
     import torch
 
+    from sam_train import checkpoint
     from sam_train.build import build_run_loaders
     from sam_train.step import evaluate
     from sam_train.step.precision import Precision
@@ -181,8 +180,8 @@ def evaluate_checkpoint(
 
     result: dict[str, Any] = {
         "checkpoint": str(path),
-        "epochs_trained": state.get("epoch"),  # completed epochs when it was written
-        "global_step": state.get("global_step"),
+        "epochs_trained": state.get(checkpoint.EPOCH),  # completed epochs when it was written
+        "global_step": state.get(checkpoint.GLOBAL_STEP),
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "sam": cfg.sam.name,
@@ -295,11 +294,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SamTrainError as err:
-        print(f"sam-eval: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("sam-eval", lambda: run(args))
 
 
 if __name__ == "__main__":

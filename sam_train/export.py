@@ -23,13 +23,11 @@ names. A bad path or file: one line, exit 2, before anything is written.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import CheckpointError, PathError, SamTrainError
+from sam_train.errors import CheckpointError, PathError, exit_on_user_error
 
-EXIT_USER_ERROR = 2
 WEIGHTS_NAME = "model.safetensors"  # timm's HF_SAFE_WEIGHTS_NAME
 
 
@@ -102,14 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     from sam_train.evaluate import check_checkpoint
 
     args = parse_args(argv)
-    try:
+
+    def run() -> None:
         check_checkpoint(args.checkpoint)
         check_out(args.out)
         out = export(args.checkpoint, args.out, ema=args.ema, overrides=args.overrides)
-    except SamTrainError as err:
-        print(f"sam-export: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    print(f"wrote {out / WEIGHTS_NAME} and {out / 'config.json'}")
+        print(f"wrote {out / WEIGHTS_NAME} and {out / 'config.json'}")
+
+    exit_on_user_error("sam-export", run)
 
 
 if __name__ == "__main__":

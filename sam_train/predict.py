@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import CheckpointError, PathError, SamTrainError
+from sam_train.errors import CheckpointError, PathError, exit_on_user_error
 
-EXIT_USER_ERROR = 2
 BATCH = 64
 
 
@@ -130,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     from sam_train.evaluate import check_checkpoint
 
     args = parse_args(argv)
-    try:
+
+    def run() -> None:
         check_checkpoint(args.checkpoint)
         if args.out.is_dir():
             raise PathError(f"--out {args.out} is a folder, expected a .csv file to write")
@@ -138,11 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = predict(
             args.checkpoint, images, top_k=args.top_k, ema=args.ema, overrides=args.overrides
         )
-    except SamTrainError as err:
-        print(f"sam-predict: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    write_csv(rows, args.out)
-    print(f"wrote {len(rows)} predictions to {args.out}")
+        write_csv(rows, args.out)
+        print(f"wrote {len(rows)} predictions to {args.out}")
+
+    exit_on_user_error("sam-predict", run)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from sam_train.build import Run
-from sam_train.callbacks.base import Callback
+from sam_train.run import Run
 from sam_train.state import RunState
 from sam_train.step import StepOutput, evaluate
 
@@ -36,6 +36,57 @@ class StopTraining(Exception):
         super().__init__(f"{request.reason} at step {global_step}")
         self.request = request
         self.global_step = global_step
+
+
+class Callback:
+    """The events :class:`Trainer` sends; every method is a no-op here.
+
+    A feature such as model EMA is one subclass plus its config (``on_train_step_end`` after
+    the base step, its own ``state_dict`` in the checkpoint), with no edit of the loop. The
+    trainer defines the events and never imports a callback (:mod:`sam_train.callbacks`).
+    """
+
+    #: The callback's key in a checkpoint (``checkpoint["callbacks"][state_key]``): a stable
+    #: name of its own, set by every callback whose ``state_dict`` is not None, so a renamed
+    #: class still resumes its old checkpoints.
+    state_key: ClassVar[str | None] = None
+
+    def on_fit_start(self, trainer: Trainer, state: RunState) -> None:
+        """Before the first step of this session (fresh or resumed)."""
+
+    def on_train_step_end(self, trainer: Trainer, state: RunState, output: StepOutput) -> None:
+        """After every optimizer step (the weights are w again, never w + eps)."""
+
+    def on_log(self, trainer: Trainer, state: RunState, metrics: dict[str, float]) -> None:
+        """Every ``log_every`` steps and at an epoch's last step: this window's metrics."""
+
+    def on_evaluate(self, trainer: Trainer, state: RunState) -> None:
+        """After the live model's evaluation, before best tracking: add other models' test
+        metrics to ``state.test_metrics`` (the EMA's ``ema_acc1``, which
+        ``checkpoint.best_metric`` may name)."""
+
+    def on_epoch_end(self, trainer: Trainer, state: RunState, is_best: bool) -> None:
+        """After an epoch's evaluation; ``state`` holds its train and test metrics."""
+
+    def on_stop(self, trainer: Trainer, state: RunState) -> None:
+        """A stop was requested (signal): the run ends after this, to be resumed."""
+
+    def on_fit_end(self, trainer: Trainer, state: RunState) -> None:
+        """Every configured epoch is done."""
+
+    def teardown(self, trainer: Trainer, state: RunState) -> None:
+        """Always, on every exit path: release what ``on_fit_start`` took."""
+
+    def summary(self, state: RunState) -> dict[str, Any]:
+        """Values this callback adds to results.json (at the run's end)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What this callback must carry across a resume (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 class Trainer:

@@ -20,6 +20,8 @@ from sam_train.config import register_configs
 from sam_train.data.synthetic import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests' quick training run: the quickstart preset (digits, CPU) for two epochs, a few seconds.
+QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1"]
 register_configs()
 # In-process runs use one thread like the child processes (subprocess_env): a resumed run is
 # compared bit for bit with its reference, and thread counts change float reductions.

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUICK
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sam_train.callbacks.tensorboard import tensorboard_tag
 
-QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1"]
 STEPS = 21  # 1347 training digits // 64
 
 

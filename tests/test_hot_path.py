@@ -13,13 +13,13 @@ from types import SimpleNamespace
 import pytest
 import timm.scheduler
 import torch
+from sam_reference import sam_step
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sam_train.build import Run
 from sam_train.callbacks import Callback
 from sam_train.data.loaders import Loaders
-from sam_train.sam import SAM
+from sam_train.run import Run
 from sam_train.state import RunState
 from sam_train.step import SAMStep
 from sam_train.strategy import SingleProcess
@@ -62,8 +62,7 @@ def _step(**kwargs) -> SAMStep:
         nn.Flatten(),
         nn.Linear(8 * 6 * 6, 5),
     )
-    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
-    return SAMStep(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
+    return sam_step(model, optimizer={"rho": 0.05, "lr": 0.1, "momentum": 0.9}, **kwargs)
 
 
 def _schedule(step: SAMStep) -> timm.scheduler.CosineLRScheduler:

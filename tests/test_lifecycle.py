@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_in_process
+from conftest import QUICK, compose_config, run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import sam_train.train as train_module
@@ -24,9 +24,7 @@ from sam_train.run_folder import RunLock
 # random draw being restored.
 STEPS = 21
 BASE = [
-    "experiment=quickstart",
-    "trainer.epochs=2",
-    "scheduler.warmup_epochs=1",
+    *QUICK,
     "trainer.log_every=7",
     "model.kwargs.drop_rate=0.2",
     "dataset.label_noise=0.2",

@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import SamTrainError
-
-EXIT_USER_ERROR = 2
+from sam_train.errors import exit_on_user_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -293,11 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SamTrainError as err:
-        print(f"sam-analyze: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("sam-analyze", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sam_train.callbacks.base import Callback
+from sam_train.callbacks.ema import EMA_METRICS  # state.test_metrics["ema_<name>"] with EMA
+from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 # Window metrics the trainer reports that are bookkeeping, not scalars to plot.
 NOT_SCALARS = ("epoch", "step", "eta_seconds")
-EMA_METRICS = ("loss", "acc1", "acc5")  # state.test_metrics["ema_<name>"] when EMA is on
 
 
 def _ema_scalars(test: dict[str, float], prefix: str) -> dict[str, float]:

@@ -21,6 +21,8 @@ STORE_NAME = "mlflow.db"
 
 
 class MLflowLogger(MetricLogger):
+    state_key = "MLflowLogger"  # in checkpoints: the class name they were first written with
+
     def __init__(
         self,
         run_dir: Path,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from sam_train.callbacks.base import Callback
+from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState

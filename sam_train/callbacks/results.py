@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sam_train.callbacks.base import Callback
 from sam_train.run_files import RESULTS_NAME
+from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState

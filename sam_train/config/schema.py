@@ -64,7 +64,8 @@ DATASETS = tuple(DATA_SPECS)
 CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
 GPU_LOADER_DATASETS = CIFAR_DATASETS
 # CIFAR's own resolution: dataset.image_size other than this upsamples (fine-tuning a model
-# pretrained at that size), which the 32 px augmentations and the GPU loader do not do
+# pretrained at that size), which the 32 px augmentations and the GPU loader do not do.
+# data/constants.py's, kept here so the validator loads no torch (tests/test_imports.py)
 CIFAR_IMAGE_SIZE = 32
 OPTIMIZERS = ("sgd", "adamw")
 # timm's scheduler names; poly with power 1 is configs/scheduler/linear.yaml
@@ -337,7 +338,7 @@ def best_metric_key(name: str) -> str:
     return metric if split == "test" else f"ema_{metric}"
 
 
-#: option -> the variants that read it (builders passes these to the variant's class).
+#: option -> the variants that read it (build.sam_kwargs passes these to the variant's class).
 SAM_VARIANT_OPTIONS: dict[str, tuple[str, ...]] = {
     f.name: f.metadata["variants"] for f in fields(SAMConfig) if "variants" in f.metadata
 }

@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
-from sam_train.config.schema import CIFAR_IMAGE_SIZE
-from sam_train.data import transforms as T
+import sam_train.data.transforms as T
 from sam_train.data.cifar_checks import check_loaded, find_bad_file
+from sam_train.data.constants import CIFAR_IMAGE_SIZE
 from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
 from sam_train.data.label_noise import apply_label_noise
 from sam_train.data.torchvision_sets import TORCHVISION_SETS, torchvision_pair
@@ -208,14 +208,19 @@ def build_datasets(
     if found > num_classes:
         raise DatasetError(f"{name} has {found} classes but dataset.num_classes={num_classes}")
     if label_noise > 0:
-        noisy = apply_label_noise(train.targets, num_classes, label_noise, seed)
-        if isinstance(train, TensorImageDataset):
-            train.targets = noisy
-        else:  # torchvision keeps labels in .targets (CIFAR) and .samples (ImageFolder)
-            train.targets = noisy.tolist()
-            if hasattr(train, "samples"):
-                train.samples = [
-                    (path, int(t)) for (path, _), t in zip(train.samples, noisy, strict=True)
-                ]
-                train.imgs = train.samples
+        _corrupt_labels(train, num_classes, label_noise, seed)
     return DatasetPair(train, test, num_classes)
+
+
+def _corrupt_labels(train: Dataset, num_classes: int, label_noise: float, seed: int) -> None:
+    """Replace a ``label_noise`` fraction of the training labels, wherever the set keeps them."""
+    noisy = apply_label_noise(train.targets, num_classes, label_noise, seed)
+    if isinstance(train, TensorImageDataset):
+        train.targets = noisy
+    else:  # torchvision keeps labels in .targets (CIFAR) and .samples (ImageFolder)
+        train.targets = noisy.tolist()
+        if hasattr(train, "samples"):
+            train.samples = [
+                (path, int(t)) for (path, _), t in zip(train.samples, noisy, strict=True)
+            ]
+            train.imgs = train.samples

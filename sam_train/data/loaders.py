@@ -56,7 +56,7 @@ def build_loaders(
     if kind == "gpu":
         from sam_train.data.device_loader import build_device_loaders
 
-        return build_device_loaders(
+        train, test = build_device_loaders(
             train_set,
             test_set,
             batch_size=batch_size,
@@ -66,39 +66,46 @@ def build_loaders(
             rank=rank,
             world_size=world_size,
         )
+        return Loaders(train, test)
     if kind != "dataloader":
         raise ValueError(f"loader kind must be 'dataloader' or 'gpu', got {kind!r}")
-    train_sampler = ResumableSampler(len(train_set), seed=seed, rank=rank, world_size=world_size)
-    test_sampler = (
-        ShardSampler(len(test_set), rank=rank, world_size=world_size)
-        if world_size > 1
-        else SequentialSampler(test_set)
-    )
-    common = {
+    options: dict[str, Any] = {
         "num_workers": num_workers,
         "pin_memory": pin_memory,
         "persistent_workers": num_workers > 0,
     }
     if num_workers > 0:
-        common["prefetch_factor"] = 4
+        options["prefetch_factor"] = 4
+    train_sampler = ResumableSampler(len(train_set), seed=seed, rank=rank, world_size=world_size)
+    train = EpochSeededDataset(train_set, seed, host_rngs)
+    test_sampler = (
+        ShardSampler(len(test_set), rank=rank, world_size=world_size)
+        if world_size > 1
+        else SequentialSampler(test_set)
+    )
     return Loaders(
-        train=CheckedDataLoader(
-            _ErrorsAsValues(EpochSeededDataset(train_set, seed, host_rngs)),
-            batch_size,
-            sampler=train_sampler,
-            drop_last=True,
-            generator=_own_generator(seed),
-            collate_fn=_collate,
-            **common,
-        ),
-        test=CheckedDataLoader(
-            _ErrorsAsValues(test_set),
-            eval_batch_size,
-            sampler=test_sampler,
-            generator=_own_generator(seed),
-            collate_fn=_collate,
-            **common,
-        ),
+        train=_loader(train, batch_size, train_sampler, seed, options, drop_last=True),
+        test=_loader(test_set, eval_batch_size, test_sampler, seed, options),
+    )
+
+
+def _loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: Any,
+    seed: int,
+    options: dict[str, Any],
+    drop_last: bool = False,
+) -> CheckedDataLoader:
+    """A loader whose bad samples raise their one-line error, with a generator of its own."""
+    return CheckedDataLoader(
+        _ErrorsAsValues(dataset),
+        batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        generator=_own_generator(seed),
+        collate_fn=_collate,
+        **options,
     )
 
 

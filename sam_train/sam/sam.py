@@ -63,6 +63,26 @@ Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None
 BaseOptimizer = type[Optimizer] | Optimizer
 
 
+def non_negative(variant: str, **values: float) -> None:
+    """A ValueError naming the first of ``values`` below 0: the variants' argument checks."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{variant} needs {name} >= 0, got {value}")
+
+
+def _check_arguments(
+    rho: float, eta: float, p: float, perturb_fraction: float, inner_steps: int
+) -> None:
+    non_negative("SAM", rho=rho)
+    non_negative("ASAM", eta=eta)
+    if not (p == 2 or (math.isinf(p) and p > 0)):
+        raise ValueError(f"SAM's p must be 2 or inf, got {p}")
+    if not 0.0 < perturb_fraction <= 1.0:
+        raise ValueError(f"perturb_fraction must be in (0, 1], got {perturb_fraction}")
+    if int(inner_steps) != inner_steps or inner_steps < 1:
+        raise ValueError(f"inner_steps must be a positive integer, got {inner_steps}")
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all tensors as one vector, fused and on the device (no host sync); over
     every shard for FSDP's DTensors (as ``torch.nn.utils.get_total_norm`` computes it)."""
@@ -123,16 +143,7 @@ class SAM(Optimizer):
         unscaled_params: Iterable[torch.Tensor] | None = None,
         **base_kwargs: Any,
     ) -> None:
-        if rho < 0:
-            raise ValueError(f"SAM needs rho >= 0, got {rho}")
-        if eta < 0:
-            raise ValueError(f"ASAM needs eta >= 0, got {eta}")
-        if not (p == 2 or (math.isinf(p) and p > 0)):
-            raise ValueError(f"SAM's p must be 2 or inf, got {p}")
-        if not 0.0 < perturb_fraction <= 1.0:
-            raise ValueError(f"perturb_fraction must be in (0, 1], got {perturb_fraction}")
-        if int(inner_steps) != inner_steps or inner_steps < 1:
-            raise ValueError(f"inner_steps must be a positive integer, got {inner_steps}")
+        _check_arguments(rho, eta, p, perturb_fraction, inner_steps)
         sam_defaults = {"rho": rho, "adaptive": adaptive, "eta": eta}
         if isinstance(base_optimizer, Optimizer):
             if params is not None or base_kwargs:
