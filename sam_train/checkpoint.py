@@ -76,7 +76,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; match a plain open()
+        os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes 0600; match a plain open()
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -132,7 +132,8 @@ def _copy_file(source: Path, path: Path) -> Path:
         return _atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, _COPY_CHUNK))
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

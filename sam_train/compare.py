@@ -303,14 +303,17 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.write(render(rows, shared, args.format))
     if args.tensorboard is not None:
         linked = tensorboard_view(rows, args.tensorboard)
-        print(f"{linked} runs in {args.tensorboard}: tensorboard --logdir {args.tensorboard}")
+        print(
+            f"{linked} runs in {args.tensorboard}: tensorboard --logdir {args.tensorboard}",
+            file=sys.stderr,
+        )
     if args.plot is not None:
         from sam_train.run_curves import collect, plot
 
         curves = collect(runs, "test_acc1")
         if curves:
             plot(curves, args.plot, "test_acc1", "")
-            print(f"wrote {args.plot}", file=sys.stderr)
+            print(f"wrote {args.plot}", file=sys.stderr)  # stdout holds the table alone
         else:
             print("sam-compare: no run has test_acc1 in metrics.csv yet: no plot", file=sys.stderr)
 

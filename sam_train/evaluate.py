@@ -75,7 +75,6 @@ def check_checkpoint(path: Path) -> None:
 
 def run_folder_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint belongs to (``<run>/checkpoints/x.pt``), else its folder."""
-    checkpoint = checkpoint.resolve()
     parent = checkpoint.parent
     return parent.parent if parent.name == CHECKPOINTS_DIR else parent
 
@@ -270,13 +269,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from sam_train.build import build_strategy
     from sam_train.strategy import process_group
 
+    for path in args.checkpoints:
+        check_checkpoint(path)
     strategy = build_strategy(args.device)
     try:
         results = [
             evaluate_checkpoint(p, args.overrides, strategy, with_classes=args.per_class)
             for p in args.checkpoints
         ]
-        several_runs = len({run_folder_of(p) for p in args.checkpoints}) > 1
+        several_runs = len({run_folder_of(p.resolve()) for p in args.checkpoints}) > 1
         if strategy.is_main:
             for path, result in zip(args.checkpoints, results, strict=True):
                 print(summary_line(result))

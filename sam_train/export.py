@@ -60,6 +60,7 @@ def export(checkpoint: Path, out: Path, *, ema: bool = False, overrides: list[st
     from omegaconf import OmegaConf
     from timm.models import save_for_hf
 
+    from sam_train.checkpoint import current_umask
     from sam_train.evaluate import load_checkpoint_for_inference
 
     loaded = load_checkpoint_for_inference(checkpoint, overrides)
@@ -73,6 +74,7 @@ def export(checkpoint: Path, out: Path, *, ema: bool = False, overrides: list[st
         safe_serialization=True,
         data_config=data_config_of(loaded.data.test.transform, tuple(sample.shape)),
     )
+    (out / WEIGHTS_NAME).chmod(0o666 & ~current_umask())  # safetensors writes it 0600
     return out
 
 

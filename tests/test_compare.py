@@ -110,7 +110,7 @@ def test_the_tensorboard_view_names_each_run_by_what_differs(sweep, tmp_path, ca
 
     view = tmp_path / "view"
     compare.main([str(sweep), "--tensorboard", str(view)])
-    assert capsys.readouterr().out.endswith(f"2 runs in {view}: tensorboard --logdir {view}\n")
+    assert capsys.readouterr().err == f"2 runs in {view}: tensorboard --logdir {view}\n"
     events = EventMultiplexer().AddRunsFromDirectory(str(view)).Reload()
     assert set(events.Runs()) == {"sam=sam", "sam=none ema.decay=0.9"}
     for label, name in (("sam=sam", "sam"), ("sam=none ema.decay=0.9", "sgd")):
