@@ -26,14 +26,19 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
-def _eval(argv: list[str], capsys) -> tuple[int, str, str]:
+def _main(module, argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of an entry point's ``main(argv)``."""
     try:
-        sam_eval.main(argv)
+        module.main(argv)
         code = 0
     except SystemExit as stop:
         code = stop.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def _eval(argv: list[str], capsys) -> tuple[int, str, str]:
+    return _main(sam_eval, argv, capsys)
 
 
 def _results(folder: Path, prefix: str = "") -> list[dict]:
@@ -278,16 +283,6 @@ def test_init_from_and_pretrained_are_refused_with_one_line(cli_in_process, tmp_
 
 
 # ---------------------------------------------------------------------------- sam-export
-def _main(module, argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        module.main(argv)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _test_images(run: Path, count: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's first test digits through the evaluation transform, and their labels."""
     test = sam_eval.load_checkpoint_for_inference(run / "checkpoints" / "best.pt", []).data.test
