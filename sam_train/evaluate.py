@@ -271,6 +271,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     for path in args.checkpoints:
         check_checkpoint(path)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise PathError(f"--out {args.out} is a file, expected a folder for the results")
     strategy = build_strategy(args.device)
     try:
         results = [

@@ -135,7 +135,9 @@ def test_per_class_accuracy_and_confusion_are_the_checkpoints_predictions(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"written to {png}" in out
 
 
-@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "state_dict", "override"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "garbage", "truncated", "state_dict", "override", "folder", "out_is_file"]
+)
 def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, kind):
     best = trained / "checkpoints" / "best.pt"
     path = tmp_path / "x.pt"
@@ -148,6 +150,11 @@ def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, ki
         torch.save(load_checkpoint(best)["model"], path)
     elif kind == "override":
         args = [str(best), "--out", str(tmp_path), "dataset.nmae=3"]
+    elif kind == "folder":
+        args = [str(trained)]
+    elif kind == "out_is_file":
+        path.write_text("x")
+        args = [str(best), "--out", str(path)]
     code, out, err = _eval(args, capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("sam-eval: error: "), err
     assert "Traceback" not in err and not out
@@ -157,6 +164,8 @@ def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, ki
         "truncated": "corrupt or not a torch file",
         "state_dict": "is not a sam-train checkpoint",
         "override": "Key 'nmae' not in",
+        "folder": "is a folder, expected a checkpoint file",
+        "out_is_file": "is a file, expected a folder for the results",
     }[kind]
     assert expected in err
 
