@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from sam_train.errors import PathError, exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_folder, expect_new_file
 from sam_train.run_files import METRICS_NAME, RESULTS_NAME
 from sam_train.run_folder import CHECKPOINTS_DIR, LOCK_NAME
 
@@ -64,23 +64,27 @@ DECIMALS |= {"images_per_sec": 1, "train_seconds": 1}
 
 
 # ---------------------------------------------------------------------------- finding runs
+def runs_under(path: Path) -> list[Path]:
+    """The run ``path`` is, or the runs under it (a sweep, or any folder above runs), sorted."""
+    if (path / RUN_MARKER).is_file():
+        return [path]
+    return sorted(p.parent.parent for p in path.rglob(str(RUN_MARKER)))
+
+
+def run_folder_problem(path: Path) -> str | None:
+    """Why ``path`` is not a run or a folder holding runs (None: it is)."""
+    problem = expect_folder(path, "a run or sweep folder")
+    if problem is None and not runs_under(path):
+        return f"{path} holds no sam-train run (no {RUN_MARKER} under it)"
+    return problem
+
+
 def find_runs(paths: Sequence[Path]) -> list[Path]:
-    """Run folders: a run given as is, a sweep (or any folder above runs) expanded to the runs
-    under it, in order; each run once. PathError for a path that is none of these."""
+    """Run folders, in order, each once: a run given as is, a sweep expanded to its runs."""
     runs: list[Path] = []
     for path in paths:
-        if not path.exists():
-            raise PathError(f"{path} does not exist")
-        if not path.is_dir():
-            raise PathError(f"{path} is a file, expected a run or sweep folder")
-        found = (
-            [path]
-            if (path / RUN_MARKER).is_file()
-            else sorted(p.parent.parent for p in path.rglob(str(RUN_MARKER)))
-        )
-        if not found:
-            raise PathError(f"{path} holds no sam-train run (no {RUN_MARKER} under it)")
-        runs += [run for run in found if run.resolve() not in {r.resolve() for r in runs}]
+        seen = {r.resolve() for r in runs}
+        runs += [run for run in runs_under(path) if run.resolve() not in seen]
     return runs
 
 
@@ -240,18 +244,21 @@ def render(rows: list[dict[str, Any]], shared: dict[str, str], fmt: str) -> str:
     return intro + "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def check_view_folder(out: Path) -> None:
-    """PathError unless ``out`` is new, empty or an earlier view (which is rebuilt)."""
-    if out.exists() and not out.is_dir():
-        raise PathError(f"--tensorboard {out} is a file, expected a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / VIEW_MARKER).is_file():
-        raise PathError(f"--tensorboard {out} is not empty and not a sam-compare view")
+def view_folder_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be a view (None: it is new, empty or an earlier view, rebuilt)."""
+    problem = expect_folder(out, "a folder for the view (--tensorboard)", exists=False)
+    taken = out.is_dir() and any(out.iterdir()) and not (out / VIEW_MARKER).is_file()
+    if problem is None and taken:
+        return f"{out} is not empty and not a sam-compare view (--tensorboard)"
+    return problem
 
 
 def tensorboard_view(rows: list[dict[str, Any]], out: Path) -> int:
     """Fill ``out`` with a folder per run, named by its row's label, of links to its event
     files; returns how many runs have events. A folder this function made before is rebuilt."""
-    check_view_folder(out)
+    problem = view_folder_problem(out)
+    if problem is not None:
+        raise ValueError(problem)  # main() refuses it before any work
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():  # the previous view: folders of links only
         if old.is_dir() and not old.is_symlink():
@@ -286,18 +293,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_paths(args: argparse.Namespace) -> None:
-    """PathError, before any work, for a path argument that cannot be used."""
-    if args.plot is not None and args.plot.is_dir():
-        raise PathError(f"--plot {args.plot} is a folder, expected a .png file to write")
-    if args.tensorboard is not None:
-        check_view_folder(args.tensorboard)
-    find_runs(args.paths)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    exit_on_user_error("sam-compare", lambda: check_paths(args))
+    problems = [run_folder_problem(path) for path in args.paths]
+    if args.plot is not None:
+        problems.append(expect_new_file(args.plot, "the PNG file to write (--plot)"))
+    if args.tensorboard is not None:
+        problems.append(view_folder_problem(args.tensorboard))
+    exit_on_problems("sam-compare", problems)
     runs = find_runs(args.paths)
     rows, shared = compare(runs)
     sys.stdout.write(render(rows, shared, args.format))

@@ -43,10 +43,6 @@ class RunFolderBusy(RunFolderError):
     """Another live sam-train process holds the run folder's lock."""
 
 
-class PathError(SamTrainError, ValueError):
-    """A path argument that names nothing, or the wrong kind of thing (a folder for a file)."""
-
-
 def exit_on_user_error(prog: str, command: Callable[[], object]) -> None:
     """Run ``command``; a ``SamTrainError`` becomes one line on stderr and exit code 2."""
     try:

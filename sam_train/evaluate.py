@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import PathError, exit_on_user_error
+from sam_train.errors import exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_file, expect_folder
 from sam_train.run_files import EVAL_DIR
 from sam_train.run_folder import CHECKPOINTS_DIR
 
@@ -62,15 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.checkpoints = [Path(item) for item in args.items if item not in args.overrides]
     if not args.checkpoints:
         parser.error("give at least one checkpoint")
+    out = [expect_folder(args.out, "a folder for the results", exists=False)] if args.out else []
+    exit_on_problems(parser.prog, [*map(expect_file, args.checkpoints), *out])
     return args
-
-
-def check_checkpoint(path: Path) -> None:
-    """PathError, before any work, unless ``path`` is a file (sam-export, sam-predict)."""
-    if not path.exists():
-        raise PathError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise PathError(f"{path} is a folder, expected a checkpoint file (.pt)")
 
 
 def run_folder_of(checkpoint: Path) -> Path:
@@ -269,10 +264,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from sam_train.build import build_strategy
     from sam_train.strategy import process_group
 
-    for path in args.checkpoints:
-        check_checkpoint(path)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise PathError(f"--out {args.out} is a file, expected a folder for the results")
     strategy = build_strategy(args.device)
     try:
         results = [

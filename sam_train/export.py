@@ -26,7 +26,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import CheckpointError, PathError, exit_on_user_error
+from sam_train.errors import CheckpointError, exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 WEIGHTS_NAME = "model.safetensors"  # timm's HF_SAFE_WEIGHTS_NAME
 
@@ -78,12 +79,13 @@ def export(checkpoint: Path, out: Path, *, ema: bool = False, overrides: list[st
     return out
 
 
-def check_out(out: Path) -> None:
-    """The output folder must be new or empty: an export never mixes two models' files."""
-    if out.exists() and not out.is_dir():
-        raise PathError(f"--out {out} is a file, expected a folder to write")
-    if out.is_dir() and any(out.iterdir()):
-        raise PathError(f"--out {out} is not empty; choose a new folder")
+def out_problem(out: Path) -> str | None:
+    """Why ``out`` cannot take the export (None: it is new or empty): an export never mixes two
+    models' files."""
+    problem = expect_folder(out, "a new folder for the export (--out)", exists=False)
+    if problem is None and out.is_dir() and any(out.iterdir()):
+        return f"{out} is not empty, expected a new folder for the export (--out)"
+    return problem
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,13 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sam_train.evaluate import check_checkpoint
-
     args = parse_args(argv)
+    exit_on_problems("sam-export", [expect_file(args.checkpoint), out_problem(args.out)])
 
     def run() -> None:
-        check_checkpoint(args.checkpoint)
-        check_out(args.out)
         out = export(args.checkpoint, args.out, ema=args.ema, overrides=args.overrides)
         print(f"wrote {out / WEIGHTS_NAME} and {out / 'config.json'}")
 

@@ -20,27 +20,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import CheckpointError, PathError, exit_on_user_error
+from sam_train.errors import CheckpointError, exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_file, expect_new_file
 
 BATCH = 64
 
 
-def find_images(paths: Sequence[Path]) -> list[Path]:
-    """The image files named, folders expanded to the image files under them (sorted)."""
+def images_under(path: Path) -> list[Path]:
+    """``path`` if it is a file, else the image files under it (sorted)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    images: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise PathError(f"{path} does not exist")
-        if path.is_file():
-            images.append(path)
-            continue
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
-        if not found:
-            raise PathError(f"{path} holds no image file ({', '.join(IMG_EXTENSIONS)})")
-        images += found
-    return images
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` is neither an image file nor a folder holding some (None: it is one)."""
+    if not path.exists():
+        return f"{path} does not exist, expected an image file or a folder of images"
+    if not images_under(path):
+        return f"{path} holds no image file, expected an image file or a folder of images"
+    return None
 
 
 def image_loader(test_set: Any, in_chans: int):
@@ -125,15 +126,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sam_train.evaluate import check_checkpoint
-
     args = parse_args(argv)
+    exit_on_problems(
+        "sam-predict",
+        [
+            expect_file(args.checkpoint),
+            expect_new_file(args.out, "the .csv file to write (--out)"),
+            *map(image_problem, args.images),
+        ],
+    )
 
     def run() -> None:
-        check_checkpoint(args.checkpoint)
-        if args.out.is_dir():
-            raise PathError(f"--out {args.out} is a folder, expected a .csv file to write")
-        images = find_images(args.images)
+        images = [image for path in args.images for image in images_under(path)]
         rows = predict(
             args.checkpoint, images, top_k=args.top_k, ema=args.ema, overrides=args.overrides
         )

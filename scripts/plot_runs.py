@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sam_train.paths import exit_on_problems, expect_folder, expect_new_file  # noqa: E402
 from sam_train.run_curves import Curve, collect, plot, read_curve  # noqa: E402
 
 __all__ = ["Curve", "collect", "main", "plot", "read_curve"]
@@ -33,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--column", default="test_acc1", help="metrics.csv column")
     parser.add_argument("--title", default="", help="figure title")
     args = parser.parse_args(argv)
+    exit_on_problems(
+        "plot_runs",
+        [
+            *(expect_folder(p, "a run folder") for p in args.run_dirs),
+            expect_new_file(args.out, "the PNG file to write (--out)"),
+        ],
+    )
     curves = collect(args.run_dirs, args.column)
     if not curves:
         print(

@@ -384,7 +384,7 @@ def test_sam_export_refuses_bad_paths_in_one_line_before_writing(trained, tmp_pa
     assert code == 2 and err.count("\n") == 1 and err.startswith("sam-export: error: "), err
     expected = {
         "not_empty": "is not empty",
-        "out_is_file": "is a file, expected a folder",
+        "out_is_file": "is a file, expected a new folder for the export",
         "folder": "is a folder, expected a checkpoint file",
         "no_ema": "holds no EMA weights",
     }[kind]
@@ -451,6 +451,6 @@ def test_sam_predict_refuses_bad_paths_in_one_line(trained, tmp_path, capsys, ki
     expected = {
         "missing_image": "does not exist",
         "empty_folder": "holds no image file",
-        "out_is_folder": "is a folder, expected a .csv file",
+        "out_is_folder": "is a folder, expected the .csv file to write",
     }[kind]
     assert expected in err and not stdout
