@@ -12,7 +12,7 @@ epoch, passes per step, images/s and training time. A finished run's numbers are
 ``results.json``; a running or stopped run's come from its ``metrics.csv`` so far. Status:
 ``running`` while a live process holds the run's lock, ``finished`` when ``results.json``
 covers the configured epochs, ``stopped`` when a checkpoint is left to resume from, ``failed``
-otherwise. Reads files only (no torch): it answers in a second.
+otherwise. Reads files only (no torch), so it answers at once.
 
 ``--tensorboard DIR`` makes a folder for ``tensorboard --logdir DIR`` in which each run is
 named by what differs (``sam=none``, ``sam=sam``): TensorBoard names a run by its folder, and a
