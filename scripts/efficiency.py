@@ -247,9 +247,9 @@ def run_all(out: Path, budget_s: float, tries: int = 2) -> int:
 
 # ---------------------------------------------------------------------------- costs
 def measure_costs(labels: list[str], reps: int) -> dict[str, dict[str, float]]:
-    """label -> CPU ms per step and its ratio to SGD's, interleaved in this process (one
-    thread), over whole cycles of CYCLE steps of ``run.step`` from the start of a run, at the
-    preset's options (the schedule is not advanced: the learning rate stays at warm-up's)."""
+    """label -> CPU ms per step, its ratio to SGD's and the passes counted, interleaved (one
+    thread, this process), over whole cycles of CYCLE steps of ``run.step`` from a run's
+    start, at the preset's options (the schedule is not advanced: warm-up's learning rate)."""
     import torch
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -257,17 +257,20 @@ def measure_costs(labels: list[str], reps: int) -> dict[str, dict[str, float]]:
 
     torch.set_num_threads(1)
     labels = ["SGD", *[label for label in labels if label != "SGD"]]
-    cycles = {}
+    cycles, runs = {}, {}
     for label in labels:
         overrides = [*VARIANTS[label], *COST_OVERRIDES.get(label, [])]
         run = bench_run(compose([PRESET, *overrides, "trainer.num_workers=0"]))
         batch = next(iter(run.loaders.train))  # (images, targets[, indices for SAF])
+        runs[label] = run
         cycles[label] = lambda run=run, batch=batch: [run.step(*batch) for _ in range(CYCLE)]
     timings = time_interleaved(cycles, device=torch.device("cpu"), warmup=1, reps=reps)
     return {
         label: {
             "cpu_ms": round(1e3 * statistics.median(timings.cpu[label]) / CYCLE, 2),
             "x_sgd": round(median_ratio(timings.cpu[label], timings.cpu["SGD"]), 3),
+            # what the timed steps computed (the step's own count)
+            "passes_per_step": runs[label].step.counts.summary()["passes_per_step"],
         }
         for label in labels
     }
