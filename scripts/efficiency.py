@@ -327,6 +327,21 @@ def table(store: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cost_table(store: dict[str, Any]) -> str:
+    """Every variant's measured cost at the start of a run (``costs``), whatever has trained."""
+    lines = [
+        "| variant | passes / step (counted) | CPU ms / step | × SGD CPU |",
+        "|---|---|---|---|",
+    ]
+    for label in VARIANTS:
+        cost = store["costs"].get(label)
+        if cost is not None:
+            passes = cost.get("passes_per_step")
+            shown = "" if passes is None else f"{passes:.2f}"
+            lines.append(f"| {label} | {shown} | {cost['cpu_ms']:.1f} | {cost['x_sgd']:.2f} |")
+    return "\n".join(lines)
+
+
 def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
     """Accuracy against cost, one panel per noise level, a point per measured variant."""
     import matplotlib
@@ -370,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             store["costs"].update(costs)
     store = read_store()
     print(table(store))
+    print(cost_table(store))
     figure(store)
     return 0
 
