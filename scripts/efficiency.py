@@ -351,6 +351,8 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
 
     fig, axes = plt.subplots(1, len(NOISES), figsize=(11, 4.2), sharey=False)
     for ax, noise in zip(axes, NOISES, strict=True):
+        if not any(row(label, noise, store)["acc"] for label in VARIANTS):
+            ax.text(0.5, 0.5, "nothing reported yet", ha="center", transform=ax.transAxes)
         for label in VARIANTS:
             r = row(label, noise, store)
             x = r["x_sgd"] if r["x_sgd"] is not None else r["passes"]
