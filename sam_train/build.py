@@ -8,6 +8,7 @@ objects that take no config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,12 @@ from torch.optim import Optimizer
 from sam_train import callbacks as cb
 from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved_config
 from sam_train.config import SAM_VARIANT_OPTIONS
-from sam_train.config.schema import best_metric_key, transform_options
+from sam_train.config.schema import (
+    INDEXED_VARIANTS,
+    TRAJECTORY_VARIANTS,
+    best_metric_key,
+    transform_options,
+)
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -36,8 +42,12 @@ from sam_train.models import create_model
 from sam_train.run import Run
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
+from sam_train.step.trajectory import TrajectoryLoss
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
+from sam_train.strategy.cpu_threads import set_cpu_threads
 from sam_train.trainer import Trainer
+
+log = logging.getLogger("sam_train")
 
 
 # ---------------------------------------------------------------------------- device, processes
@@ -76,11 +86,14 @@ def build_strategy(
 
 
 def run_strategy(cfg: DictConfig) -> Strategy:
-    """:func:`build_strategy` as ``cfg.trainer`` asks."""
+    """:func:`build_strategy` as ``cfg.trainer`` asks; on the CPU, torch's thread count."""
     trainer = cfg.trainer
-    return build_strategy(
+    strategy = build_strategy(
         trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap, amp=trainer.amp
     )
+    if strategy.device.type == "cpu":
+        set_cpu_threads(trainer.cpu_threads)
+    return strategy
 
 
 def per_device_batch(cfg: DictConfig, world_size: int) -> int:
@@ -162,6 +175,7 @@ def build_run_loaders(
         kind=cfg.dataset.loader,
         device=strategy.device,
         host_rngs=bool(transform_options(cfg.augment)),  # timm's transforms draw from them
+        with_indices=cfg.sam.name in INDEXED_VARIANTS,
     )
 
 
@@ -235,10 +249,18 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
+def sam_kwargs(
+    cfg: DictConfig,
+    lr_min: float = 0.0,
+    total_steps: int | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 1,
+) -> dict[str, Any]:
     """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
 
-    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs.
+    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs; ``total_steps`` the
+    run's length (AE-SAM's threshold schedule); ``seed`` the run's seed (RST's trials, the same
+    on every replica); ``steps_per_epoch`` turns MESA's ``start_epoch`` into its first step.
     """
     kwargs: dict[str, Any] = {
         key: cfg[key]
@@ -250,11 +272,27 @@ def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
             kwargs[key] = cfg[key]
     if cfg.name == "gsam":
         kwargs["lr_min"] = lr_min
+    if cfg.name == "aesam":
+        kwargs["total_steps"] = total_steps
+    if cfg.name == "rst":
+        kwargs["seed"] = seed
+    if cfg.name == "mesa" and "start_epoch" in kwargs:
+        kwargs["start_step"] = kwargs.pop("start_epoch") * steps_per_epoch
+    if cfg.name == "saf":
+        kwargs["steps_per_epoch"] = steps_per_epoch
     return kwargs
 
 
 def build_optimizer(
-    model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig, lr_min: float = 0.0
+    model: nn.Module,
+    opt_cfg: DictConfig,
+    sam_cfg: DictConfig,
+    lr_min: float = 0.0,
+    *,
+    total_steps: int | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 1,
+    num_examples: int = 1,
 ) -> Optimizer:
     """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
     unless ``sam=none``. With ``layer_decay`` each group has an ``lr_scale`` that timm's
@@ -267,7 +305,11 @@ def build_optimizer(
     base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
     if sam_cfg.name == "none":
         return base
-    kwargs = sam_kwargs(sam_cfg, lr_min)
+    kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed, steps_per_epoch)
+    if sam_cfg.name == "mesa":
+        kwargs["model"] = model  # the EMA follows its weights
+    if sam_cfg.name in INDEXED_VARIANTS:
+        kwargs["num_examples"] = num_examples  # the store's rows
     if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
         kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
     return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
@@ -324,12 +366,19 @@ def build_step(
     with Mixup/CutMix, one mixing per batch and timm's soft-target loss."""
     device = strategy.device
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
+    if scaler is not None and device.type == "cpu":  # allowed: it proves the fp16 path on CPU
+        log.warning(
+            "trainer.amp=fp16 on a CPU: float16 is emulated there and trains many times slower "
+            "than fp32; use trainer.amp=bf16 or trainer.amp=none for a CPU run"
+        )
     mixup = build_mixup(cfg)
     criterion = (
         timm.loss.SoftTargetCrossEntropy()
         if mixup is not None
         else nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     )
+    if cfg.sam.name in TRAJECTORY_VARIANTS:  # the KL term towards the variant's references
+        criterion = TrajectoryLoss(criterion, optimizer)
     return SAMStep(
         model,
         optimizer,
@@ -358,6 +407,8 @@ def build_run(
 
     ``init_weights``: load ``model.init_from`` (off when a resume loads its own weights)."""
     strategy = strategy or run_strategy(cfg)
+    if cfg.sam.name in INDEXED_VARIANTS and strategy.world_size > 1:
+        raise ConfigError(f"sam={cfg.sam.name} keeps every example's outputs in one process")
     batch = per_device_batch(cfg, strategy.world_size)
     data = build_data(cfg, strategy)
     loaders = build_run_loaders(cfg, data, strategy, batch)
@@ -371,7 +422,16 @@ def build_run(
     if init_weights and cfg.model.init_from is not None:
         initial_weights(model, cfg)
     model = strategy.shard(model)  # FSDP: in place, before the optimizer is built
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
+    optimizer = build_optimizer(
+        model,
+        cfg.optimizer,
+        cfg.sam,
+        lr_min=cfg.scheduler.min_lr,
+        total_steps=cfg.trainer.epochs * steps_per_epoch,
+        seed=cfg.seed,
+        steps_per_epoch=steps_per_epoch,
+        num_examples=len(data.train),
+    )
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's
     # gradient hooks stay in eager code, for both SAM passes.
@@ -542,10 +602,19 @@ def build_trainer(cfg: DictConfig, run: Run, callbacks: Sequence[cb.Callback]) -
 
 
 def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
+    """The run's first line: model, data, optimizer (``SAM over SGD``, or ``SGD without SAM``
+    for ``sam=none``), device (with torch's CPU threads), processes, folder."""
     params = sum(p.numel() for p in run.model.parameters())
+    base = type(run.step.base_optimizer).__name__
+    optimizer = f"{type(run.optimizer).__name__} over {base}" if run.step.uses_sam else base
+    if not run.step.uses_sam:
+        optimizer += " without SAM (sam=none)"
+    device = str(run.device)
+    if run.device.type == "cpu":
+        threads = torch.get_num_threads()
+        device += f" ({threads} thread{'s' * (threads != 1)}, trainer.cpu_threads)"
     return (
         f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
-        f"({len(run.data.train)} train / {len(run.data.test)} test images), "
-        f"{type(run.optimizer).__name__} over {type(run.step.base_optimizer).__name__}, "
-        f"device {run.device}, {run.strategy.world_size} process(es), run folder {run_dir}"
+        f"({len(run.data.train)} train / {len(run.data.test)} test images), {optimizer}, "
+        f"device {device}, {run.strategy.world_size} process(es), run folder {run_dir}"
     )

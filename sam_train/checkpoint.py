@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 
 from sam_train.errors import CheckpointError
+from sam_train.paths import expect_file
 from sam_train.run_folder import CHECKPOINTS_DIR
 from sam_train.state import RunState
 
@@ -146,8 +147,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _load(path: Path, map_location: str | torch.device, *, mmap: bool) -> dict[str, Any]:
     """``load_checkpoint``; ``mmap=True`` maps tensors lazily, to read metadata cheaply."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = expect_file(path)  # a run folder given for its checkpoint is named as one
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {problem}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as err:  # truncated zip, pickle garbage, foreign format

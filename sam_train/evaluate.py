@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_train.errors import exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 EVAL_NAME = "eval.json"
 
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give at least one checkpoint")
     if args.out is None and len({p.resolve().parent for p in args.checkpoints}) > 1:
         parser.error("checkpoints of several runs need --out")
+    out = [expect_folder(args.out, f"a folder for {EVAL_NAME}", exists=False)] if args.out else []
+    exit_on_problems(parser.prog, [*map(expect_file, args.checkpoints), *out])
     return args
 
 

@@ -45,6 +45,10 @@ CASES = {
     "fsam": (VARIANTS["fsam"], {}),
     "p=inf": (SAM, {"p": float("inf")}),
     "inner_steps=2": (SAM, {"inner_steps": 2}),
+    "msam": (VARIANTS["msam"], {}),
+    "rst": (VARIANTS["rst"], {"seed": 3}),
+    "aesam": (VARIANTS["aesam"], {"threshold_start": 0.0, "threshold_end": 0.0}),
+    "wsam": (VARIANTS["wsam"], {}),
 }
 
 

@@ -40,7 +40,7 @@ def test_fsdp_wrap_without_fsdp_is_refused(compose_cfg):
 
 
 def test_fsdp_accepts_every_variant_and_bf16(compose_cfg):
-    for variant in ("sam", "gsam", "looksam", "interval", "fsam"):
+    for variant in ("sam", "gsam", "looksam", "interval", "fsam", "msam", "rst", "aesam", "wsam"):
         validate(compose_cfg([*FSDP, f"sam={variant}", "trainer.amp=bf16"]))
     validate(compose_cfg([*FSDP, "sam.adaptive=true", "sam.perturb_fraction=0.5"]))
 

@@ -125,13 +125,16 @@ def test_resume_from_another_runs_file_into_a_finished_folder_is_refused(
     assert _files(target) == before
 
 
-def test_resume_auto_on_a_complete_run_leaves_it_untouched(cli_in_process, finished, tmp_path):
+def test_resume_auto_on_a_complete_run_leaves_it_untouched(
+    cli_in_process, finished, tmp_path, capsys
+):
     run = _copy_run(finished, tmp_path / "run")
-    before = _files(run)
+    before, log = _files(run), (run / "train.log").read_bytes()
     code, err = cli_in_process([*BASE, "resume=auto", f"hydra.run.dir={run}"])
     assert code == 0, err
     assert _files(run) == before, "a complete run must not be rewritten"
-    assert "is complete" in (run / "train.log").read_text()
+    assert (run / "train.log").read_bytes() == log, "train.log appended to"  # issue 25
+    assert "is complete" in capsys.readouterr().out  # said on the console only
     results = json.loads((run / "results.json").read_text())  # strict JSON, no NaN
     assert results["epochs_run"] == 2 and results["images_per_sec"] > 0
 

@@ -41,6 +41,7 @@ def build_loaders(
     kind: str = "dataloader",
     device: torch.device | None = None,
     host_rngs: bool = False,
+    with_indices: bool = False,
 ) -> Loaders:
     """Loaders for one process; ``batch_size`` is per process.
 
@@ -52,21 +53,14 @@ def build_loaders(
     the epoch (see ``samplers``), so a resumed run sees the same batches; ``host_rngs`` seeds
     Python's and NumPy's generators per sample too, for timm's transforms. Evaluation shards the
     test set without padding, so gathered counts cover each example exactly once.
+    ``with_indices``: training batches are (images, targets, example indices), for SAF.
     """
     if kind == "gpu":
-        from sam_train.data.device_loader import build_device_loaders
-
-        train, test = build_device_loaders(
-            train_set,
-            test_set,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            device=device if device is not None else torch.device("cpu"),
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
+        if with_indices:
+            raise ValueError("the device-resident loader does not hand out example indices")
+        return _device_loaders(
+            train_set, test_set, batch_size, eval_batch_size, device, seed, rank, world_size
         )
-        return Loaders(train, test)
     if kind != "dataloader":
         raise ValueError(f"loader kind must be 'dataloader' or 'gpu', got {kind!r}")
     options: dict[str, Any] = {
@@ -77,7 +71,7 @@ def build_loaders(
     if num_workers > 0:
         options["prefetch_factor"] = 4
     train_sampler = ResumableSampler(len(train_set), seed=seed, rank=rank, world_size=world_size)
-    train = EpochSeededDataset(train_set, seed, host_rngs)
+    train = EpochSeededDataset(train_set, seed, host_rngs, with_indices)
     test_sampler = (
         ShardSampler(len(test_set), rank=rank, world_size=world_size)
         if world_size > 1
@@ -87,6 +81,32 @@ def build_loaders(
         train=_loader(train, batch_size, train_sampler, seed, options, drop_last=True),
         test=_loader(test_set, eval_batch_size, test_sampler, seed, options),
     )
+
+
+def _device_loaders(
+    train_set: Dataset,
+    test_set: Dataset,
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device | None,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> Loaders:
+    """``kind="gpu"``: the data set kept on ``device`` (``device_loader``)."""
+    from sam_train.data.device_loader import build_device_loaders
+
+    train, test = build_device_loaders(
+        train_set,
+        test_set,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        device=device if device is not None else torch.device("cpu"),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return Loaders(train, test)
 
 
 def _loader(

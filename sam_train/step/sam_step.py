@@ -30,7 +30,9 @@ from torch import nn
 from torch.optim import Optimizer
 
 from sam_train.sam import SAM, RunningStatsGuard
+from sam_train.step.counts import PassCounts
 from sam_train.step.precision import NonFiniteGuard, Precision
+from sam_train.step.selection import selected_passes
 from sam_train.strategy.base import SingleProcess, Strategy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -111,6 +113,7 @@ class SAMStep:
         self.mix = mix
         self.nonfinite = NonFiniteGuard(max_bad_steps)
         self.steps_taken = 0
+        self.counts = PassCounts()  # what the steps computed (results.json)
         self._stats_guard = RunningStatsGuard(model)  # the second pass's frozen statistics
         self._step_stats = RunningStatsGuard(model)  # put back when a step is skipped
 
@@ -132,23 +135,35 @@ class SAMStep:
         return self.precision.scaler
 
     # ------------------------------------------------------------------ one step
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
-        """One optimizer step on a per-device batch."""
+    def __call__(
+        self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        """One optimizer step on a per-device batch; ``indices`` (the examples' places in the
+        training set) only for the variants that keep per-example outputs (SAF)."""
         images, targets = self._to_device(images, targets)
         if self.mix is not None:
             images, targets = self.mix(images, targets)
         if self.scaler is not None or self.skip_nonfinite:
             self._step_stats.save()
-        if self.uses_sam:
+        if self.uses_sam and self.optimizer.selects_examples:  # K-SAM, ESAM's selection
+            loss_sum, correct, grad_norm = selected_passes(self, images, targets)
+        elif self.uses_sam and not self.optimizer.single_pass:
             loss_sum, correct, grad_norm = self._sam_passes(images, targets)
-        else:
+        else:  # one pass: the base optimizer, or a variant that perturbs before it (MSAM)
+            if self.uses_sam:
+                self.counts.ascent_steps += self.optimizer.perturb_before_pass(images, indices)
+                self.counts.add_pass(self.optimizer.reference_forwards(), backward=False)
             micro = self._micro_batches(images, targets, self.accum_steps)
             loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))
+            if self.uses_sam:
+                self.optimizer.restore()
             grad_norm = None
         finite = self._apply_gradients()
         if not finite:
             self._step_stats.restore()
         self.steps_taken += 1
+        self.counts.steps += 1
+        self.counts.examples += len(targets)
         self.nonfinite.record(finite, self.steps_taken)
         return StepOutput(loss_sum, correct, len(targets), finite, grad_norm)
 
@@ -182,6 +197,7 @@ class SAMStep:
                     self._forward_backward(micro, sync=sync_first, denominator=chunk)
 
             perturbed = self.optimizer.first_step(zero_grad=True, ascent_closure=ascent_pass)
+            self.counts.ascent_steps += bool(perturbed) and index == 0
             if perturbed is False:  # a variant that skips the ascent keeps the first gradient
                 if len(chunks) > 1:
                     raise RuntimeError("m-sharpness needs an optimizer that perturbs every step")
@@ -250,6 +266,7 @@ class SAMStep:
                 if factor is not None:
                     weighted = weighted * factor
                 self.precision.scale(weighted).backward()
+            self.counts.add_pass(len(targets))
             if track:
                 loss_sum.add_(loss.detach().float(), alpha=len(targets))
                 labels = targets.argmax(dim=1) if targets.dim() > 1 else targets
