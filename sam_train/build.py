@@ -35,6 +35,7 @@ from sam_train.errors import CheckpointError, ConfigError
 from sam_train.hparams import curated_hparams
 from sam_train.models import create_model
 from sam_train.sam import VARIANTS
+from sam_train.sam.sharded import is_sharded
 from sam_train.step import SAMStep
 from sam_train.step.precision import Precision
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
@@ -258,6 +259,11 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         kwargs.update(opt="sgd" if cfg.nesterov else "momentum", momentum=cfg.momentum)
     else:
         kwargs.update(opt=cfg.name, betas=tuple(cfg.betas), eps=cfg.eps)
+    # The fused kernels take a non-finite step's found_inf flag on the device (no masked copy)
+    fused = cfg.get("fused") if cfg.get("fused") is not None else cfg.name == "sgd"
+    kwargs["fused"] = fused and not cfg.get("foreach")
+    if cfg.get("foreach") is not None:
+        kwargs["foreach"] = cfg.foreach
     return kwargs
 
 
@@ -290,7 +296,10 @@ def build_optimizer(
             f"optimizer.layer_decay needs a model with timm's group_matcher (ViTs, ConvNeXts, "
             f"...); {type(model).__name__} has none: set optimizer.layer_decay=null"
         )
-    base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
+    kwargs = optimizer_kwargs(opt_cfg)
+    if any(is_sharded(p) for p in model.parameters()):
+        kwargs["fused"] = False  # torch's fused kernels have no rule for FSDP's DTensors
+    base = timm.optim.create_optimizer_v2(model, **kwargs)
     if sam_cfg.name == "none":
         return base
     kwargs = sam_kwargs(sam_cfg, lr_min)
@@ -372,6 +381,7 @@ def build_step(
         channels_last=cfg.trainer.channels_last,
         skip_nonfinite=cfg.trainer.skip_nonfinite,
         max_bad_steps=cfg.trainer.max_bad_steps,
+        check_every=None,  # the trainer reads the counts at its logging interval
         mix=mixup,
     )
 

@@ -170,6 +170,11 @@ class OptimizerConfig:
     # Layer-wise lr decay (timm's create_optimizer_v2 layer_decay; models with group_matcher,
     # e.g. ViTs): layer i of L gets lr * layer_decay ** (L - i). None: off.
     layer_decay: float | None = checked(None, gt=0, le=1)
+    # torch's implementations: fused (one kernel; skips a non-finite step on the device for
+    # free) or foreach (multi-tensor). None: fused for sgd (bit-identical to foreach,
+    # measured), torch's default for adamw (fused differs in the last bits).
+    fused: bool | None = None
+    foreach: bool | None = None
 
 
 @dataclass

@@ -11,8 +11,6 @@ import contextlib
 
 import torch
 
-from sam_train.errors import NonFiniteError
-
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -59,23 +57,3 @@ class Precision:
             return None
         finite = torch.isfinite(first_grad_norm)
         return torch.where(finite, 1.0, float("nan")).to(self.device)
-
-
-class NonFiniteGuard:
-    """Counts skipped steps in a row; ``max_bad_steps`` of them stop the run."""
-
-    def __init__(self, max_bad_steps: int = 10) -> None:
-        self.max_bad_steps = max_bad_steps
-        self.streak = 0
-
-    def record(self, finite: bool, step: int) -> None:
-        if finite:
-            self.streak = 0
-            return
-        self.streak += 1
-        if self.streak >= self.max_bad_steps:
-            raise NonFiniteError(
-                f"{self.streak} consecutive steps had a non-finite loss or gradient "
-                f"(up to step {step}); lower the learning rate or rho, or raise "
-                "trainer.max_bad_steps"
-            )
