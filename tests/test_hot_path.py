@@ -15,13 +15,13 @@ import timm.scheduler
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from sam_train.build import Run, build_run
 from sam_train.callbacks import Callback
 from sam_train.callbacks.ema import ModelEMA
 from sam_train.data.loaders import Loaders
 from sam_train.errors import NonFiniteError
+from sam_train.profiling import Allocations, HostReads, tensor_bytes
 from sam_train.sam import SAM, VARIANTS
 from sam_train.state import RunState
 from sam_train.step import SAMStep
@@ -29,19 +29,6 @@ from sam_train.strategy import DDPStrategy, DistInfo, FSDPStrategy, SingleProces
 from sam_train.trainer import Trainer
 
 CPU = torch.device("cpu")
-
-
-class HostReads(TorchDispatchMode):
-    """Records the ops that copy a tensor's value to the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def _watch_conversions(monkeypatch, reads: list[str]) -> None:
@@ -294,3 +281,46 @@ def test_a_skipped_step_is_masked_on_the_device(optimizer, kwargs):
     assert bool(step(x, y).finite)
     assert not torch.equal(model.linear.weight, before[0])
     assert step.nonfinite.check() == 0 and step.nonfinite.skipped == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "buffers"),
+    [
+        ({}, 1),
+        ({"p": float("inf")}, 1),
+        ({"include_weight_decay": True, "weight_decay": 5e-4}, 1),
+        ({"inner_steps": 2}, 1),
+        ({"adaptive": True}, 2),  # ASAM's T = |w| + eta
+        ({"perturb_fraction": 0.5}, 2),  # ESAM's mask
+    ],
+    ids=["sam", "p=inf", "weight decay", "two ascent steps", "asam", "esam"],
+)
+def test_sam_bookkeeping_allocates_the_backup_and_no_other_parameter_sized_tensor(options, buffers):
+    """The ascent is computed in the gradients' own storage: the first step allocates the
+    weight backup (once) and, for ASAM and ESAM, one more parameter-sized tensor; a few
+    bytes more are the norms. Restoring the weights allocates nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    params = list(model.parameters())
+    sam = SAM(params, torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, **options)
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+
+    def closure() -> None:
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    closure()
+    with Allocations() as first:
+        sam.first_step(zero_grad=True, ascent_closure=closure if "inner_steps" in options else None)
+    closure()
+    with Allocations() as restore:
+        sam.restore()
+    param_bytes = tensor_bytes(params)
+    small = 64 * len(params)  # the per-tensor norms and their sum
+    if "inner_steps" not in options:  # (its closure's backward allocates gradients)
+        assert buffers * param_bytes <= first.peak <= buffers * param_bytes + small
+    assert restore.allocated == 0
+    closure()  # a later step reuses the backup
+    with Allocations() as again:
+        sam.first_step(zero_grad=True, ascent_closure=closure if "inner_steps" in options else None)
+    if "inner_steps" not in options:
+        assert again.peak <= (buffers - 1) * param_bytes + small
