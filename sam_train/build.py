@@ -81,14 +81,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_strategy(
-    device_name: str,
-    kind: str = "ddp",
-    *,
-    fsdp_wrap: list[str] | None = None,
-    amp: str = "none",
+    device_name: str, kind: str = "ddp", *, fsdp_wrap: list[str] | None = None
 ) -> Strategy:
     """The strategy the environment asks for: ``kind`` (ddp or fsdp) under torchrun or srun,
-    else one process. FSDP computes in bf16 under ``amp=bf16`` (its MixedPrecisionPolicy)."""
+    else one process."""
     device = resolve_device(device_name)
     info = process_group.init_distributed(device.type)
     if not info.enabled:
@@ -97,17 +93,21 @@ def build_strategy(
         device = torch.device("cuda", info.local_rank)
     if kind == "fsdp":
         wrap = None if fsdp_wrap is None else list(fsdp_wrap)
-        dtype = torch.bfloat16 if amp == "bf16" else None
-        return FSDPStrategy(info, device, wrap_classes=wrap, param_dtype=dtype)
+        return FSDPStrategy(info, device, wrap_classes=wrap)
     return DDPStrategy(info, device)
 
 
 def run_strategy(cfg: DictConfig) -> Strategy:
     """:func:`build_strategy` as ``cfg.trainer`` asks."""
     trainer = cfg.trainer
-    return build_strategy(
-        trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap, amp=trainer.amp
-    )
+    return build_strategy(trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap)
+
+
+def build_precision(amp: str, device: torch.device, *, training: bool = True) -> Precision:
+    """``trainer.amp`` as the one Precision of a run (step, FSDP, evaluation, EMA); fp16
+    training gets its GradScaler, evaluation none."""
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and training else None
+    return Precision(amp, device, scaler)
 
 
 def per_device_batch(cfg: DictConfig, world_size: int) -> int:
@@ -353,12 +353,16 @@ def build_mixup(cfg: DictConfig) -> timm.data.Mixup | None:
 
 
 def build_step(
-    cfg: DictConfig, model: nn.Module, optimizer: Optimizer, strategy: Strategy
+    cfg: DictConfig,
+    model: nn.Module,
+    optimizer: Optimizer,
+    strategy: Strategy,
+    precision: Precision | None = None,
 ) -> SAMStep:
-    """The SAM step with the trainer's precision, clipping, accumulation and m-sharpness;
+    """The SAM step with the run's precision, clipping, accumulation and m-sharpness;
     with Mixup/CutMix, one mixing per batch and timm's soft-target loss."""
     device = strategy.device
-    scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
+    precision = precision or build_precision(cfg.trainer.amp, device)
     mixup = build_mixup(cfg)
     criterion = (
         timm.loss.SoftTargetCrossEntropy()
@@ -371,8 +375,7 @@ def build_step(
         criterion,
         device,
         strategy=strategy,
-        precision=cfg.trainer.amp,
-        scaler=scaler,
+        precision=precision,
         clip_grad_norm=cfg.trainer.clip_grad_norm,
         accum_steps=cfg.trainer.accum_steps,
         # FSDP reduce-scatters every backward: eps comes from the global gradient
@@ -406,7 +409,8 @@ def build_run(
     model = build_model(cfg, data.num_classes, strategy)
     if init_weights and cfg.model.init_from is not None:
         initial_weights(model, cfg)
-    model = strategy.shard(model)  # FSDP: in place, before the optimizer is built
+    precision = build_precision(cfg.trainer.amp, strategy.device)
+    model = strategy.shard(model, precision)  # FSDP: in place, before the optimizer is built
     optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's
@@ -418,7 +422,7 @@ def build_run(
         train_model=train_model,
         optimizer=optimizer,
         scheduler=scheduler,
-        step=build_step(cfg, train_model, optimizer, strategy),
+        step=build_step(cfg, train_model, optimizer, strategy, precision),
         strategy=strategy,
         data=data,
         loaders=loaders,

@@ -66,18 +66,20 @@ def _ema_model(model, state: dict[str, Any], path: Path):
 
 def evaluate_checkpoint(path: Path, overrides: list[str], strategy) -> dict[str, Any]:
     """Scores of one checkpoint's weights (and EMA weights) on its rebuilt test set."""
-    import torch
 
-    from sam_train.build import build_data, build_run_loaders, model_from_checkpoint
+    from sam_train.build import (
+        build_data,
+        build_precision,
+        build_run_loaders,
+        model_from_checkpoint,
+    )
     from sam_train.step import evaluate
-    from sam_train.step.precision import Precision
 
     model, cfg, state = model_from_checkpoint(path, strategy, overrides)
     data = build_data(cfg, strategy)
     loaders = build_run_loaders(cfg, data, strategy, batch=1)
-    amp = cfg.trainer.amp  # the training loop's autocast (fp16's scaler is never used here)
-    scaler = torch.amp.GradScaler(strategy.device.type) if amp == "fp16" else None
-    precision = Precision(amp, strategy.device, scaler)
+    # the training loop's autocast; evaluation has no use for fp16's scaler
+    precision = build_precision(cfg.trainer.amp, strategy.device, training=False)
 
     def score(net) -> dict[str, float]:
         return evaluate(

@@ -19,8 +19,11 @@ from sam_train.sam.sharded import is_sharded, local
 
 def supports_found_inf(optimizer: Optimizer) -> bool:
     """torch's fused optimizers skip their own update where ``optimizer.found_inf`` is set
-    (the attribute GradScaler hands them); the flag then costs nothing."""
+    (the attribute GradScaler hands them); the flag then costs nothing. Asked at every step:
+    a loaded state dict may turn ``fused`` off in the groups."""
     if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return False
+    if not all(group.get("fused") for group in optimizer.param_groups):
         return False
     params = [p for group in optimizer.param_groups for p in group["params"]]
     return not any(is_sharded(p) for p in params)  # DTensor shards: the masked copy instead
@@ -39,7 +42,6 @@ class MaskedUpdate:
 
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
-        self.fused = supports_found_inf(optimizer)
         self._saved: list[torch.Tensor] = []
         self._masked: list[torch.Tensor] = []
 
@@ -56,7 +58,7 @@ class MaskedUpdate:
             if not bool(found_inf):
                 optimizer.step()
             return
-        if self.fused:
+        if supports_found_inf(optimizer):
             optimizer.grad_scale, optimizer.found_inf = None, found_inf.float()
             try:
                 optimizer.step()

@@ -1,8 +1,9 @@
-"""Mixed precision and the non-finite policy of a step.
+"""Mixed precision: one object, built once (``build.build_precision``) and handed to the
+step, the strategy (FSDP's compute dtype), the evaluator and the EMA.
 
-bf16 needs autocast only. fp16 needs a ``torch.amp.GradScaler`` too: eps = rho g / ||g|| does
-not depend on the loss scale, so the first SAM pass is never unscaled; the second pass's
-gradients are unscaled once, before clipping.
+bf16 needs autocast only. fp16 training needs a ``torch.amp.GradScaler`` too: eps = rho g /
+||g|| does not depend on the loss scale, so the first SAM pass is never unscaled; the second
+pass's gradients are unscaled once, before clipping. Evaluation needs no scaler.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Precision:
-    """Autocast for ``device`` in ``name`` ("none", "bf16" or "fp16"), and fp16's scaler."""
+    """Autocast for ``device`` in ``name`` ("none", "bf16" or "fp16"), and fp16's scaler
+    (training only: :class:`SAMStep` refuses fp16 without one)."""
 
     def __init__(
         self,
@@ -25,17 +27,19 @@ class Precision:
     ) -> None:
         if name not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-        if name == "fp16" and scaler is None:
-            raise ValueError("fp16 needs a GradScaler")
         self.name = name
         self.device = device or torch.device("cpu")
         self.scaler = scaler
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The compute dtype of autocast (and of FSDP's mixed precision); None: float32."""
+        return PRECISIONS[self.name]
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.name]
-        if dtype is None:
+        if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.scaler is None else self.scaler.scale(loss)

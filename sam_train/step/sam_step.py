@@ -112,6 +112,8 @@ class SAMStep:
         self.strategy = strategy or SingleProcess(device=device)
         if isinstance(precision, str):
             precision = Precision(precision, device, scaler)
+        if precision.name == "fp16" and precision.scaler is None:
+            raise ValueError("fp16 training needs a GradScaler")
         self.precision = precision
         self.clip_grad_norm = clip_grad_norm
         self.accum_steps = accum_steps
