@@ -1,6 +1,6 @@
 """The one factory from a checked config to the objects of a run.
 
-Training, ``sam-analyze`` and ``scripts/bench.py`` build through these functions, so what a
+Training, ``sam-analyze`` and ``scripts/bench`` build through these functions, so what a
 benchmark measures and what an analysis loads is what training runs. Only this module and
 the entry points read the config; everything they build is plain torch, timm or sam_train
 objects that take no config.
