@@ -15,6 +15,15 @@ from sam_train.config import register_configs
 from sam_train.data.synthetic import write_cifar, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
+#: The smallest run the real factory builds: digits, a 4-channel CNN, batch 8, no workers.
+TINY_RUN = [
+    "trainer.device=cpu",
+    "dataset=digits",
+    "model.name=digits_cnn",
+    "+model.kwargs.width=4",
+    "trainer.batch_size=8",
+    "trainer.num_workers=0",
+]
 register_configs()
 # In-process runs use one thread like the child processes (subprocess_env): a resumed run is
 # compared bit for bit with its reference, and thread counts change float reductions.

@@ -14,6 +14,7 @@ import pytest
 import timm.scheduler
 import torch
 import torch.distributed as dist
+from conftest import TINY_RUN
 from torch import nn
 
 from sam_train.build import Run, build_run
@@ -96,14 +97,6 @@ def test_sam_step_reads_nothing_back_to_the_host(monkeypatch, skip_nonfinite):
     assert mode.reads
 
 
-_TINY = [
-    "trainer.device=cpu",
-    "dataset=digits",
-    "model.name=digits_cnn",
-    "+model.kwargs.width=4",
-    "trainer.batch_size=8",
-    "trainer.num_workers=0",
-]
 #: Every default configuration the issue names (the step as build.py builds it).
 CONFIGURATIONS = {
     "fp32": [],
@@ -145,7 +138,7 @@ def _count_step_reads(monkeypatch, run, steps: int = 4) -> tuple[list[str], list
 @pytest.mark.parametrize("name", list(CONFIGURATIONS))
 def test_every_default_configuration_reads_nothing_per_step(monkeypatch, compose_cfg, name):
     torch.manual_seed(0)
-    run = build_run(compose_cfg([*_TINY, *CONFIGURATIONS[name]]))
+    run = build_run(compose_cfg([*TINY_RUN, *CONFIGURATIONS[name]]))
     run.train_model.train()
     assert run.step.skip_nonfinite and run.step.check_every is None  # the defaults
     assert _count_step_reads(monkeypatch, run) == ([], [])
@@ -165,7 +158,7 @@ def test_ddp_and_fsdp_steps_read_nothing_per_step(
     """The wrapped step (no_sync, the all-reduce, FSDP's DTensor gradients and the masked
     update of their shards) in a one-process group."""
     torch.manual_seed(0)
-    run = build_run(compose_cfg(_TINY), strategy(DistInfo(), CPU))
+    run = build_run(compose_cfg(TINY_RUN), strategy(DistInfo(), CPU))
     run.train_model.train()
     assert run.train_model is not run.model or strategy is FSDPStrategy
     assert _count_step_reads(monkeypatch, run) == ([], [])
@@ -324,3 +317,33 @@ def test_sam_bookkeeping_allocates_the_backup_and_no_other_parameter_sized_tenso
         sam.first_step(zero_grad=True, ascent_closure=closure if "inner_steps" in options else None)
     if "inner_steps" not in options:
         assert again.peak <= (buffers - 1) * param_bytes + small
+
+
+def test_the_trainer_stops_a_diverged_run_at_the_logging_interval():
+    """max_bad_steps is enforced by the read at the logging step: skipped steps before it cost
+    no sync, and the run stops there with the count of skipped steps in the error."""
+    torch.manual_seed(0)
+    model = _NaNAfter()
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, fused=True)
+    step = SAMStep(model, sam, nn.CrossEntropyLoss(), CPU, max_bad_steps=2, check_every=None)
+    batches = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(6)]
+    run = Run(
+        model=model,
+        train_model=model,
+        optimizer=sam,
+        scheduler=_schedule(step),
+        step=step,
+        strategy=SingleProcess(device=CPU),
+        data=None,
+        loaders=Loaders(train=_Batches(batches), test=[]),
+        device=CPU,
+        epochs=1,
+        steps_per_epoch=6,
+        per_device_batch=8,
+    )
+    step(*batches[0])  # optimizer state: later skips are masked on the device
+    model.bad = set(range(model.calls + 1, model.calls + 100))
+    state = RunState()
+    with pytest.raises(NonFiniteError, match="3 consecutive steps"):
+        Trainer(run, [], log_every=3)._train_epoch(state, epoch=0, start_step=0)
+    assert state.global_step == 3, "stopped at the first logging step, not before"

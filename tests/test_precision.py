@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import TINY_RUN
 from torch import nn
 
 import sam_train.strategy.fsdp as fsdp_module
@@ -15,19 +16,11 @@ from sam_train.step.precision import Precision
 from sam_train.strategy import DistInfo, FSDPStrategy
 
 CPU = torch.device("cpu")
-TINY = [
-    "trainer.device=cpu",
-    "dataset=digits",
-    "model.name=digits_cnn",
-    "+model.kwargs.width=4",
-    "trainer.batch_size=8",
-    "trainer.num_workers=0",
-]
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
 def test_the_run_holds_one_precision(compose_cfg, amp):
-    run = build_run(compose_cfg([*TINY, f"trainer.amp={amp}"]))
+    run = build_run(compose_cfg([*TINY_RUN, f"trainer.amp={amp}"]))
     assert run.precision is run.step.precision and run.precision.name == amp
     assert (run.scaler is not None) == (amp == "fp16")
 

@@ -235,7 +235,7 @@ class TrainerConfig:
     # fsdp: class names of the modules that become FSDP units (None: every *Block and
     # *Bottleneck, as timm's ViTs, ConvNeXts and ResNets name theirs; []: the root only).
     fsdp_wrap: list[str] | None = None
-    skip_nonfinite: bool = True  # skip steps with a non-finite gradient (one host sync a step)
+    skip_nonfinite: bool = True  # skip steps with a non-finite gradient (on the device)
     max_bad_steps: int = checked(10, gt=0)  # consecutive skipped steps that stop the run
 
 
