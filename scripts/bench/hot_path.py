@@ -6,16 +6,23 @@
   temporary, against the parameter bytes (recorded under a dispatch mode), and the bytes of
   the non-finite mask's copy when the base optimizer is not fused;
 * the base optimizer's implementations, ``optimizer.fused`` against ``optimizer.foreach``,
-  interleaved: SAM step time of each.
+  interleaved: SAM step time of each;
+* SAM's bookkeeping as a share of the step's CPU time: the ascent and restore, the norm-layer
+  statistics' snapshots and the finiteness norm (not the passes, not the base step).
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+import sam_train.step.sam_step as sam_step_module
 from sam_train.profiling import Allocations, HostReads, tensor_bytes
+from sam_train.sam import RunningStatsGuard
 
 from .options import Options
 from .timing import head_to_head, log
@@ -65,6 +72,48 @@ def sam_peak_bytes(opts: Options, work: Workload) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _timed(owner: Any, name: str, total: list[float]) -> Iterator[None]:
+    """Adds the CPU time of every call of ``owner.name`` to ``total[0]``."""
+    original = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.process_time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            total[0] += time.process_time() - start
+
+    setattr(owner, name, timed)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def bookkeeping_share(opts: Options, work: Workload, steps: int = 3) -> float:
+    """CPU time in SAM's bookkeeping over the step's CPU time, after one warm-up step."""
+    run = bench_run(compose(opts.run_overrides(work)))
+    images, targets = make_batch(work, opts.device)
+    run.step(images, targets)
+    total = [0.0]
+    with contextlib.ExitStack() as stack:
+        for owner, name in [
+            (run.optimizer, "first_step"),
+            (run.optimizer, "restore"),
+            (RunningStatsGuard, "save"),
+            (RunningStatsGuard, "restore"),
+            (RunningStatsGuard, "restore_where"),
+            (sam_step_module, "global_norm"),
+        ]:
+            stack.enter_context(_timed(owner, name, total))
+        start = time.process_time()
+        for _ in range(steps):
+            run.step(images, targets)
+        step_s = time.process_time() - start
+    return total[0] / step_s
+
+
 def bench_hot_path(opts: Options) -> list[dict[str, Any]]:
     results = []
     for key in opts.selected:
@@ -74,6 +123,7 @@ def bench_hot_path(opts: Options) -> list[dict[str, Any]]:
             name: host_reads_per_step(opts, work, extra) for name, extra in READ_CONFIGS.items()
         }
         row.update(sam_peak_bytes(opts, work))
+        row["sam_bookkeeping_share"] = bookkeeping_share(opts, work)
         foreach = bench_run(compose([*opts.run_overrides(work), "optimizer.fused=false"]))
         for _ in range(2):  # the first step creates the optimizer state (no copy yet)
             foreach.step(*make_batch(work, opts.device))
@@ -87,7 +137,8 @@ def bench_hot_path(opts: Options) -> list[dict[str, Any]]:
         results.append(row)
         log(
             f"hot path {work.label}: reads/step {row['host_reads_per_step']}, SAM peak extra "
-            f"{row['sam_peak_extra_over_params']:.4f}x params, foreach/fused "
+            f"{row['sam_peak_extra_over_params']:.4f}x params, bookkeeping "
+            f"{100 * row['sam_bookkeeping_share']:.1f}% of the step, foreach/fused "
             f"{row['optimizer_impl']['foreach_over_fused']:.3f}"
         )
     return results

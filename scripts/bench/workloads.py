@@ -42,6 +42,8 @@ def workloads(batch_size: int) -> dict[str, Workload]:
         "cnn_cifar": Workload("cnn_cifar", "digits_cnn", (3, 32, 32), batch_size, "cifar10"),
         "wrn16_4": Workload("wrn16_4", "wrn16_4", (3, 32, 32), batch_size, "cifar10"),
         "cnn_digits": Workload("cnn_digits", "digits_cnn", (1, 8, 8), 64, "digits"),
+        # SAM's bookkeeping against a large model's step (--workloads resnet50; not in --quick)
+        "resnet50": Workload("resnet50", "resnet50", (3, 32, 32), batch_size, "cifar10"),
         # For tests of this script: a few thousand parameters, milliseconds per step.
         "tiny": Workload("tiny", "digits_cnn", (1, 8, 8), 8, "digits", kwargs={"width": 4}),
     }
