@@ -141,7 +141,11 @@ def test_every_default_configuration_reads_nothing_per_step(monkeypatch, compose
     run = build_run(compose_cfg([*TINY_RUN, *CONFIGURATIONS[name]]))
     run.train_model.train()
     assert run.step.skip_nonfinite and run.step.check_every is None  # the defaults
-    assert _count_step_reads(monkeypatch, run) == ([], [])
+    # A variant that must read the device to decide whether to compute (AE-SAM's threshold
+    # on ||g||) declares how many reads a step costs; every other one costs none.
+    per_step = getattr(run.optimizer, "host_reads_per_step", 0)
+    reads, conversions = _count_step_reads(monkeypatch, run)
+    assert len(reads) == 4 * per_step and conversions == []
 
 
 @pytest.fixture
