@@ -8,8 +8,8 @@ objects that take no config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,14 @@ from torch import nn
 from torch.optim import Optimizer
 
 from sam_train import callbacks as cb
-from sam_train.checkpoint import load_checkpoint, load_model_state
+from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved_config
 from sam_train.config import SAM_VARIANT_OPTIONS
-from sam_train.config.schema import transform_options
+from sam_train.config.schema import (
+    INDEXED_VARIANTS,
+    TRAJECTORY_VARIANTS,
+    best_metric_key,
+    transform_options,
+)
 from sam_train.data import build_datasets, build_loaders
 from sam_train.data.datasets import DatasetPair
 from sam_train.data.loaders import Loaders
@@ -34,37 +39,16 @@ from sam_train.data.transforms import IMAGENET_NORMALIZATION, Normalization
 from sam_train.errors import CheckpointError, ConfigError
 from sam_train.hparams import curated_hparams
 from sam_train.models import create_model
+from sam_train.run import Run
 from sam_train.sam import VARIANTS
 from sam_train.sam.sharded import is_sharded
-from sam_train.step import SAMStep
-from sam_train.step.precision import Precision
+from sam_train.step import Precision, SAMStep
+from sam_train.step.trajectory import TrajectoryLoss
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
+from sam_train.strategy.cpu_threads import set_cpu_threads
+from sam_train.trainer import Trainer
 
-
-@dataclass
-class Run:
-    """Every object a training run needs, built and placed; no config inside."""
-
-    model: nn.Module  # the plain module: state dicts, EMA, evaluation
-    train_model: nn.Module  # what the step runs: compiled and/or wrapped by the strategy
-    optimizer: Optimizer  # a SAM variant over the base optimizer, or the base optimizer
-    scheduler: Any  # timm scheduler, stepped per update
-    step: SAMStep
-    strategy: Strategy
-    data: DatasetPair
-    loaders: Loaders
-    device: torch.device
-    epochs: int
-    steps_per_epoch: int
-    per_device_batch: int
-
-    @property
-    def precision(self) -> Precision:
-        return self.step.precision
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler | None:
-        return self.step.scaler
+log = logging.getLogger("sam_train")
 
 
 # ---------------------------------------------------------------------------- device, processes
@@ -98,15 +82,23 @@ def build_strategy(
 
 
 def run_strategy(cfg: DictConfig) -> Strategy:
-    """:func:`build_strategy` as ``cfg.trainer`` asks."""
+    """:func:`build_strategy` as ``cfg.trainer`` asks; on the CPU, torch's thread count."""
     trainer = cfg.trainer
-    return build_strategy(trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap)
+    strategy = build_strategy(trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap)
+    if strategy.device.type == "cpu":
+        set_cpu_threads(trainer.cpu_threads)
+    return strategy
 
 
 def build_precision(amp: str, device: torch.device, *, training: bool = True) -> Precision:
     """``trainer.amp`` as the one Precision of a run (step, FSDP, evaluation, EMA); fp16
     training gets its GradScaler, evaluation none."""
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and training else None
+    if scaler is not None and device.type == "cpu":  # allowed: it proves the fp16 path on CPU
+        log.warning(
+            "trainer.amp=fp16 on a CPU: float16 is emulated there and trains many times slower "
+            "than fp32; use trainer.amp=bf16 or trainer.amp=none for a CPU run"
+        )
     return Precision(amp, device, scaler)
 
 
@@ -189,6 +181,7 @@ def build_run_loaders(
         kind=cfg.dataset.loader,
         device=strategy.device,
         host_rngs=bool(transform_options(cfg.augment)),  # timm's transforms draw from them
+        with_indices=cfg.sam.name in INDEXED_VARIANTS,
     )
 
 
@@ -267,10 +260,18 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
+def sam_kwargs(
+    cfg: DictConfig,
+    lr_min: float = 0.0,
+    total_steps: int | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 1,
+) -> dict[str, Any]:
     """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
 
-    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs.
+    ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs; ``total_steps`` the
+    run's length (AE-SAM's threshold schedule); ``seed`` the run's seed (RST's trials, the same
+    on every replica); ``steps_per_epoch`` turns MESA's ``start_epoch`` into its first step.
     """
     kwargs: dict[str, Any] = {
         key: cfg[key]
@@ -282,11 +283,27 @@ def sam_kwargs(cfg: DictConfig, lr_min: float = 0.0) -> dict[str, Any]:
             kwargs[key] = cfg[key]
     if cfg.name == "gsam":
         kwargs["lr_min"] = lr_min
+    if cfg.name == "aesam":
+        kwargs["total_steps"] = total_steps
+    if cfg.name == "rst":
+        kwargs["seed"] = seed
+    if cfg.name == "mesa" and "start_epoch" in kwargs:
+        kwargs["start_step"] = kwargs.pop("start_epoch") * steps_per_epoch
+    if cfg.name == "saf":
+        kwargs["steps_per_epoch"] = steps_per_epoch
     return kwargs
 
 
 def build_optimizer(
-    model: nn.Module, opt_cfg: DictConfig, sam_cfg: DictConfig, lr_min: float = 0.0
+    model: nn.Module,
+    opt_cfg: DictConfig,
+    sam_cfg: DictConfig,
+    lr_min: float = 0.0,
+    *,
+    total_steps: int | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 1,
+    num_examples: int = 1,
 ) -> Optimizer:
     """timm's optimizer (its weight-decay grouping), wrapped in the SAM variant ``sam.name``
     unless ``sam=none``. With ``layer_decay`` each group has an ``lr_scale`` that timm's
@@ -302,7 +319,11 @@ def build_optimizer(
     base = timm.optim.create_optimizer_v2(model, **kwargs)
     if sam_cfg.name == "none":
         return base
-    kwargs = sam_kwargs(sam_cfg, lr_min)
+    kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed, steps_per_epoch)
+    if sam_cfg.name == "mesa":
+        kwargs["model"] = model  # the EMA follows its weights
+    if sam_cfg.name in INDEXED_VARIANTS:
+        kwargs["num_examples"] = num_examples  # the store's rows
     if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
         kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
     return VARIANTS[sam_cfg.name].wrap(base, **kwargs)
@@ -369,6 +390,8 @@ def build_step(
         if mixup is not None
         else nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     )
+    if cfg.sam.name in TRAJECTORY_VARIANTS:  # the KL term towards the variant's references
+        criterion = TrajectoryLoss(criterion, optimizer)
     return SAMStep(
         model,
         optimizer,
@@ -397,6 +420,8 @@ def build_run(
 
     ``init_weights``: load ``model.init_from`` (off when a resume loads its own weights)."""
     strategy = strategy or run_strategy(cfg)
+    if cfg.sam.name in INDEXED_VARIANTS and strategy.world_size > 1:
+        raise ConfigError(f"sam={cfg.sam.name} keeps every example's outputs in one process")
     batch = per_device_batch(cfg, strategy.world_size)
     data = build_data(cfg, strategy)
     loaders = build_run_loaders(cfg, data, strategy, batch)
@@ -411,7 +436,16 @@ def build_run(
         initial_weights(model, cfg)
     precision = build_precision(cfg.trainer.amp, strategy.device)
     model = strategy.shard(model, precision)  # FSDP: in place, before the optimizer is built
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.sam, lr_min=cfg.scheduler.min_lr)
+    optimizer = build_optimizer(
+        model,
+        cfg.optimizer,
+        cfg.sam,
+        lr_min=cfg.scheduler.min_lr,
+        total_steps=cfg.trainer.epochs * steps_per_epoch,
+        seed=cfg.seed,
+        steps_per_epoch=steps_per_epoch,
+        num_examples=len(data.train),
+    )
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, steps_per_epoch)
     # torch.compile inside DDP: the graphs hold no collective, and no_sync() and DDP's
     # gradient hooks stay in eager code, for both SAM passes.
@@ -440,12 +474,13 @@ def config_from_checkpoint(checkpoint: dict[str, Any], path: str) -> DictConfig:
 
     from sam_train.config import TrainConfig
 
-    if not isinstance(checkpoint.get("config"), dict):
+    config = saved_config(checkpoint)
+    if config is None:
         raise CheckpointError(f"checkpoint {path} holds no config to rebuild its run from")
     schema = OmegaConf.structured(TrainConfig)
     OmegaConf.set_struct(schema.model.kwargs, False)
     try:
-        return OmegaConf.merge(schema, checkpoint["config"])
+        return OmegaConf.merge(schema, config)
     except OmegaConfBaseException as err:
         raise CheckpointError(f"the config in {path} does not fit this sam-train: {err}") from err
 
@@ -457,7 +492,7 @@ def model_from_checkpoint(
     factory from the config it holds, with ``overrides`` ("key=value") applied on top."""
     strategy = strategy or SingleProcess()
     state = load_checkpoint(path, map_location=strategy.device)
-    if not isinstance(state.get("model"), dict):
+    if not isinstance(state.get(MODEL), dict):
         raise CheckpointError(f"checkpoint {path} has no model weights")
     cfg = config_from_checkpoint(state, str(path))
     cfg.model.pretrained = False  # the checkpoint's weights replace both (and a fine-tune's
@@ -466,7 +501,7 @@ def model_from_checkpoint(
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     model = build_model(cfg, cfg.dataset.num_classes, strategy)
-    load_model_state(model, state["model"], Path(path))  # names the keys that do not fit
+    load_model_state(model, state[MODEL], Path(path))  # names the keys that do not fit
     return model, cfg, state
 
 
@@ -502,6 +537,7 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+# ---------------------------------------------------------------------------- callbacks
 #: logger name (configs/logger/, schema.LOGGER_PACKAGES) -> its callback class.
 LOGGERS: dict[str, type[cb.MetricLogger]] = {
     "tensorboard": cb.TensorBoard,
@@ -528,3 +564,71 @@ def build_loggers(
             kwargs = {"log_hparams": kwargs["hparams"]}
         loggers.append(logger(run_dir, hparams, flat, **kwargs))
     return loggers
+
+
+def build_callbacks(
+    cfg: DictConfig,
+    run_dir: Path,
+    config: dict[str, Any],
+    description: str,
+    overrides: Sequence[str] = (),
+) -> list[cb.Callback]:
+    """The callbacks a training run uses, in the order they hear each event. metrics.csv and
+    the loggers come before checkpointing: an epoch's rows are written before its checkpoint,
+    so a resume drops only what came after the checkpoint and never misses an epoch."""
+    checkpoint = cfg.checkpoint
+    callbacks: list[cb.Callback] = []
+    if cfg.ema.decay:  # first: a step's checkpoint must hold the EMA updated by that step
+        ema = cfg.ema
+        callbacks.append(cb.ModelEMA(ema.decay, warmup=ema.warmup, warmup_power=ema.warmup_power))
+    callbacks += [
+        cb.ConsoleProgress(description),
+        cb.Preemption(),
+        cb.MetricsCSV(run_dir),
+        *build_loggers(cfg, run_dir, overrides),
+        cb.Checkpointing(
+            run_dir,
+            config,
+            save_last=checkpoint.save_last,
+            save_best=checkpoint.save_best,
+            every_n_steps=checkpoint.every_n_steps,
+            keep_last=checkpoint.keep_last,
+        ),
+    ]
+    rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0
+    callbacks.append(cb.Results(run_dir, {"sam": cfg.sam.name, "rho": rho, "seed": cfg.seed}))
+    return callbacks
+
+
+def describe_perturbation(cfg: DictConfig, run: Run) -> str:
+    """Where SAM's eps comes from when several processes train."""
+    if isinstance(run.strategy, FSDPStrategy):
+        return "one eps from the reduce-scattered global gradient (FSDP: sync implied)"
+    if not cfg.sam.sync_perturbation:
+        return f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
+    return "one eps from the all-reduced first gradient (sam.sync_perturbation)"
+
+
+def build_trainer(cfg: DictConfig, run: Run, callbacks: Sequence[cb.Callback]) -> Trainer:
+    """The trainer over a built run, ranking epochs by ``checkpoint.best_metric``."""
+    metric = best_metric_key(cfg.checkpoint.best_metric)
+    return Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
+
+
+def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
+    """The run's first line: model, data, optimizer (``SAM over SGD``, or ``SGD without SAM``
+    for ``sam=none``), device (with torch's CPU threads), processes, folder."""
+    params = sum(p.numel() for p in run.model.parameters())
+    base = type(run.step.base_optimizer).__name__
+    optimizer = f"{type(run.optimizer).__name__} over {base}" if run.step.uses_sam else base
+    if not run.step.uses_sam:
+        optimizer += " without SAM (sam=none)"
+    device = str(run.device)
+    if run.device.type == "cpu":
+        threads = torch.get_num_threads()
+        device += f" ({threads} thread{'s' * (threads != 1)}, trainer.cpu_threads)"
+    return (
+        f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
+        f"({len(run.data.train)} train / {len(run.data.test)} test images), {optimizer}, "
+        f"device {device}, {run.strategy.world_size} process(es), run folder {run_dir}"
+    )

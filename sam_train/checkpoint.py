@@ -1,5 +1,8 @@
-"""Checkpoints: atomic writes that keep the previous file on any failure, clear errors on
-load, and the ``resume=auto`` lookup that falls back past an unreadable ``last.pt``."""
+"""The checkpoint format, written and read side by side: its keys (declared once, here), the
+payload the ``Checkpointing`` callback writes, the restore a resume does, and the readers
+``sam-eval`` and ``model.init_from`` use; atomic writes that keep the previous file on any
+failure, clear errors on load, and the ``resume=auto`` lookup that falls back past an
+unreadable ``last.pt``."""
 
 from __future__ import annotations
 
@@ -8,18 +11,41 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
 from sam_train.errors import CheckpointError
+from sam_train.paths import expect_file
 from sam_train.run_folder import CHECKPOINTS_DIR
+from sam_train.state import RunState
+
+if TYPE_CHECKING:
+    from sam_train.run import Run
+    from sam_train.trainer import Callback
 
 FORMAT_VERSION = 1
-_MAGIC = "sam-train-checkpoint"
+MAGIC = "sam-train-checkpoint"  # at MAGIC_KEY, with the version at VERSION_KEY
+MAGIC_KEY, VERSION_KEY = "magic", "format_version"
+# The top-level keys of a checkpoint (a dict, torch.save'd).
+MODEL = "model"  # the model's full state dict
+OPTIMIZER = "optimizer"  # the (SAM) optimizer's, the base optimizer's state inside
+SCHEDULER = "scheduler"  # written for readers; a resume rebuilds the schedule (see restore)
+SCALER = "scaler"  # fp16's GradScaler, else None
+GLOBAL_STEP = "global_step"
+EPOCH = "epoch"  # completed epochs
+RUN_STATE = "run_state"  # RunState.to_dict()
+CALLBACKS = "callbacks"  # {Callback.state_key: its state_dict()}
+CONFIG = "config"  # the resolved config, compared with the next one on resume
+RNG = "rng"  # every process's rng_states(), by rank
+RANK_BUFFERS = "rank_buffers"  # every process's buffers (norm statistics) under DDP, else None
+#: ModelEMA's ``state_key``: the EMA weights are at ``checkpoint[CALLBACKS][EMA][EMA_WEIGHTS]``.
+#: The callback's old class name, so checkpoints written before state keys existed load.
+EMA = "ModelEMA"
+EMA_WEIGHTS = "module"
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 _SNAPSHOT = re.compile(r"step_(\d+)\.pt")  # step_000000040.pt: the history kept by keep_last
@@ -35,7 +61,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     A crash at any point leaves either the previous file or the new one, never a torn file.
     A failed write (full disk, I/O error) raises the OSError that caused it.
     """
-    payload = {"magic": _MAGIC, "format_version": FORMAT_VERSION, **state}
+    payload = {MAGIC_KEY: MAGIC, VERSION_KEY: FORMAT_VERSION, **state}
     return _atomic_write(Path(path), lambda handle: _torch_save(payload, handle))
 
 
@@ -121,19 +147,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _load(path: Path, map_location: str | torch.device, *, mmap: bool) -> dict[str, Any]:
     """``load_checkpoint``; ``mmap=True`` maps tensors lazily, to read metadata cheaply."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = expect_file(path)  # a run folder given for its checkpoint is named as one
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {problem}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as err:  # truncated zip, pickle garbage, foreign format
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a torch file: {_one_line(err)}"
         ) from err
-    if not isinstance(state, dict) or state.get("magic") != _MAGIC:
+    if not is_checkpoint(state):
         raise CheckpointError(f"{path} is not a sam-train checkpoint")
-    if state.get("format_version", 0) > FORMAT_VERSION:
+    if state.get(VERSION_KEY, 0) > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {state['format_version']}; this sam-train reads "
+            f"{path} has format version {state[VERSION_KEY]}; this sam-train reads "
             f"up to {FORMAT_VERSION}"
         )
     return state
@@ -179,7 +206,7 @@ def find_resumable(run_dir: Path, map_location: str | torch.device = "cpu") -> R
     ranked: list[tuple[int, bool, Path]] = []
     for path in files:
         try:  # tensors memory-mapped: reading global_step costs milliseconds
-            step = _load(path, "cpu", mmap=True).get("global_step", -1)
+            step = _load(path, "cpu", mmap=True).get(GLOBAL_STEP, -1)
         except CheckpointError as err:
             skipped.append(f"{path.name} ({err})")
             continue
@@ -268,6 +295,137 @@ def load_model_state(
         load(model, state)
 
 
+# ---------------------------------------------------------------------------- the format
+def build_payload(
+    run: Run, state: RunState, callbacks: Sequence[Callback], config: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What a checkpoint holds, on rank 0 (None elsewhere).
+
+    Every process calls it: gathering the RNG and norm statistics, and FSDP's full state
+    dicts, are collectives. Called after the base step, so never with the weights w + eps.
+    """
+    strategy = run.strategy
+    rngs = strategy.gather_object(rng_states())
+    buffers = None
+    if strategy.distributed:  # replicas keep their own norm statistics between evaluations
+        own = {name: b.detach().cpu() for name, b in run.model.named_buffers()}
+        buffers = strategy.gather_object(own)
+    model_state = strategy.model_state_dict(run.model)
+    optimizer_state = strategy.optimizer_state_dict(run.model, run.optimizer)
+    if not strategy.is_main:
+        return None
+    return {
+        MODEL: model_state,
+        OPTIMIZER: optimizer_state,
+        SCHEDULER: run.scheduler.state_dict(),
+        SCALER: run.scaler.state_dict() if run.scaler is not None else None,
+        GLOBAL_STEP: state.global_step,
+        EPOCH: state.epoch(run.steps_per_epoch),
+        RUN_STATE: state.to_dict(),
+        CALLBACKS: callback_states(callbacks),
+        CONFIG: config,
+        RNG: rngs,
+        RANK_BUFFERS: buffers,
+    }
+
+
+def callback_states(callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """``{state_key: state_dict()}`` of the callbacks that carry state across a resume."""
+    states: dict[str, Any] = {}
+    for callback in callbacks:
+        own = callback.state_dict()
+        if own is None:
+            continue
+        key = callback.state_key
+        if not key or key in states:
+            raise TypeError(f"{type(callback).__name__} needs a state_key of its own")
+        states[key] = own
+    return states
+
+
+def restore(
+    run: Run, path: Path, callbacks: Sequence[Callback], *, changed: tuple[str, ...] = ()
+) -> RunState:
+    """Load a checkpoint into the built run; the schedule follows from the config and the step.
+
+    The scheduler's saved state is not loaded: timm's schedules are functions of the update
+    count, and their state holds the old length, which would override a grown
+    ``trainer.epochs`` (every new step at the final lr). ``changed`` lists the config keys a
+    ``resume_strict=false`` resume accepted: the new optimizer hyper-parameters win over the
+    saved ones, and another optimizer or SAM variant starts its state fresh.
+    """
+    checkpoint = load_checkpoint(path, map_location=run.device)
+    load_model_state(run.model, checkpoint[MODEL], path, load=run.strategy.load_model_state_dict)
+    _restore_optimizer(run, checkpoint[OPTIMIZER], path, changed)
+    if run.scaler is not None and checkpoint.get(SCALER):
+        run.scaler.load_state_dict(checkpoint[SCALER])
+    state = run_state(checkpoint)
+    run.scheduler.step_update(num_updates=state.global_step)
+    _restore_process(run, checkpoint)
+    saved = checkpoint.get(CALLBACKS, {})
+    for callback in callbacks:
+        if callback.state_key in saved:
+            callback.load_state_dict(saved[callback.state_key])
+    log.info("resumed from %s at step %d", path, state.global_step)
+    return state
+
+
+def _restore_optimizer(run: Run, saved: dict, path: Path, changed: tuple[str, ...]) -> None:
+    if {"optimizer.name", "sam.name"} & set(changed):
+        log.warning("optimizer state in %s is for another optimizer: starting it fresh", path)
+        return
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
+    try:
+        run.strategy.load_optimizer_state_dict(run.model, run.optimizer, saved)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
+    if any(key.startswith(("optimizer.", "sam.")) for key in changed):
+        for group, values in zip(run.optimizer.param_groups, configured, strict=True):
+            group.update(values)
+
+
+def _restore_process(run: Run, checkpoint: dict[str, Any]) -> None:
+    """This process's RNG and norm statistics, when the checkpoint has as many processes."""
+    strategy = run.strategy
+    if len(checkpoint[RNG]) != strategy.world_size:
+        return
+    set_rng_states(checkpoint[RNG][strategy.rank])
+    rank_buffers = (checkpoint.get(RANK_BUFFERS) or [None] * strategy.world_size)[strategy.rank]
+    if rank_buffers is not None:
+        own = dict(run.model.named_buffers())
+        with torch.no_grad():
+            for name, value in rank_buffers.items():
+                own[name].copy_(value)
+
+
+def run_state(checkpoint: dict[str, Any]) -> RunState:
+    """The RunState a checkpoint holds (older checkpoints kept only the step and the best)."""
+    if RUN_STATE in checkpoint:
+        return RunState.from_dict(checkpoint[RUN_STATE])
+    return RunState(
+        global_step=checkpoint[GLOBAL_STEP],
+        best=checkpoint.get("best", RunState().best),
+        skipped_steps=checkpoint.get("skipped_steps", 0),
+    )
+
+
+def is_checkpoint(loaded: object) -> bool:
+    """Whether an object ``torch.load`` returned is a sam-train checkpoint."""
+    return isinstance(loaded, dict) and loaded.get(MAGIC_KEY) == MAGIC
+
+
+def saved_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved config the run was trained with, or None when it holds none."""
+    config = checkpoint.get(CONFIG)
+    return config if isinstance(config, dict) else None
+
+
+def ema_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The EMA's weights (the model's keys), or None when the run had no EMA."""
+    ema = (checkpoint.get(CALLBACKS) or {}).get(EMA) or {}
+    return ema.get(EMA_WEIGHTS)
+
+
 class CheckpointWriter:
     """Writes ``last.pt``, ``best.pt`` and a bounded ``step_*.pt`` history under
     ``<run>/checkpoints``.
@@ -316,7 +474,7 @@ class CheckpointWriter:
         if best:
             targets.append(self.best)
         if snapshot and self.keep_last > 0:
-            targets.append(self.snapshot(state["global_step"]))
+            targets.append(self.snapshot(state[GLOBAL_STEP]))
         for index, path in enumerate(targets):
             self._write(path, targets[0] if index else state)
         if snapshot and self.keep_last > 0:

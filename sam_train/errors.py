@@ -1,7 +1,18 @@
-"""Errors a user can fix. Kept free of heavy imports so the CLI reports them fast.
+"""Errors a user can fix, and the exit codes of every entry point. Kept free of heavy imports
+so the CLI reports them fast.
 
-The CLI prints any ``SamTrainError`` as one line on stderr and exits with code 2.
+The entry points print any ``SamTrainError`` as one line on stderr and exit with code 2.
 """
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+EXIT_USER_ERROR = 2  # bad input, reported before any work
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL (SIGTERM, SIGUSR1): requeue and continue with resume=auto
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_SWEEP_FAILED = 1  # a multirun in which a job failed
 
 
 class SamTrainError(Exception):
@@ -24,13 +35,18 @@ class NonFiniteError(SamTrainError, FloatingPointError):
     """Training diverged: too many consecutive steps with a non-finite loss or gradient."""
 
 
-class Preempted(SamTrainError):
-    """SIGTERM/SIGUSR1 arrived: the run saved a checkpoint and stops for ``resume=auto``."""
-
-
 class RunFolderError(SamTrainError, RuntimeError):
     """A run folder that this run may not use; the message names it and what to change."""
 
 
 class RunFolderBusy(RunFolderError):
     """Another live sam-train process holds the run folder's lock."""
+
+
+def exit_on_user_error(prog: str, command: Callable[[], object]) -> None:
+    """Run ``command``; a ``SamTrainError`` becomes one line on stderr and exit code 2."""
+    try:
+        command()
+    except SamTrainError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

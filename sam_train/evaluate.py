@@ -21,11 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import SamTrainError
+from sam_train.errors import exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
-EXIT_USER_ERROR = 2
 EVAL_NAME = "eval.json"
-EMA_CALLBACK = "ModelEMA"  # checkpoint["callbacks"]["ModelEMA"]["module"]: the EMA weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,24 +48,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give at least one checkpoint")
     if args.out is None and len({p.resolve().parent for p in args.checkpoints}) > 1:
         parser.error("checkpoints of several runs need --out")
+    out = [expect_folder(args.out, f"a folder for {EVAL_NAME}", exists=False)] if args.out else []
+    exit_on_problems(parser.prog, [*map(expect_file, args.checkpoints), *out])
     return args
 
 
 def _ema_model(model, state: dict[str, Any], path: Path):
     """A copy of ``model`` with the checkpoint's EMA weights, or None when it holds none."""
-    from sam_train.checkpoint import load_model_state
+    from sam_train.checkpoint import ema_weights, load_model_state
 
-    ema = (state.get("callbacks") or {}).get(EMA_CALLBACK) or {}
-    if "module" not in ema:
+    weights = ema_weights(state)
+    if weights is None:
         return None
     ema_model = copy.deepcopy(model)
-    load_model_state(ema_model, ema["module"], path)
+    load_model_state(ema_model, weights, path)
     return ema_model
 
 
 def evaluate_checkpoint(path: Path, overrides: list[str], strategy) -> dict[str, Any]:
     """Scores of one checkpoint's weights (and EMA weights) on its rebuilt test set."""
 
+    from sam_train import checkpoint
     from sam_train.build import (
         build_data,
         build_precision,
@@ -93,8 +95,8 @@ def evaluate_checkpoint(path: Path, overrides: list[str], strategy) -> dict[str,
 
     result: dict[str, Any] = {
         "checkpoint": str(path),
-        "epochs_trained": state.get("epoch"),  # completed epochs when it was written
-        "global_step": state.get("global_step"),
+        "epochs_trained": state.get(checkpoint.EPOCH),  # completed epochs when it was written
+        "global_step": state.get(checkpoint.GLOBAL_STEP),
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "sam": cfg.sam.name,
@@ -147,11 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SamTrainError as err:
-        print(f"sam-eval: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("sam-eval", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def check_run_folder(run_dir: Path, *, resume: str | None) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write_test.{os.getpid()}"  # one per process: ranks probe at once
-        probe.write_bytes(b"")
+        probe.write_bytes(b"\0")  # a byte: a full disk refuses it
         probe.unlink()
     except OSError as err:
         raise RunFolderError(

@@ -37,14 +37,3 @@ class RunState:
     def from_dict(cls, values: dict[str, Any]) -> RunState:
         known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
         return cls(**known)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RunState:
-        """The state a checkpoint holds (older checkpoints kept only the step and the best)."""
-        if "run_state" in checkpoint:
-            return cls.from_dict(checkpoint["run_state"])
-        return cls(
-            global_step=checkpoint["global_step"],
-            best=checkpoint.get("best", _no_best()),
-            skipped_steps=checkpoint.get("skipped_steps", 0),
-        )

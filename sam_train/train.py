@@ -20,16 +20,24 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sam_train import callbacks as cb
-from sam_train.build import Run, build_loggers, build_run, config_from_checkpoint, run_strategy
-from sam_train.checkpoint import load_checkpoint, load_model_state, load_resume, set_rng_states
-from sam_train.config.schema import best_metric_key
+from sam_train.build import (
+    build_callbacks,
+    build_run,
+    build_trainer,
+    config_from_checkpoint,
+    describe_perturbation,
+    describe_run,
+    run_strategy,
+)
+from sam_train.callbacks import Results
+from sam_train.callbacks.results import RESULTS_NAME
+from sam_train.checkpoint import load_resume, restore, run_state, saved_config
 from sam_train.errors import CheckpointError
+from sam_train.logfile import CONSOLE_ONLY
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
 from sam_train.state import RunState
-from sam_train.strategy import FSDPStrategy, Strategy, process_group
-from sam_train.trainer import Trainer
+from sam_train.strategy import Strategy, process_group
 
 log = logging.getLogger("sam_train")
 
@@ -94,7 +102,7 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
     # On today's schema: an option added since the checkpoint was written takes its default
     # instead of reading as a change from None.
     saved: dict[str, Any] = {}
-    if isinstance(found.state.get("config"), dict):
+    if saved_config(found.state) is not None:
         saved = OmegaConf.to_container(
             config_from_checkpoint(found.state, found.path), resolve=True
         )
@@ -107,9 +115,9 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
     if changes:
         log.warning("resuming with a changed config (resume_strict=false): %s", describe(changes))
     grown = epochs_grown(saved, config)
-    state = RunState.from_checkpoint(found.state)
+    state = run_state(found.state)
     if state.complete and grown is None:
-        results_file = run_dir / cb.results.RESULTS_NAME
+        results_file = run_dir / RESULTS_NAME
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
         log.info(
             "%s is complete (%s epochs, best test acc1 %s): nothing to do; raise "
@@ -117,6 +125,7 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
             run_dir,
             saved.get("trainer", {}).get("epochs"),
             state.best.get("acc1"),
+            extra=CONSOLE_ONLY,  # a complete run's folder is left untouched, train.log too
         )
         return StartPlan(str(found.path), complete_results=results or state.to_dict())
     changed = tuple(change.key for change in changes)
@@ -146,108 +155,6 @@ def _fit(
                 plan.grown[1],
             )
     if run.step.uses_sam and strategy.distributed:
-        eps = "one eps from the all-reduced first gradient (sam.sync_perturbation)"
-        if isinstance(strategy, FSDPStrategy):
-            eps = "one eps from the reduce-scattered global gradient (FSDP: sync implied)"
-        elif not cfg.sam.sync_perturbation:
-            eps = f"one eps per {cfg.sam.m or run.per_device_batch} examples (m-sharpness)"
-        log.info("SAM under %d processes: %s", strategy.world_size, eps)
-    metric = best_metric_key(cfg.checkpoint.best_metric)
-    trainer = Trainer(run, callbacks, best_metric=metric, log_every=cfg.trainer.log_every)
-    trainer.fit(state)
-    return next(c for c in callbacks if isinstance(c, cb.Results)).results
-
-
-def build_callbacks(
-    cfg: DictConfig,
-    run_dir: Path,
-    config: dict[str, Any],
-    description: str,
-    overrides: Sequence[str] = (),
-) -> list[cb.Callback]:
-    """The callbacks a training run uses, in the order they hear each event. metrics.csv and
-    the loggers come before checkpointing: an epoch's rows are written before its checkpoint,
-    so a resume drops only what came after the checkpoint and never misses an epoch."""
-    checkpoint = cfg.checkpoint
-    callbacks: list[cb.Callback] = []
-    if cfg.ema.decay:  # first: a step's checkpoint must hold the EMA updated by that step
-        ema = cfg.ema
-        callbacks.append(cb.ModelEMA(ema.decay, warmup=ema.warmup, warmup_power=ema.warmup_power))
-    callbacks += [
-        cb.ConsoleProgress(description),
-        cb.Preemption(),
-        cb.MetricsCSV(run_dir),
-        *build_loggers(cfg, run_dir, overrides),
-        cb.Checkpointing(
-            run_dir,
-            config,
-            save_last=checkpoint.save_last,
-            save_best=checkpoint.save_best,
-            every_n_steps=checkpoint.every_n_steps,
-            keep_last=checkpoint.keep_last,
-        ),
-    ]
-    rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0
-    callbacks.append(cb.Results(run_dir, {"sam": cfg.sam.name, "rho": rho, "seed": cfg.seed}))
-    return callbacks
-
-
-def _restore_optimizer(run: Run, saved: dict, path: Path, changed: tuple[str, ...]) -> None:
-    if {"optimizer.name", "sam.name"} & set(changed):
-        log.warning("optimizer state in %s is for another optimizer: starting it fresh", path)
-        return
-    configured = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
-    try:
-        run.strategy.load_optimizer_state_dict(run.model, run.optimizer, saved)
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
-    if any(key.startswith(("optimizer.", "sam.")) for key in changed):
-        for group, values in zip(run.optimizer.param_groups, configured, strict=True):
-            group.update(values)
-
-
-def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
-    params = sum(p.numel() for p in run.model.parameters())
-    return (
-        f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
-        f"({len(run.data.train)} train / {len(run.data.test)} test images), "
-        f"{type(run.optimizer).__name__} over {type(run.step.base_optimizer).__name__}, "
-        f"device {run.device}, {run.strategy.world_size} process(es), run folder {run_dir}"
-    )
-
-
-def restore(
-    run: Run, path: Path, callbacks: list[cb.Callback], *, changed: tuple[str, ...] = ()
-) -> RunState:
-    """Load a checkpoint into the built run; the schedule follows from the config and the step.
-
-    The scheduler's saved state is not loaded: timm's schedules are functions of the update
-    count, and their state holds the old length, which would override a grown
-    ``trainer.epochs`` (every new step at the final lr). ``changed`` lists the config keys a
-    ``resume_strict=false`` resume accepted: the new optimizer hyper-parameters win over the
-    saved ones, and another optimizer or SAM variant starts its state fresh.
-    """
-    checkpoint = load_checkpoint(path, map_location=run.device)
-    load_model_state(run.model, checkpoint["model"], path, load=run.strategy.load_model_state_dict)
-    _restore_optimizer(run, checkpoint["optimizer"], path, changed)
-    if run.scaler is not None and checkpoint.get("scaler"):
-        run.scaler.load_state_dict(checkpoint["scaler"])
-    state = RunState.from_checkpoint(checkpoint)
-    run.scheduler.step_update(num_updates=state.global_step)
-    strategy = run.strategy
-    if len(checkpoint["rng"]) == strategy.world_size:  # same layout: continue each rank exactly
-        set_rng_states(checkpoint["rng"][strategy.rank])
-        rank_buffers = (checkpoint.get("rank_buffers") or [None] * strategy.world_size)[
-            strategy.rank
-        ]
-        if rank_buffers is not None:
-            own = dict(run.model.named_buffers())
-            with torch.no_grad():
-                for name, value in rank_buffers.items():
-                    own[name].copy_(value)
-    saved = checkpoint.get("callbacks", {})
-    for callback in callbacks:
-        if type(callback).__name__ in saved:
-            callback.load_state_dict(saved[type(callback).__name__])
-    log.info("resumed from %s at step %d", path, state.global_step)
-    return state
+        log.info("SAM under %d processes: %s", strategy.world_size, describe_perturbation(cfg, run))
+    build_trainer(cfg, run, callbacks).fit(state)
+    return next(c for c in callbacks if isinstance(c, Results)).results

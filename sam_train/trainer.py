@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from sam_train.build import Run
-from sam_train.callbacks.base import Callback
+from sam_train.run import Run
 from sam_train.state import RunState
 from sam_train.step import StepOutput, evaluate
 
@@ -38,6 +38,57 @@ class StopTraining(Exception):
         self.global_step = global_step
 
 
+class Callback:
+    """The events :class:`Trainer` sends; every method is a no-op here.
+
+    A feature such as model EMA is one subclass plus its config (``on_train_step_end`` after
+    the base step, its own ``state_dict`` in the checkpoint), with no edit of the loop. The
+    trainer defines the events and never imports a callback (:mod:`sam_train.callbacks`).
+    """
+
+    #: The callback's key in a checkpoint (``checkpoint["callbacks"][state_key]``): a stable
+    #: name of its own, set by every callback whose ``state_dict`` is not None, so a renamed
+    #: class still resumes its old checkpoints.
+    state_key: ClassVar[str | None] = None
+
+    def on_fit_start(self, trainer: Trainer, state: RunState) -> None:
+        """Before the first step of this session (fresh or resumed)."""
+
+    def on_train_step_end(self, trainer: Trainer, state: RunState, output: StepOutput) -> None:
+        """After every optimizer step (the weights are w again, never w + eps)."""
+
+    def on_log(self, trainer: Trainer, state: RunState, metrics: dict[str, float]) -> None:
+        """Every ``log_every`` steps and at an epoch's last step: this window's metrics."""
+
+    def on_evaluate(self, trainer: Trainer, state: RunState) -> None:
+        """After the live model's evaluation, before best tracking: add other models' test
+        metrics to ``state.test_metrics`` (the EMA's ``ema_acc1``, which
+        ``checkpoint.best_metric`` may name)."""
+
+    def on_epoch_end(self, trainer: Trainer, state: RunState, is_best: bool) -> None:
+        """After an epoch's evaluation; ``state`` holds its train and test metrics."""
+
+    def on_stop(self, trainer: Trainer, state: RunState) -> None:
+        """A stop was requested (signal): the run ends after this, to be resumed."""
+
+    def on_fit_end(self, trainer: Trainer, state: RunState) -> None:
+        """Every configured epoch is done."""
+
+    def teardown(self, trainer: Trainer, state: RunState) -> None:
+        """Always, on every exit path: release what ``on_fit_start`` took."""
+
+    def summary(self, state: RunState) -> dict[str, Any]:
+        """Values this callback adds to results.json (at the run's end)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What this callback must carry across a resume (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
 class Trainer:
     def __init__(
         self,
@@ -52,6 +103,7 @@ class Trainer:
         self.best_metric = best_metric
         self.log_every = log_every
         self.stop_request: StopRequest | None = None
+        self.step_time = StepTime()  # the ETA's seconds per step, across epochs
 
     def _emit(self, event: str, *args: object) -> None:
         for callback in self.callbacks:
@@ -110,9 +162,10 @@ class Trainer:
         device = run.device
         totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, count
         window = _Window(device)
+        first_window = True  # holds the loader's start (workers): not a typical step
         started = time.perf_counter()
-        for step, (images, targets) in enumerate(run.loaders.train, start=start_step + 1):
-            output = run.step(images, targets)
+        for step, (images, targets, *indices) in enumerate(run.loaders.train, start=start_step + 1):
+            output = run.step(images, targets, *indices)  # indices: SAF's loader only
             state.global_step += 1
             run.scheduler.step_update(num_updates=state.global_step)
             totals[0] += output.loss_sum.double()
@@ -127,7 +180,9 @@ class Trainer:
                 # Every remaining epoch ends with an evaluation as long as the last one took
                 # (known from the first evaluation on, also after a resume: it is in the state).
                 evaluations = (run.epochs - epoch) * state.test_metrics.get("seconds", 0.0)
-                metrics["eta_seconds"] = remaining * metrics.pop("seconds_per_step") + evaluations
+                per_step = self.step_time.update(metrics.pop("seconds_per_step"), first_window)
+                metrics["eta_seconds"] = remaining * per_step + evaluations
+                first_window = False
                 metrics["epoch"], metrics["step"] = epoch, step
                 self._emit("on_log", state, metrics)
             self._emit("on_train_step_end", state, output)
@@ -185,3 +240,28 @@ class _Window:
         self.loss.zero_()
         self.count, self.steps, self.start = 0, 0, time.perf_counter()
         return metrics
+
+
+class StepTime:
+    """Seconds per step for the ETA, smoothed over log windows so that one slow window (other
+    processes taking the cores, a loader starting its workers) moves the ETA by less than 2x:
+    an exponential moving average whose samples are clipped to within ``CLIP`` times the
+    estimate. The run's first window (the loader starting, the first steps' warm-up) only gives
+    a first estimate, which the next window replaces."""
+
+    WEIGHT = 0.3
+    CLIP = 4.0
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.provisional = True
+
+    def update(self, seconds: float, first_window: bool = False) -> float:
+        """Add a window's seconds per step; returns the estimate."""
+        if self.value is None or self.provisional:
+            self.provisional = self.value is None and first_window
+            self.value = seconds
+        else:
+            sample = min(max(seconds, self.value / self.CLIP), self.value * self.CLIP)
+            self.value += self.WEIGHT * (sample - self.value)
+        return self.value

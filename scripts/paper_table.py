@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 
 from sam_train.config import register_resolvers  # noqa: E402
 from sam_train.paper import TABLE_TITLES, Setting, describe, optimizer_family, optimizer_label  # noqa: E402
+from sam_train.paths import exit_on_problems, expect_folder  # noqa: E402
 
 
 @dataclass
@@ -70,6 +71,33 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _cells(members: list[Run], seeds: bool, baseline_means: dict[str, float]) -> list[str]:
+    """One table row: a run, or (``seeds``) a setting and optimizer over its seeds."""
+    first = members[0]
+    values = [m.value for m in members]
+    mean = statistics.fmean(values)
+    paper = first.setting.paper(first.family)
+    measured = f"{mean:.2f}"
+    if seeds and len(values) > 1:
+        measured += f" ± {statistics.stdev(values):.2f}"
+    cells = [first.setting.label, first.optimizer]
+    if seeds:
+        cells.append(",".join(str(m.seed) for m in sorted(members, key=lambda m: m.seed)))
+    else:
+        cells += [str(first.seed), first.path.name]
+    cells += [
+        str(first.setting.baseline) if first.setting.baseline else "—",
+        str(first.setting.sam) if first.setting.sam else "—",
+        measured,
+        "—" if paper is None else f"{mean - paper.mean:+.2f}",
+    ]
+    if seeds:
+        base = baseline_means.get(first.setting.label)
+        is_base = first.family == first.setting.baseline_name
+        cells.append("—" if base is None or is_base else f"{mean - base:+.2f}")
+    return cells
+
+
 def render(runs: list[Run], *, seeds: bool) -> str:
     """One markdown table per paper table; rows per run, or per setting and optimizer."""
     by_table: dict[str, list[Run]] = defaultdict(list)
@@ -106,30 +134,7 @@ def render(runs: list[Run], *, seeds: bool) -> str:
             for (label, _), members in groups.items()
             if seeds and members[0].family == members[0].setting.baseline_name
         }
-        for members in groups.values():
-            first = members[0]
-            values = [m.value for m in members]
-            mean = statistics.fmean(values)
-            paper = first.setting.paper(first.family)
-            measured = f"{mean:.2f}"
-            if seeds and len(values) > 1:
-                measured += f" ± {statistics.stdev(values):.2f}"
-            cells = [first.setting.label, first.optimizer]
-            if seeds:
-                cells.append(",".join(str(m.seed) for m in sorted(members, key=lambda m: m.seed)))
-            else:
-                cells += [str(first.seed), first.path.name]
-            cells += [
-                str(first.setting.baseline) if first.setting.baseline else "—",
-                str(first.setting.sam) if first.setting.sam else "—",
-                measured,
-                "—" if paper is None else f"{mean - paper.mean:+.2f}",
-            ]
-            if seeds:
-                base = baseline_means.get(first.setting.label)
-                is_base = first.family == first.setting.baseline_name
-                cells.append("—" if base is None or is_base else f"{mean - base:+.2f}")
-            lines.append(_row(cells))
+        lines += [_row(_cells(members, seeds, baseline_means)) for members in groups.values()]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the last epoch's test accuracy (default) or the best epoch's",
     )
     args = parser.parse_args(argv)
+    exit_on_problems("paper_table", (expect_folder(p, "a run folder") for p in args.run_dirs))
     register_resolvers()
     runs = [run for path in args.run_dirs if (run := load_run(path, args.metric)) is not None]
     if not runs:

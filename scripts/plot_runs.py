@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 
 from sam_train.config import register_resolvers  # noqa: E402
 from sam_train.paper import describe, optimizer_label  # noqa: E402
+from sam_train.paths import exit_on_problems, expect_folder, expect_new_file  # noqa: E402
 
 SHORT = 12  # runs of at most this many epochs get a marker on each point
 
@@ -120,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--column", default="test_acc1", help="metrics.csv column")
     parser.add_argument("--title", default="", help="figure title")
     args = parser.parse_args(argv)
+    exit_on_problems(
+        "plot_runs",
+        [
+            *(expect_folder(p, "a run folder") for p in args.run_dirs),
+            expect_new_file(args.out, "the PNG file to write (--out)"),
+        ],
+    )
     curves = collect(args.run_dirs, args.column)
     if not curves:
         print(

@@ -24,6 +24,8 @@ TINY_RUN = [
     "trainer.batch_size=8",
     "trainer.num_workers=0",
 ]
+# The tests' quick training run: the quickstart preset (digits, CPU) for two epochs, a few seconds.
+QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1"]
 register_configs()
 # In-process runs use one thread like the child processes (subprocess_env): a resumed run is
 # compared bit for bit with its reference, and thread counts change float reductions.

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from sam_reference import CPU, LR, MOMENTUM, RHO, batches, bn_mlp, close, mlp, train
+from sam_reference import CPU, RHO, batches, bn_mlp, close, mlp, sam_step, train
 from torch import nn
 
 from sam_train.sam import GSAM, SAM, VARIANTS
@@ -45,6 +45,10 @@ CASES = {
     "fsam": (VARIANTS["fsam"], {}),
     "p=inf": (SAM, {"p": float("inf")}),
     "inner_steps=2": (SAM, {"inner_steps": 2}),
+    "msam": (VARIANTS["msam"], {}),
+    "rst": (VARIANTS["rst"], {"seed": 3}),
+    "aesam": (VARIANTS["aesam"], {"threshold_start": 0.0, "threshold_end": 0.0}),
+    "wsam": (VARIANTS["wsam"], {}),
 }
 
 
@@ -61,10 +65,7 @@ def my_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def make_step(model: nn.Module, variant: type[SAM], kwargs: dict, **step_kwargs) -> SAMStep:
-    optimizer = variant(
-        model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM, **kwargs
-    )
-    return SAMStep(model, optimizer, nn.CrossEntropyLoss(), CPU, **step_kwargs)
+    return sam_step(model, variant, kwargs, **step_kwargs)
 
 
 def full_weights(model: nn.Module) -> list[torch.Tensor]:

@@ -67,10 +67,15 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def sam_step(model: nn.Module, **kwargs) -> SAMStep:
-    """SAM over momentum SGD on ``model`` (a DDP-wrapped one needs ``strategy=``)."""
-    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOMENTUM)
-    return SAMStep(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
+def sam_step(
+    model: nn.Module, variant: type[SAM] = SAM, optimizer: dict | None = None, **kwargs
+) -> SAMStep:
+    """The tests' one step builder: ``variant`` over momentum SGD on ``model`` (a DDP-wrapped
+    one needs ``strategy=``); ``optimizer`` overrides rho, lr, momentum or adds the variant's
+    arguments; ``kwargs`` go to SAMStep."""
+    arguments = {"rho": RHO, "lr": LR, "momentum": MOMENTUM, **(optimizer or {})}
+    sam = variant(model.parameters(), torch.optim.SGD, **arguments)
+    return SAMStep(model, sam, nn.CrossEntropyLoss(), CPU, **kwargs)
 
 
 def sgd_step(model: nn.Module, **kwargs) -> SAMStep:

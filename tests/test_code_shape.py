@@ -1,12 +1,17 @@
-"""The code stays readable: no function in the package is longer than 80 lines."""
+"""The code stays readable: no function in the package or the scripts is longer than 60
+lines."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "sam_train"
-MAX_LINES = 80
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "sam_train"
+MAX_LINES = 60
+# scripts/bench*.py: being split into a package of small modules on its own branch; delete
+# this once that lands.
+NOT_YET = ("bench.py", "bench_sharding.py")
 
 
 def _long_functions(source: str, name: str) -> list[str]:
@@ -18,11 +23,13 @@ def _long_functions(source: str, name: str) -> list[str]:
     ]
 
 
-def test_no_function_in_the_package_is_longer_than_80_lines():
+def test_no_function_in_the_package_or_the_scripts_is_longer_than_60_lines():
+    files = [*PACKAGE.rglob("*.py"), *(REPO / "scripts").rglob("*.py")]
     found = [
         line
-        for path in sorted(PACKAGE.rglob("*.py"))
-        for line in _long_functions(path.read_text(), str(path.relative_to(PACKAGE.parent)))
+        for path in sorted(files)
+        if path.name not in NOT_YET
+        for line in _long_functions(path.read_text(), str(path.relative_to(REPO)))
     ]
     assert not found, "\n".join(found)
 

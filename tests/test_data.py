@@ -42,9 +42,8 @@ def test_cifar_at_another_size_is_upsampled_with_imagenet_statistics(tiny_cifar1
     """Table 3 fine-tunes ImageNet-pretrained models on CIFAR at their resolution: training
     crops and resizes to image_size; evaluation resizes the whole 32 px image (no centre
     crop) and normalizes with ImageNet's mean and std, which the pretrained weights expect."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from torchvision.transforms import v2
-
-    from sam_train.models._registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     pair = build_datasets(
         "cifar10",

@@ -12,10 +12,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from sam_train.config import validate
 from sam_train.data import DatasetError, build_datasets, build_loaders
+from sam_train.data.constants import CIFAR_MEAN, CIFAR_STD
 from sam_train.data.datasets import TensorImageDataset
 from sam_train.data.device_loader import DeviceLoader, crop_flip
 from sam_train.errors import ConfigError
-from sam_train.models._registry import CIFAR_MEAN, CIFAR_STD
 
 
 def _images(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:

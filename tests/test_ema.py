@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_in_process
+from conftest import QUICK, compose_config, run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from timm.utils.model_ema import ModelEmaV3
 
@@ -25,9 +25,7 @@ from sam_train.trainer import Trainer
 # 10 steps of 128 digits per epoch; dropout and Mixup make the run depend on every restored
 # draw, and the warm-up makes the EMA depend on the step it resumes at.
 BASE = [
-    "experiment=quickstart",
-    "trainer.epochs=2",
-    "scheduler.warmup_epochs=1",
+    *QUICK,
     "trainer.batch_size=128",
     "optimizer.lr=0.2",
     "augment.mixup_alpha=0.8",

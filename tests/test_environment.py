@@ -10,17 +10,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import run_in_process
+from conftest import QUICK, run_in_process
 
 import sam_train.checkpoint as checkpoint_module
 import sam_train.cli as cli_module
 
-QUICK = [
-    "experiment=quickstart",
-    "trainer.epochs=2",
-    "scheduler.warmup_epochs=1",
-    "trainer.log_every=100",
-]
+QUIET = [*QUICK, "trainer.log_every=100"]  # one progress line per epoch
 
 
 def _assert_one_line(err: str, fragment: str) -> None:
@@ -39,7 +34,7 @@ def test_leftover_rank_without_master_addr_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     for key in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
-    code, err = run_in_process([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"])
+    code, err = run_in_process([*QUIET, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 2
     _assert_one_line(err, "MASTER_ADDR and MASTER_PORT not: launch with torchrun")
 
@@ -51,7 +46,7 @@ def test_leftover_rank_with_an_address_times_out_with_one_line(monkeypatch, tmp_
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SAM_TRAIN_RENDEZVOUS_TIMEOUT", "2")
-    code, err = run_in_process([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"])
+    code, err = run_in_process([*QUIET, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 2
     _assert_one_line(err, f"could not join the process group at 127.0.0.1:{port} within 2 s")
 
@@ -60,7 +55,7 @@ def test_a_working_directory_that_is_not_utf8_loses_no_log_line(monkeypatch, tmp
     folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
     folder.mkdir()
     monkeypatch.chdir(folder)
-    code, err = run_in_process([*QUICK, "hydra.run.dir=run"])
+    code, err = run_in_process([*QUIET, "hydra.run.dir=run"])
     assert code == 0, err
     assert "Logging error" not in err and "Traceback" not in err
     log = (folder / "run" / "train.log").read_text()
@@ -72,7 +67,7 @@ def test_a_full_disk_when_the_run_folder_is_prepared_is_one_line(monkeypatch, tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cli_module.OmegaConf, "save", full_disk)
-    code, err = run_in_process([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"])
+    code, err = run_in_process([*QUIET, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 2
     _assert_one_line(err, "/.hydra: No space left on device")
 
@@ -99,7 +94,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(monk
 
     monkeypatch.setattr(checkpoint_module.os, "fdopen", fdopen)
     run = tmp_path / "run"
-    code, err = run_in_process([*QUICK, f"hydra.run.dir={run}"])
+    code, err = run_in_process([*QUIET, f"hydra.run.dir={run}"])
     assert code == 2
     _assert_one_line(err, "No space left on device; its previous version is intact")
     monkeypatch.undo()
@@ -110,7 +105,7 @@ def test_a_checkpoints_file_is_found_before_training(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoints").write_text("not a folder")
-    code, err = run_in_process([*QUICK, f"hydra.run.dir={run}"])
+    code, err = run_in_process([*QUIET, f"hydra.run.dir={run}"])
     assert code == 2
     _assert_one_line(err, "checkpoints is a file, not a folder")
     assert "step " not in (run / "train.log").read_text(), "no step may run first"

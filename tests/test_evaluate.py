@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_in_process, subprocess_env, torchrun_command
+from conftest import QUICK, REPO, run_in_process, subprocess_env, torchrun_command
 
 from sam_train import evaluate as sam_eval
 from sam_train.build import build_run, build_strategy
 from sam_train.checkpoint import load_checkpoint, save_checkpoint
 from sam_train.step import evaluate
-
-QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1"]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from sam_train.config import validate
 from sam_train.errors import ConfigError
 from sam_train.strategy import FSDPStrategy, SingleProcess
 
-QUICK = ["experiment=quickstart", "trainer.strategy=fsdp"]
+FSDP = ["experiment=quickstart", "trainer.strategy=fsdp"]
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ QUICK = ["experiment=quickstart", "trainer.strategy=fsdp"]
 )
 def test_fsdp_refuses_what_a_sharded_gradient_cannot_do(compose_cfg, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate(compose_cfg([*QUICK, *overrides]))
+        validate(compose_cfg([*FSDP, *overrides]))
 
 
 def test_fsdp_wrap_without_fsdp_is_refused(compose_cfg):
@@ -40,13 +40,13 @@ def test_fsdp_wrap_without_fsdp_is_refused(compose_cfg):
 
 
 def test_fsdp_accepts_every_variant_and_bf16(compose_cfg):
-    for variant in ("sam", "gsam", "looksam", "interval", "fsam"):
-        validate(compose_cfg([*QUICK, f"sam={variant}", "trainer.amp=bf16"]))
-    validate(compose_cfg([*QUICK, "sam.adaptive=true", "sam.perturb_fraction=0.5"]))
+    for variant in ("sam", "gsam", "looksam", "interval", "fsam", "msam", "rst", "aesam", "wsam"):
+        validate(compose_cfg([*FSDP, f"sam={variant}", "trainer.amp=bf16"]))
+    validate(compose_cfg([*FSDP, "sam.adaptive=true", "sam.perturb_fraction=0.5"]))
 
 
 def test_bad_fsdp_options_stop_the_cli_with_exit_2(cli_in_process, tmp_path):
-    code, err = cli_in_process([*QUICK, "sam.m=8", f"hydra.run.dir={tmp_path / 'r'}"])
+    code, err = cli_in_process([*FSDP, "sam.m=8", f"hydra.run.dir={tmp_path / 'r'}"])
     assert code == 2 and "sam.m (m-sharpness)" in err
     assert not (tmp_path / "r" / "checkpoints").exists()
 
@@ -74,7 +74,7 @@ def test_default_wrap_policy_picks_the_blocks_of_vits_and_resnets():
 def test_one_process_with_fsdp_asked_is_a_single_process(compose_cfg):
     from sam_train.build import run_strategy
 
-    assert type(run_strategy(compose_cfg([*QUICK]))) is SingleProcess
+    assert type(run_strategy(compose_cfg([*FSDP]))) is SingleProcess
 
 
 @pytest.mark.slow
@@ -102,7 +102,7 @@ def test_two_fsdp_ranks_match_one_process_and_resume_exactly(tmp_path, cli_in_pr
     assert saved["global_step"] == 10 and len(saved["rng"]) == 2
     run = tmp_path / "one_process"
     args = [
-        *QUICK,
+        *FSDP,
         "trainer.epochs=1",
         "scheduler.warmup_epochs=0",
         "model.kwargs.drop_rate=0.2",

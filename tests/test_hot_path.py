@@ -15,14 +15,16 @@ import timm.scheduler
 import torch
 import torch.distributed as dist
 from conftest import TINY_RUN
+from sam_reference import sam_step
 from torch import nn
 
-from sam_train.build import Run, build_run
+from sam_train.build import build_run
 from sam_train.callbacks import Callback
 from sam_train.callbacks.ema import ModelEMA
 from sam_train.data.loaders import Loaders
 from sam_train.errors import NonFiniteError
 from sam_train.profiling import Allocations, HostReads, tensor_bytes
+from sam_train.run import Run
 from sam_train.sam import SAM, VARIANTS
 from sam_train.state import RunState
 from sam_train.step import SAMStep
@@ -53,8 +55,7 @@ def _step(**kwargs) -> SAMStep:
         nn.Flatten(),
         nn.Linear(8 * 6 * 6, 5),
     )
-    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
-    return SAMStep(model, optimizer, nn.CrossEntropyLoss(), CPU, **kwargs)
+    return sam_step(model, optimizer={"rho": 0.05, "lr": 0.1, "momentum": 0.9}, **kwargs)
 
 
 def _schedule(step: SAMStep) -> timm.scheduler.CosineLRScheduler:
@@ -124,13 +125,15 @@ def _count_step_reads(monkeypatch, run, steps: int = 4) -> tuple[list[str], list
         (torch.randn(8, 1, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen))
         for _ in range(steps + 2)
     ]
+    # SAF keeps outputs per example: its loader hands the step their indices
+    indices = [torch.arange(8)] if run.loaders.train.dataset.dataset.with_indices else []
     for images, targets in batches[:2]:
-        run.step(images, targets)
+        run.step(images, targets, *indices)
     conversions: list[str] = []
     with monkeypatch.context() as patch:
         _watch_conversions(patch, conversions)
         with HostReads() as mode:
-            outputs = [run.step(images, targets) for images, targets in batches[2:]]
+            outputs = [run.step(images, targets, *indices) for images, targets in batches[2:]]
     assert all(bool(output.finite) for output in outputs)
     return mode.reads, conversions
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_in_process
+from conftest import QUICK, compose_config, run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import sam_train.train as train_module
@@ -23,9 +23,7 @@ from sam_train.run_folder import RunLock
 # random draw being restored.
 STEPS = 21
 BASE = [
-    "experiment=quickstart",
-    "trainer.epochs=2",
-    "scheduler.warmup_epochs=1",
+    *QUICK,
     "trainer.log_every=7",
     "model.kwargs.drop_rate=0.2",
     "dataset.label_noise=0.2",
@@ -127,13 +125,16 @@ def test_resume_from_another_runs_file_into_a_finished_folder_is_refused(
     assert _files(target) == before
 
 
-def test_resume_auto_on_a_complete_run_leaves_it_untouched(cli_in_process, finished, tmp_path):
+def test_resume_auto_on_a_complete_run_leaves_it_untouched(
+    cli_in_process, finished, tmp_path, capsys
+):
     run = _copy_run(finished, tmp_path / "run")
-    before = _files(run)
+    before, log = _files(run), (run / "train.log").read_bytes()
     code, err = cli_in_process([*BASE, "resume=auto", f"hydra.run.dir={run}"])
     assert code == 0, err
     assert _files(run) == before, "a complete run must not be rewritten"
-    assert "is complete" in (run / "train.log").read_text()
+    assert (run / "train.log").read_bytes() == log, "train.log appended to"  # issue 25
+    assert "is complete" in capsys.readouterr().out  # said on the console only
     results = json.loads((run / "results.json").read_text())  # strict JSON, no NaN
     assert results["epochs_run"] == 2 and results["images_per_sec"] > 0
 

@@ -399,6 +399,14 @@ def test_config_names_every_variant():
         ["sam=looksam"],
         ["sam=interval"],
         ["sam=fsam"],
+        ["sam=msam"],
+        ["sam=rst"],
+        ["sam=aesam"],
+        ["sam=wsam"],
+        ["sam=esam"],
+        ["sam=ksam"],
+        ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
+        ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
         ["sam=asam"],
         ["sam.p=inf", "sam.rho=0.0002"],  # ||eps||_2 = rho * sqrt(#weights), about 0.06 here
         ["sam.perturb_fraction=0.5", "sam.include_weight_decay=true", "sam.inner_steps=2"],
@@ -419,6 +427,17 @@ def test_every_variant_trains_the_quickstart(overrides, tmp_path):
     results = train(cfg, tmp_path)
     assert results["sam"] == cfg.sam.name
     assert results["final_acc1"] >= 70.0, results  # chance is 10%
+    # results.json's measured cost: 1 + inner_steps per ascent for the whole-batch variants
+    ascents = 0.0 if cfg.sam.name == "msam" else results["ascent_fraction"]
+    if cfg.sam.name in ("esam", "ksam"):  # a forward over the batch, the rest on part of it
+        assert 1.0 < results["passes_per_step"] < 2.0, results
+    elif cfg.sam.name == "saf":  # SGD's one pass: the stored outputs cost no computation
+        assert results["passes_per_step"] == 1.0, results
+    elif cfg.sam.name == "mesa":  # the EMA model's forward (1/3) from epoch 1 of 2
+        assert results["passes_per_step"] == pytest.approx(1 + 1 / 6, abs=0.02), results
+    else:
+        expected = 1 + cfg.sam.inner_steps * ascents
+        assert results["passes_per_step"] == pytest.approx(expected, abs=1e-3), results
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert state["optimizer"]["state"], "the base optimizer's momentum must be checkpointed"
 
@@ -474,16 +493,26 @@ import torch, torch.distributed as dist
 from torch import nn
 from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
+from sam_train.step.trajectory import TrajectoryLoss
 from sam_train.strategy import DDPStrategy, process_group
 strategy = DDPStrategy(process_group.init_distributed("cpu"), torch.device("cpu"))
 rank = strategy.rank
 with process_group.exits_worker():
-    for name, kwargs in [("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2})]:
+    for name, kwargs in [
+        ("gsam", {}), ("looksam", {"k": 2}), ("interval", {"k": 2}), ("msam", {"momentum": 0.9}),
+        ("rst", {"seed": 5}), ("aesam", {"threshold_start": 0.0, "threshold_end": 0.0}),
+        ("wsam", {}), ("esam", {}), ("ksam", {}), ("mesa", {"ema_decay": 0.5}),
+    ]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
         ddp = strategy.wrap(model)
+        if name == "mesa":
+            kwargs["model"] = model
         opt = VARIANTS[name](model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
-        step = SAMStep(ddp, opt, nn.CrossEntropyLoss(), strategy.device, strategy=strategy)
+        loss = nn.CrossEntropyLoss()
+        if name == "mesa":
+            loss = TrajectoryLoss(loss, opt)
+        step = SAMStep(ddp, opt, loss, strategy.device, strategy=strategy)
         gen = torch.Generator().manual_seed(100 + rank)  # each replica its own data
         for _ in range(4):
             x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
@@ -513,4 +542,6 @@ def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_pat
     )
     report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
     assert result.returncode == 0, report
-    assert result.stdout.split() == ["gsam", "True", "looksam", "True", "interval", "True"], report
+    names = ["gsam", "looksam", "interval", "msam", "rst", "aesam", "wsam", "esam", "ksam", "mesa"]
+    expected = [word for name in names for word in (name, "True")]
+    assert result.stdout.split() == expected, report

@@ -8,7 +8,16 @@ import copy
 import pytest
 import timm.layers
 import torch
-from sam_reference import CPU, MaskRecorder, RunningMeanTracker, batches, bn_mlp, mlp, sgd_step
+from sam_reference import (
+    CPU,
+    MaskRecorder,
+    RunningMeanTracker,
+    batches,
+    bn_mlp,
+    mlp,
+    sam_step,
+    sgd_step,
+)
 from torch import nn
 
 from sam_train.errors import NonFiniteError
@@ -17,8 +26,8 @@ from sam_train.step import SAMStep, evaluate
 
 
 def _step(model: nn.Module, rho: float = 0.5, inner_steps: int = 1, **kwargs) -> SAMStep:
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=0.1, inner_steps=inner_steps)
-    return SAMStep(model, opt, nn.CrossEntropyLoss(), CPU, **kwargs)
+    optimizer = {"rho": rho, "lr": 0.1, "momentum": 0.0, "inner_steps": inner_steps}
+    return sam_step(model, optimizer=optimizer, **kwargs)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:

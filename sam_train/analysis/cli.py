@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import SamTrainError
-
-EXIT_USER_ERROR = 2
+from sam_train.errors import exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,7 +79,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be >= 1")
     if args.trace_samples < 0 or args.span <= 0 or any(r <= 0 for r in args.rho):
         parser.error("--trace-samples must be >= 0, --span and --rho > 0")
+    _check_paths(parser.prog, args)
     return args
+
+
+def _check_paths(prog: str, args: argparse.Namespace) -> None:
+    """Before any work: checkpoint files, and folders where ``--out`` and ``--data-root``
+    name something that is not one."""
+    folders = {"out": "an output folder", "data_root": "a data folder (--data-root)"}
+    given = {key: value for key in folders if (value := getattr(args, key))}
+    exit_on_problems(
+        prog,
+        [
+            *map(expect_file, args.checkpoints),
+            *(expect_folder(value, folders[key], exists=False) for key, value in given.items()),
+        ],
+    )
 
 
 def _load(path: Path, args: argparse.Namespace, device):
@@ -293,11 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SamTrainError as err:
-        print(f"sam-analyze: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    exit_on_user_error("sam-analyze", lambda: run(args))
 
 
 if __name__ == "__main__":

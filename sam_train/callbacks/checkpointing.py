@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sam_train.callbacks.base import Callback
-from sam_train.checkpoint import CheckpointWriter, rng_states
+from sam_train.checkpoint import LAST_NAME, CheckpointWriter, build_payload
+from sam_train.run_folder import CHECKPOINTS_DIR
+from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
@@ -43,7 +44,7 @@ class Checkpointing(Callback):
 
     @property
     def last(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return self.run_dir / CHECKPOINTS_DIR / LAST_NAME
 
     def on_fit_start(self, trainer: Trainer, state: RunState) -> None:
         if trainer.run.strategy.is_main:
@@ -65,38 +66,10 @@ class Checkpointing(Callback):
             self.save(trainer, state, last=True)
 
     def save(self, trainer: Trainer, state: RunState, *, last: bool, best: bool = False) -> None:
-        """Gather every process's RNG and norm statistics, then rank 0 writes."""
-        run = trainer.run
-        strategy = run.strategy
-        rngs = strategy.gather_object(rng_states())
-        # Replicas keep their own norm statistics between evaluations: keep every rank's.
-        buffers = None
-        if strategy.distributed:
-            own = {name: b.detach().cpu() for name, b in run.model.named_buffers()}
-            buffers = strategy.gather_object(own)
+        """Every process builds the payload (collectives), then rank 0 writes it."""
         self._saved_step = state.global_step
         if not (last or best):
             return
-        # Collectives under FSDP (full state dicts gathered), so every rank makes them.
-        model_state = strategy.model_state_dict(run.model)
-        optimizer_state = strategy.optimizer_state_dict(run.model, run.optimizer)
-        if self.writer is None:
-            return
-        checkpoint = {
-            "model": model_state,
-            "optimizer": optimizer_state,
-            "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-            "global_step": state.global_step,
-            "epoch": state.epoch(run.steps_per_epoch),
-            "run_state": state.to_dict(),
-            "callbacks": {
-                type(cb).__name__: cb.state_dict()
-                for cb in trainer.callbacks
-                if cb.state_dict() is not None
-            },
-            "config": self.config,
-            "rng": rngs,
-            "rank_buffers": buffers,
-        }
-        self.writer.save(checkpoint, last=last, best=best, snapshot=last and self.keep_last > 0)
+        payload = build_payload(trainer.run, state, trainer.callbacks, self.config)
+        if self.writer is not None and payload is not None:
+            self.writer.save(payload, last=last, best=best, snapshot=last and self.keep_last > 0)

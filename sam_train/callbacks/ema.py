@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from timm.utils.model_ema import ModelEmaV3
 
-from sam_train.callbacks.base import Callback
+from sam_train import checkpoint
 from sam_train.step import evaluate
+from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
@@ -34,9 +35,11 @@ EMA_METRICS = ("loss", "acc1", "acc5")  # scored as ema_<name>, logged as test_e
 class ModelEMA(Callback):
     """The EMA of ``run.model``, updated after every optimizer step, evaluated every epoch.
 
-    ``state_dict()["module"]`` is the EMA model's ``state_dict()`` (the live model's keys), so
-    a checkpoint holds the EMA weights at ``checkpoint["callbacks"]["ModelEMA"]["module"]``.
+    ``state_dict()[EMA_WEIGHTS]`` is the EMA model's ``state_dict()`` (the live model's keys),
+    which :func:`sam_train.checkpoint.ema_weights` reads back.
     """
+
+    state_key = checkpoint.EMA
 
     def __init__(self, decay: float, *, warmup: bool = False, warmup_power: float = 2 / 3):
         self.decay, self.warmup, self.warmup_power = decay, warmup, warmup_power
@@ -93,7 +96,7 @@ class ModelEMA(Callback):
         if self.ema is None:
             return self._restored
         return {
-            "module": self.ema.module.state_dict(),
+            checkpoint.EMA_WEIGHTS: self.ema.module.state_dict(),
             "best_acc1": self.best_acc1,
             "best_epoch": self.best_epoch,
         }
@@ -105,7 +108,7 @@ class ModelEMA(Callback):
 
     def _apply_restored(self) -> None:
         assert self.ema is not None and self._restored is not None
-        self.ema.module.load_state_dict(self._restored["module"])
+        self.ema.module.load_state_dict(self._restored[checkpoint.EMA_WEIGHTS])
         self.best_acc1 = self._restored.get("best_acc1")
         self.best_epoch = self._restored.get("best_epoch", -1)
         self._restored = None

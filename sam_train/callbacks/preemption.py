@@ -14,15 +14,14 @@ import signal
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sam_train.callbacks.base import Callback
+from sam_train.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
     from sam_train.step import StepOutput
     from sam_train.trainer import Trainer
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: requeue and continue with resume=auto
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 STOP_SIGNALS = {
     signal.SIGTERM: EXIT_PREEMPTED,
     signal.SIGUSR1: EXIT_PREEMPTED,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sam_train.callbacks.base import Callback
+from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
@@ -60,6 +60,8 @@ class Results(Callback):
     def on_fit_end(self, trainer: Trainer, state: RunState) -> None:
         run = trainer.run
         self.results = {**results_of(state, run.epochs, run.strategy.world_size), **self.extra}
+        # What the steps computed, averaged over this session's steps (since a resume)
+        self.results.update(run.step.counts.summary())
         for callback in trainer.callbacks:
             self.results.update(callback.summary(state))
         self.results["epochs_run"] = run.epochs - self._session[0]  # in this session

@@ -85,7 +85,7 @@ class TensorBoard(MetricLogger):
     def finish(self, scalars: dict[str, float], step: int) -> None:
         """The final and best metrics: the HParams table's metric columns."""
         if not self.log_hparams:
-            self.write(scalars, step)
+            self.log(scalars, step)
             return
         with self._writer(self.run_dir / HPARAMS_DIR) as session:
             for name, value in scalars.items():

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 
 class WandbLogger(MetricLogger):
+    state_key = "WandbLogger"  # in checkpoints: the class name they were first written with
+
     def __init__(
         self,
         run_dir: Path,

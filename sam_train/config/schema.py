@@ -64,7 +64,8 @@ DATASETS = tuple(DATA_SPECS)
 CIFAR_DATASETS = tuple(name for name, spec in DATA_SPECS.items() if spec.cifar)
 GPU_LOADER_DATASETS = CIFAR_DATASETS
 # CIFAR's own resolution: dataset.image_size other than this upsamples (fine-tuning a model
-# pretrained at that size), which the 32 px augmentations and the GPU loader do not do
+# pretrained at that size), which the 32 px augmentations and the GPU loader do not do.
+# data/constants.py's, kept here so the validator loads no torch (tests/test_imports.py)
 CIFAR_IMAGE_SIZE = 32
 OPTIMIZERS = ("sgd", "adamw")
 # timm's scheduler names; poly with power 1 is configs/scheduler/linear.yaml
@@ -95,7 +96,33 @@ AUTO_AUGMENT = (
 ERASE_MODES = ("pixel", "const", "rand")  # timm's RandomErasing fills
 # SAM variants (sam_train/sam/VARIANTS is keyed by these, "none" aside); which options each
 # reads is the ``variants`` metadata of SAMConfig's fields.
-SAM_VARIANTS = ("none", "sam", "gsam", "looksam", "interval", "fsam")
+SAM_VARIANTS = (
+    "none",
+    "sam",
+    "gsam",
+    "looksam",
+    "interval",
+    "fsam",
+    "msam",
+    "rst",
+    "aesam",
+    "wsam",
+    "esam",
+    "ksam",
+    "mesa",
+    "saf",
+)
+# Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
+# (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
+NO_ASCENT_VARIANTS = ("msam", "mesa", "saf")
+# Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
+FSDP_UNTESTED_VARIANTS = ("esam", "ksam", "mesa", "saf")
+# Variants whose loss gains a trajectory term (sam_train/step/trajectory.py).
+TRAJECTORY_VARIANTS = ("mesa", "saf")
+# Variants whose loader hands the step each example's index (one process only).
+INDEXED_VARIANTS = ("saf",)
+# Variants whose passes run on part of the batch (sam_train/step/selection.py).
+SELECTING_VARIANTS = ("esam", "ksam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
 ADAPTIVE_PARAMS = ("all", "weights")
 DEVICE_PATTERN = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
@@ -200,7 +227,25 @@ class SAMConfig:
     rho_min: float | None = checked(None, ge=0, variants=("gsam",))  # rho at scheduler.min_lr
     k: int | None = checked(None, gt=0, variants=("looksam", "interval"))  # SAM every k steps
     sigma: float | None = checked(None, ge=0, variants=("fsam",))  # EMA share removed
-    ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam",))  # the EMA's lambda
+    # fsam: the gradient EMA's lambda; aesam: delta, the forgetting rate of ||g||^2's statistics
+    # mesa: the EMA model's decay per step
+    ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam", "aesam", "mesa"))
+    probability: float | None = checked(None, ge=0, le=1, variants=("rst",))  # of a SAM step
+    # aesam: SAM when ||g||^2 >= mean + c_t * std, c_t linear from start to end over the run
+    threshold_start: float | None = checked(None, variants=("aesam",))
+    threshold_end: float | None = checked(None, variants=("aesam",))
+    # wsam: the sharpness weight is gamma / (1 - gamma); decouple: applied after the base step
+    gamma: float | None = checked(None, ge=0, lt=1, variants=("wsam",))
+    decouple: bool | None = checked(None, variants=("wsam",))
+    # esam: gamma, the share of the batch in the second pass; ksam: k / batch, for both passes
+    select_fraction: float | None = checked(None, gt=0, le=1, variants=("esam", "ksam"))
+    # mesa, saf: lambda * T^2 * KL(reference / T || outputs / T) added to the loss from
+    # start_epoch; the reference: an EMA model's outputs (mesa), or each example's own outputs
+    # from past_epochs epochs earlier (saf)
+    trajectory_weight: float | None = checked(None, ge=0, variants=("mesa", "saf"))
+    temperature: float | None = checked(None, gt=0, variants=("mesa", "saf"))
+    start_epoch: int | None = checked(None, ge=0, variants=("mesa", "saf"))
+    past_epochs: int | None = checked(None, gt=0, variants=("saf",))
 
 
 @dataclass
@@ -222,6 +267,9 @@ class TrainerConfig:
     eval_batch_size: int = checked(256, gt=0)
     device: str = checked("auto", pattern=DEVICE_PATTERN)
     num_workers: int = checked(2, ge=0)
+    # torch's threads on the CPU; None: this process's share of the free cores
+    # (sam_train/strategy/cpu_threads.py), or OMP_NUM_THREADS when set
+    cpu_threads: int | None = checked(None, gt=0)
     log_every: int = checked(50, gt=0)
     amp: str = checked("none", choices=PRECISIONS)
     clip_grad_norm: float | None = checked(None, gt=0)
@@ -342,7 +390,7 @@ def best_metric_key(name: str) -> str:
     return metric if split == "test" else f"ema_{metric}"
 
 
-#: option -> the variants that read it (builders passes these to the variant's class).
+#: option -> the variants that read it (build.sam_kwargs passes these to the variant's class).
 SAM_VARIANT_OPTIONS: dict[str, tuple[str, ...]] = {
     f.name: f.metadata["variants"] for f in fields(SAMConfig) if "variants" in f.metadata
 }

@@ -6,7 +6,6 @@ Every failure is a :class:`~sam_train.errors.ConfigError` of one line naming the
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import itertools
 import math
@@ -20,18 +19,25 @@ from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
 
+from sam_train.config.overrides import closest
 from sam_train.config.schema import (
     CIFAR_DATASETS,
     CIFAR_IMAGE_SIZE,
     DATA_SPECS,
+    FSDP_UNTESTED_VARIANTS,
     GPU_LOADER_AUGMENTATIONS,
+    INDEXED_VARIANTS,
     LOGGER_PACKAGES,
+    NO_ASCENT_VARIANTS,
     SAM_VARIANT_OPTIONS,
+    SELECTING_VARIANTS,
+    TRAJECTORY_VARIANTS,
     LoggerConfig,
     TrainConfig,
     transform_options,
 )
 from sam_train.errors import ConfigError
+from sam_train.paths import expect_file
 
 _BRACKETS = {"ge": "[", "gt": "(", "le": "]", "lt": ")"}
 _SYMBOLS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -47,11 +53,13 @@ def validate(cfg: Any) -> None:
         _dataset_rules,
         _sam_rules,
         _sam_sharpness_rules,
+        _efficient_variant_rules,
         _optimization_rules,
         _fsdp_rules,
         _recipe_rules,
         _logger_rules,
         _init_rules,
+        _resume_rules,
     ):
         rule(cfg)
 
@@ -93,9 +101,9 @@ def check_known_keys(node: Any, cls: type, prefix: str = "") -> None:
 
 
 def _unknown_key(prefix: str, key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = closest(key, known)
     if close:
-        return f"unknown key {prefix}{key}; did you mean {prefix}{close[0]}?"
+        return f"unknown key {prefix}{key}; did you mean {prefix}{close}?"
     group = prefix.rstrip(".") or "the config"
     return f"unknown key {prefix}{key}; {group} takes: {', '.join(known)}"
 
@@ -287,6 +295,62 @@ def _sam_sharpness_rules(cfg: Any) -> None:
         )
 
 
+def _efficient_variant_rules(cfg: Any) -> None:
+    """The efficient variants' own limits: MSAM's stored direction, what FSDP has not tested."""
+    sam, optimizer = cfg.sam, cfg.optimizer
+    if sam.name in NO_ASCENT_VARIANTS:
+        ascent = {
+            "adaptive": sam.adaptive,
+            "p": sam.p != 2,
+            "perturb_fraction": sam.perturb_fraction != 1,
+            "inner_steps": sam.inner_steps != 1,
+            "include_weight_decay": sam.include_weight_decay,
+        }
+        changed = [key for key, on in ascent.items() if on]
+        if changed:
+            raise ConfigError(
+                f"sam={sam.name} perturbs along a stored direction, not a gradient ascent: "
+                f"sam.{changed[0]} does not apply (leave it at its default)"
+            )
+    if sam.name == "msam":
+        momentum = optimizer.betas[0] if optimizer.name == "adamw" else optimizer.momentum
+        if momentum <= 0:
+            key = "optimizer.betas[0]" if optimizer.name == "adamw" else "optimizer.momentum"
+            raise ConfigError(f"sam=msam perturbs along the momentum: set {key} above 0")
+    if sam.name in ("aesam", "wsam") and cfg.trainer.amp == "fp16":
+        raise ConfigError(f"sam={sam.name} needs unscaled gradients: use trainer.amp=bf16")
+    if sam.name in SELECTING_VARIANTS:
+        _selection_rules(cfg)
+    if sam.name in INDEXED_VARIANTS and cfg.dataset.loader == "gpu":
+        raise ConfigError(f"sam={sam.name} needs example indices: set dataset.loader=dataloader")
+    if sam.name in TRAJECTORY_VARIANTS and cfg.trainer.accum_steps != 1:
+        raise ConfigError(
+            f"sam={sam.name} compares each batch with reference outputs for the whole batch: "
+            "set trainer.accum_steps=1"
+        )
+    if sam.name in FSDP_UNTESTED_VARIANTS and cfg.trainer.strategy == "fsdp":
+        raise ConfigError(
+            f"sam={sam.name} is not tested under trainer.strategy=fsdp yet: use "
+            "trainer.strategy=ddp"
+        )
+
+
+def _selection_rules(cfg: Any) -> None:
+    """Passes on part of the batch need per-example cross-entropy over one micro-batch."""
+    name, trainer, augment = cfg.sam.name, cfg.trainer, cfg.augment
+    limits = {
+        "trainer.accum_steps=1": trainer.accum_steps != 1,
+        "trainer.amp=bf16 or none": trainer.amp == "fp16",
+        "augment.mixup_alpha=0 and augment.cutmix_alpha=0": bool(
+            augment.mixup_alpha or augment.cutmix_alpha
+        ),
+        "sam.inner_steps=1": cfg.sam.inner_steps != 1,
+    }
+    for fix, broken in limits.items():
+        if broken:
+            raise ConfigError(f"sam={name} selects examples of the batch: set {fix}")
+
+
 def _fsdp_rules(cfg: Any) -> None:
     """What FSDP2 cannot do: a rank never holds a whole local gradient (per-chunk eps), and
     fp16's GradScaler does not see sharded gradients; the wrap list is FSDP's only."""
@@ -361,5 +425,16 @@ def _init_rules(cfg: Any) -> None:
         raise ConfigError(
             "model.init_from and model.pretrained=true both set the starting weights: choose one"
         )
-    if not Path(model.init_from).is_file():
+    if not Path(model.init_from).exists():
         raise ConfigError(f"model.init_from={model.init_from}: no such file")
+    problem = expect_file(model.init_from, "a checkpoint or weights file (.pt, .pth, .safetensors)")
+    if problem is not None:  # a run folder given for its checkpoint
+        raise ConfigError(f"model.init_from={problem}")
+
+
+def _resume_rules(cfg: Any) -> None:
+    """``resume=PATH``: a checkpoint file (``auto`` finds one in the run folder)."""
+    if cfg.resume not in (None, "auto") and Path(cfg.resume).exists():  # missing: at resume
+        problem = expect_file(cfg.resume)
+        if problem is not None:
+            raise ConfigError(f"resume={problem}")

@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
-from sam_train.config.schema import CIFAR_IMAGE_SIZE
-from sam_train.data import transforms as T
+import sam_train.data.transforms as T
 from sam_train.data.cifar_checks import check_loaded, find_bad_file
+from sam_train.data.constants import CIFAR_IMAGE_SIZE
 from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
 from sam_train.data.label_noise import apply_label_noise
-from sam_train.data.torchvision_sets import TORCHVISION_SETS, torchvision_pair
+from sam_train.data.torchvision_sets import TORCHVISION_SETS, LabelledSplit, torchvision_pair
 from sam_train.errors import DatasetError
 
 
@@ -155,6 +155,21 @@ def _imagenet(
     return pair
 
 
+def _check_class_count(name: str, train: Any, num_classes: int) -> None:
+    """A class list declared by the files (CIFAR's meta, ImageFolder's folders) of another
+    length than ``dataset.num_classes`` is refused: more would index past the classifier,
+    fewer leave outputs that no label trains. Where the classes are only the labels seen
+    (digits, torchvision's splits, whose list stops at the highest label present), a subset
+    cannot be told from a mismatch: only labels past the outputs are refused."""
+    declared = None if isinstance(train, LabelledSplit) else getattr(train, "classes", None)
+    found = len(declared) if declared else len(np.unique(train.targets))
+    if found > num_classes or (declared and found < num_classes):
+        raise DatasetError(
+            f"{name} has {found} classes but dataset.num_classes={num_classes}: set "
+            f"dataset.num_classes={found}"
+        )
+
+
 def build_datasets(
     name: str,
     *,
@@ -204,18 +219,21 @@ def build_datasets(
         )
     else:
         raise DatasetError(f"unknown dataset {name!r}")
-    found = len(getattr(train, "classes", None) or np.unique(train.targets))
-    if found > num_classes:
-        raise DatasetError(f"{name} has {found} classes but dataset.num_classes={num_classes}")
+    _check_class_count(name, train, num_classes)
     if label_noise > 0:
-        noisy = apply_label_noise(train.targets, num_classes, label_noise, seed)
-        if isinstance(train, TensorImageDataset):
-            train.targets = noisy
-        else:  # torchvision keeps labels in .targets (CIFAR) and .samples (ImageFolder)
-            train.targets = noisy.tolist()
-            if hasattr(train, "samples"):
-                train.samples = [
-                    (path, int(t)) for (path, _), t in zip(train.samples, noisy, strict=True)
-                ]
-                train.imgs = train.samples
+        _corrupt_labels(train, num_classes, label_noise, seed)
     return DatasetPair(train, test, num_classes)
+
+
+def _corrupt_labels(train: Dataset, num_classes: int, label_noise: float, seed: int) -> None:
+    """Replace a ``label_noise`` fraction of the training labels, wherever the set keeps them."""
+    noisy = apply_label_noise(train.targets, num_classes, label_noise, seed)
+    if isinstance(train, TensorImageDataset):
+        train.targets = noisy
+    else:  # torchvision keeps labels in .targets (CIFAR) and .samples (ImageFolder)
+        train.targets = noisy.tolist()
+        if hasattr(train, "samples"):
+            train.samples = [
+                (path, int(t)) for (path, _), t in zip(train.samples, noisy, strict=True)
+            ]
+            train.imgs = train.samples

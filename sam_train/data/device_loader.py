@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam_train.data.loaders import Loaders
+from sam_train.data.constants import CIFAR_MEAN, CIFAR_STD
 from sam_train.errors import DatasetError
-from sam_train.models._registry import CIFAR_MEAN, CIFAR_STD
 
 
 def crop_flip(
@@ -214,7 +213,7 @@ def build_device_loaders(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-) -> Loaders:
+) -> tuple[DeviceLoader, DeviceLoader]:
     """Train and test loaders over CIFAR data sets copied once to ``device``.
 
     The training labels are read after label noise was applied, so noisy runs stay noisy.
@@ -222,8 +221,8 @@ def build_device_loaders(
     train_images, train_targets = _as_device_tensors(train_set, device)
     test_images, test_targets = _as_device_tensors(test_set, device)
     common = {"mean": CIFAR_MEAN, "std": CIFAR_STD, "seed": seed, "rank": rank}
-    return Loaders(
-        train=DeviceLoader(
+    return (
+        DeviceLoader(
             train_images,
             train_targets,
             batch_size=batch_size,
@@ -232,7 +231,7 @@ def build_device_loaders(
             world_size=world_size,
             **common,
         ),
-        test=DeviceLoader(
+        DeviceLoader(
             test_images,
             test_targets,
             batch_size=eval_batch_size,

@@ -49,6 +49,7 @@ def build_loaders(
     kind: str = "dataloader",
     device: torch.device | None = None,
     host_rngs: bool = False,
+    with_indices: bool = False,
 ) -> Loaders:
     """Loaders for one process; ``batch_size`` is per process.
 
@@ -61,54 +62,80 @@ def build_loaders(
     Python's and NumPy's generators per sample too, for timm's transforms. Evaluation shards the
     test set without padding, so gathered counts cover each example exactly once.
     ``num_workers`` is capped at the cores this process may run on (more only contend).
+    ``with_indices``: training batches are (images, targets, example indices), for SAF.
     """
     num_workers = min(num_workers, usable_cores())
     if kind == "gpu":
-        from sam_train.data.device_loader import build_device_loaders
-
-        return build_device_loaders(
-            train_set,
-            test_set,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            device=device if device is not None else torch.device("cpu"),
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
+        if with_indices:
+            raise ValueError("the device-resident loader does not hand out example indices")
+        return _device_loaders(
+            train_set, test_set, batch_size, eval_batch_size, device, seed, rank, world_size
         )
     if kind != "dataloader":
         raise ValueError(f"loader kind must be 'dataloader' or 'gpu', got {kind!r}")
-    train_sampler = ResumableSampler(len(train_set), seed=seed, rank=rank, world_size=world_size)
-    test_sampler = (
-        ShardSampler(len(test_set), rank=rank, world_size=world_size)
-        if world_size > 1
-        else SequentialSampler(test_set)
-    )
-    common = {
+    options: dict[str, Any] = {
         "num_workers": num_workers,
         "pin_memory": pin_memory,
         "persistent_workers": num_workers > 0,
     }
     if num_workers > 0:
-        common["prefetch_factor"] = 4
+        options["prefetch_factor"] = 4
+    train_sampler = ResumableSampler(len(train_set), seed=seed, rank=rank, world_size=world_size)
+    train = EpochSeededDataset(train_set, seed, host_rngs, with_indices)
+    test_sampler = (
+        ShardSampler(len(test_set), rank=rank, world_size=world_size)
+        if world_size > 1
+        else SequentialSampler(test_set)
+    )
     return Loaders(
-        train=CheckedDataLoader(
-            _ErrorsAsValues(EpochSeededDataset(train_set, seed, host_rngs)),
-            batch_size,
-            sampler=train_sampler,
-            drop_last=True,
-            generator=_own_generator(seed),
-            collate_fn=_collate,
-            **common,
-        ),
-        test=CheckedDataLoader(
-            _ErrorsAsValues(test_set),
-            eval_batch_size,
-            sampler=test_sampler,
-            generator=_own_generator(seed),
-            collate_fn=_collate,
-            **common,
-        ),
+        train=_loader(train, batch_size, train_sampler, seed, options, drop_last=True),
+        test=_loader(test_set, eval_batch_size, test_sampler, seed, options),
+    )
+
+
+def _device_loaders(
+    train_set: Dataset,
+    test_set: Dataset,
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device | None,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> Loaders:
+    """``kind="gpu"``: the data set kept on ``device`` (``device_loader``)."""
+    from sam_train.data.device_loader import build_device_loaders
+
+    train, test = build_device_loaders(
+        train_set,
+        test_set,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        device=device if device is not None else torch.device("cpu"),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return Loaders(train, test)
+
+
+def _loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: Any,
+    seed: int,
+    options: dict[str, Any],
+    drop_last: bool = False,
+) -> CheckedDataLoader:
+    """A loader whose bad samples raise their one-line error, with a generator of its own."""
+    return CheckedDataLoader(
+        _ErrorsAsValues(dataset),
+        batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        generator=_own_generator(seed),
+        collate_fn=_collate,
+        **options,
     )
 
 

@@ -65,10 +65,15 @@ class EpochSeededDataset(Dataset):
     ``host_rngs``: Python's and NumPy's generators are forked and seeded too, for transforms
     that draw from them (timm's RandAugment, AugMix, random erasing); off by default, as
     saving NumPy's state costs about 0.1 ms a sample.
+    ``with_indices``: each sample ends with its index in the data set (SAF keeps outputs per
+    training example).
     """
 
-    def __init__(self, dataset: Dataset, seed: int, host_rngs: bool = False) -> None:
+    def __init__(
+        self, dataset: Dataset, seed: int, host_rngs: bool = False, with_indices: bool = False
+    ) -> None:
         self.dataset, self.seed, self.host_rngs = dataset, seed, host_rngs
+        self.with_indices = with_indices
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -77,7 +82,8 @@ class EpochSeededDataset(Dataset):
         epoch, index = key
         seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
         with _forked_torch_rng(seed), _forked_host_rngs(seed, self.host_rngs):
-            return self.dataset[index]
+            sample = self.dataset[index]
+        return (*sample, index) if self.with_indices else sample
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from typing import Any
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
-from sam_train.data import transforms as T
+import sam_train.data.transforms as T
 from sam_train.data.image_folder import error_reason
 from sam_train.errors import DatasetError
 

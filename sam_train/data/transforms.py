@@ -9,18 +9,17 @@ from typing import Any, NamedTuple
 
 import timm.data
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
-from sam_train.config.schema import CIFAR_IMAGE_SIZE  # another size: upsampled_transforms
-from sam_train.models._registry import (
+from sam_train.data.constants import (  # another size than CIFAR's: upsampled_transforms
+    CIFAR_AUGMENTATIONS,
+    CIFAR_IMAGE_SIZE,
     CIFAR_MEAN,
     CIFAR_STD,
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
 )
 
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)  # of load_digits().images / 16
-CIFAR_AUGMENTATIONS = ("basic", "cutout", "autoaugment")
 
 
 def _float_normalized(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:

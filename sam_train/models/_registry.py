@@ -7,11 +7,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+from sam_train.data.constants import CIFAR_MEAN, CIFAR_STD
 
 
 def cifar_cfg(**overrides: Any) -> dict[str, Any]:
@@ -43,6 +41,17 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def stage_blocks(name: str, depth: int, layers_per_block: int, extra: int, least: int = 1) -> int:
+    """Blocks per stage of a three-stage network ``depth`` layers deep: depth is
+    ``3 * layers_per_block * n + extra`` (stem and classifier); a ValueError otherwise."""
+    per_stage = 3 * layers_per_block
+    if (depth - extra) % per_stage or depth < per_stage * least + extra:
+        raise ValueError(
+            f"{name} depth must be {per_stage}n + {extra} with n >= {least}, got {depth}"
+        )
+    return (depth - extra) // per_stage
 
 
 def cifar_stages(
@@ -112,12 +121,39 @@ class PooledLinearHead:
         return self.forward_head(self.forward_features(x))
 
 
+class ThreeStageNet(PooledLinearHead, nn.Module):
+    """The CIFAR networks' shared frame: ``stem``, the three ``stages``, an optional final
+    ``norm``, then the pooled linear head, initialised as the reference implementations are.
+
+    A subclass builds its stem and stages (in that order: the random draws at initialisation
+    follow it), passes them here, and defines ``forward_features``.
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: nn.Module,
+        num_features: int,
+        head: dict[str, Any],
+        norm: nn.Module | None = None,
+        head_dropout: bool = True,
+    ) -> None:
+        """``head``: the constructor's ``num_classes``, ``global_pool`` and ``drop_rate``;
+        ``head_dropout=False`` for a network that drops out inside its blocks (WRN)."""
+        super().__init__()
+        self.drop_rate = head["drop_rate"]
+        self.stem = stem
+        self.stages = stages
+        if norm is not None:
+            self.norm = norm
+        drop = self.drop_rate if head_dropout else 0.0
+        self.init_head(num_features, head["num_classes"], head["global_pool"], drop)
+        init_weights(self)
+
+
 __all__ = [
-    "CIFAR_MEAN",
-    "CIFAR_STD",
-    "IMAGENET_DEFAULT_MEAN",
-    "IMAGENET_DEFAULT_STD",
     "PooledLinearHead",
+    "ThreeStageNet",
     "cifar_cfg",
     "cifar_stages",
     "init_weights",

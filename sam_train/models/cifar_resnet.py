@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, cifar_stages, init_weights
+from sam_train.models._registry import (
+    ThreeStageNet,
+    cifar_cfg,
+    cifar_stages,
+    stage_blocks,
+)
 
 
 class BasicBlock(nn.Module):
@@ -36,7 +41,7 @@ class BasicBlock(nn.Module):
         return torch.relu(out + shortcut)
 
 
-class CifarResNet(PooledLinearHead, nn.Module):
+class CifarResNet(ThreeStageNet):
     """ResNet-depth for 32x32 images with timm's classifier interface."""
 
     def __init__(
@@ -48,20 +53,16 @@ class CifarResNet(PooledLinearHead, nn.Module):
         drop_rate: float = 0.0,
         global_pool: str = "avg",
     ) -> None:
-        super().__init__()
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
-        blocks = (depth - 2) // 6
+        blocks = stage_blocks("CIFAR ResNet", depth, 2, 2)
         widths = (base_width, 2 * base_width, 4 * base_width)
-        self.drop_rate = drop_rate
-        self.stem = nn.Sequential(
+        stem = nn.Sequential(
             nn.Conv2d(in_chans, base_width, 3, padding=1, bias=False),
             nn.BatchNorm2d(base_width),
             nn.ReLU(inplace=True),
         )
-        self.stages = cifar_stages(BasicBlock, base_width, widths, blocks)
-        self.init_head(widths[-1], num_classes, global_pool, drop_rate)
-        init_weights(self)
+        stages = cifar_stages(BasicBlock, base_width, widths, blocks)
+        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
+        super().__init__(stem, stages, widths[-1], head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

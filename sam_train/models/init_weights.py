@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sam_train import checkpoint
 from sam_train.errors import CheckpointError
 
 log = logging.getLogger("sam_train")
-_SAM_TRAIN_MAGIC = "sam-train-checkpoint"  # sam_train.checkpoint's, read without its loader
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
         raise CheckpointError(
             f"model.init_from={path} is not a readable weights file: {reason}"
         ) from err
-    if isinstance(loaded, dict) and loaded.get("magic") == _SAM_TRAIN_MAGIC:
+    if checkpoint.is_checkpoint(loaded):
         return _sam_train_weights(loaded, path, use_ema)
     if isinstance(loaded, dict):
         for key in (("state_dict_ema", "model_ema") if use_ema else ()) + ("state_dict", "model"):
@@ -66,15 +66,15 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
     return clean_state_dict(loaded)
 
 
-def _sam_train_weights(checkpoint: dict, path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+def _sam_train_weights(saved: dict, path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     if not use_ema:
-        return checkpoint["model"]
-    ema = (checkpoint.get("callbacks") or {}).get("ModelEMA") or {}
-    if "module" not in ema:
+        return saved[checkpoint.MODEL]
+    weights = checkpoint.ema_weights(saved)
+    if weights is None:
         raise CheckpointError(
             f"model.init_ema=true but {path} holds no EMA weights; set model.init_ema=false"
         )
-    return ema["module"]
+    return weights
 
 
 def classifier_keys(model: nn.Module) -> set[str]:

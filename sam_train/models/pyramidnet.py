@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, init_weights
+from sam_train.models._registry import ThreeStageNet, cifar_cfg, stage_blocks
 from sam_train.models.shake import ShakeDrop
 
 
@@ -53,7 +53,7 @@ class PyramidBottleneck(nn.Module):
         return out + shortcut
 
 
-class PyramidNet(PooledLinearHead, nn.Module):
+class PyramidNet(ThreeStageNet):
     """Bottleneck PyramidNet-depth with widening factor alpha; timm's classifier interface."""
 
     def __init__(
@@ -68,18 +68,12 @@ class PyramidNet(PooledLinearHead, nn.Module):
         drop_rate: float = 0.0,
         global_pool: str = "avg",
     ) -> None:
-        super().__init__()
-        if (depth - 2) % 9 or depth < 11:
-            raise ValueError(f"bottleneck PyramidNet depth must be 9n + 2 with n >= 1, got {depth}")
+        blocks = stage_blocks("bottleneck PyramidNet", depth, 3, 2)
         if width_rounding not in ("round", "floor"):
             raise ValueError(f"width_rounding must be 'round' or 'floor', got {width_rounding!r}")
         to_int = round if width_rounding == "round" else math.floor
-        blocks = (depth - 2) // 9
         total = 3 * blocks
-        self.drop_rate = drop_rate
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        )
+        stem = nn.Sequential(nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
         stages, in_chs, width, index = [], 16, 16.0, 0
         for stride in (1, 2, 2):
             layers = []
@@ -91,10 +85,9 @@ class PyramidNet(PooledLinearHead, nn.Module):
                 layers.append(block)
                 in_chs = to_int(width) * PyramidBottleneck.expansion
             stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
-        self.norm = nn.BatchNorm2d(in_chs)
-        self.init_head(in_chs, num_classes, global_pool, drop_rate)
-        init_weights(self)
+        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
+        norm = nn.BatchNorm2d(in_chs)
+        super().__init__(stem, nn.Sequential(*stages), in_chs, head, norm=norm)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.norm(self.stages(self.stem(x))))

@@ -17,7 +17,12 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, cifar_stages, init_weights
+from sam_train.models._registry import (
+    ThreeStageNet,
+    cifar_cfg,
+    cifar_stages,
+    stage_blocks,
+)
 from sam_train.models.shake import shake_shake
 
 
@@ -63,7 +68,7 @@ class ShakeShakeBlock(nn.Module):
         return mixed + (x if self.shortcut is None else self.shortcut(x))
 
 
-class ShakeShakeResNet(PooledLinearHead, nn.Module):
+class ShakeShakeResNet(ThreeStageNet):
     """Shake-Shake ResNet-depth with widths base_width x (1, 2, 4); timm classifier interface."""
 
     def __init__(
@@ -75,18 +80,12 @@ class ShakeShakeResNet(PooledLinearHead, nn.Module):
         drop_rate: float = 0.0,
         global_pool: str = "avg",
     ) -> None:
-        super().__init__()
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"Shake-Shake depth must be 6n + 2 with n >= 1, got {depth}")
-        blocks = (depth - 2) // 6
+        blocks = stage_blocks("Shake-Shake", depth, 2, 2)
         widths = (base_width, 2 * base_width, 4 * base_width)
-        self.drop_rate = drop_rate
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        )
-        self.stages = cifar_stages(ShakeShakeBlock, 16, widths, blocks)
-        self.init_head(widths[-1], num_classes, global_pool, drop_rate)
-        init_weights(self)
+        stem = nn.Sequential(nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        stages = cifar_stages(ShakeShakeBlock, 16, widths, blocks)
+        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
+        super().__init__(stem, stages, widths[-1], head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.stages(self.stem(x)))

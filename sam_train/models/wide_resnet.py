@@ -13,7 +13,12 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sam_train.models._registry import PooledLinearHead, cifar_cfg, cifar_stages, init_weights
+from sam_train.models._registry import (
+    ThreeStageNet,
+    cifar_cfg,
+    cifar_stages,
+    stage_blocks,
+)
 
 
 class _BasicBlock(nn.Module):
@@ -38,7 +43,7 @@ class _BasicBlock(nn.Module):
         return out + shortcut
 
 
-class WideResNet(PooledLinearHead, nn.Module):
+class WideResNet(ThreeStageNet):
     """WRN-depth-widen for small images, with timm's classifier interface."""
 
     def __init__(
@@ -50,19 +55,15 @@ class WideResNet(PooledLinearHead, nn.Module):
         drop_rate: float = 0.0,
         global_pool: str = "avg",
     ) -> None:
-        super().__init__()
-        if (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
-        blocks = (depth - 4) // 6
+        blocks = stage_blocks("WRN", depth, 2, 4, least=0)
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.drop_rate = drop_rate
-        self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        stem = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
         block = partial(_BasicBlock, drop_rate=drop_rate)
-        self.stages = cifar_stages(block, widths[0], widths[1:], blocks)
-        self.norm = nn.BatchNorm2d(widths[-1])
+        stages = cifar_stages(block, widths[0], widths[1:], blocks)
+        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
         # WRN's dropout sits between the convolutions of each block, not before the classifier.
-        self.init_head(widths[-1], num_classes, global_pool)
-        init_weights(self)
+        norm = nn.BatchNorm2d(widths[-1])
+        super().__init__(stem, stages, widths[-1], head, norm=norm, head_dropout=False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.norm(self.stages(self.stem(x))))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM, BaseOptimizer, Params, non_negative
 
 
 class FriendlySAM(SAM):
@@ -43,8 +43,7 @@ class FriendlySAM(SAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
-        if sigma < 0:
-            raise ValueError(f"Friendly SAM needs sigma >= 0, got {sigma}")
+        non_negative("Friendly SAM", sigma=sigma)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"Friendly SAM needs 0 <= ema_decay < 1, got {ema_decay}")
         if self.inner_steps != 1:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sam_train.sam.sam import _NORM_EPS, SAM, BaseOptimizer, Params, global_dot
+from sam_train.sam.sam import _NORM_EPS, SAM, BaseOptimizer, Params, global_dot, non_negative
 
 
 class GSAM(SAM):
@@ -54,10 +54,7 @@ class GSAM(SAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
-        if alpha < 0:
-            raise ValueError(f"GSAM needs alpha >= 0, got {alpha}")
-        if lr_min < 0:
-            raise ValueError(f"GSAM needs lr_min >= 0, got {lr_min}")
+        non_negative("GSAM", alpha=alpha, lr_min=lr_min)
         for group in self.param_groups:
             if not 0.0 <= rho_min <= group["rho"]:
                 raise ValueError(

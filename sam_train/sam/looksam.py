@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from sam_train.sam.interval import IntervalSAM
-from sam_train.sam.sam import _NORM_EPS, BaseOptimizer, Params, global_dot, global_norm
+from sam_train.sam.sam import (
+    _NORM_EPS,
+    BaseOptimizer,
+    Params,
+    global_dot,
+    global_norm,
+    non_negative,
+)
 
 
 class LookSAM(IntervalSAM):
@@ -47,8 +54,7 @@ class LookSAM(IntervalSAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, k=k, **kwargs)
-        if alpha < 0:
-            raise ValueError(f"LookSAM needs alpha >= 0, got {alpha}")
+        non_negative("LookSAM", alpha=alpha)
         self.alpha = float(alpha)
         self._g_v: dict[torch.Tensor, torch.Tensor] = {}
 

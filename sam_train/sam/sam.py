@@ -63,6 +63,26 @@ Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None
 BaseOptimizer = type[Optimizer] | Optimizer
 
 
+def non_negative(variant: str, **values: float) -> None:
+    """A ValueError naming the first of ``values`` below 0: the variants' argument checks."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{variant} needs {name} >= 0, got {value}")
+
+
+def _check_arguments(
+    rho: float, eta: float, p: float, perturb_fraction: float, inner_steps: int
+) -> None:
+    non_negative("SAM", rho=rho)
+    non_negative("ASAM", eta=eta)
+    if not (p == 2 or (math.isinf(p) and p > 0)):
+        raise ValueError(f"SAM's p must be 2 or inf, got {p}")
+    if not 0.0 < perturb_fraction <= 1.0:
+        raise ValueError(f"perturb_fraction must be in (0, 1], got {perturb_fraction}")
+    if int(inner_steps) != inner_steps or inner_steps < 1:
+        raise ValueError(f"inner_steps must be a positive integer, got {inner_steps}")
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all tensors as one vector, fused and on the device (no host sync); over
     every shard for FSDP's DTensors (as ``torch.nn.utils.get_total_norm`` computes it)."""
@@ -107,6 +127,14 @@ class SAM(Optimizer):
     #: LookSAM): the gradient at w is kept, and under DDP it must be the all-reduced one so
     #: that every replica combines the same vectors.
     combines_gradients: bool = False
+    #: True for variants that perturb before the step's only pass (MSAM): the step calls
+    #: ``perturb_before_pass``, runs one forward-backward (all-reduced), then ``restore``.
+    single_pass: bool = False
+    #: True for variants whose passes run on part of the batch (K-SAM, ESAM's data
+    #: selection): the step runs ``sam_train.step.selection.selected_passes``.
+    selects_examples: bool = False
+    select_before_ascent: bool = False  # rank the examples at w (K-SAM), or after eps (ESAM)
+    select_fraction: float = 1.0
 
     def __init__(
         self,
@@ -123,16 +151,7 @@ class SAM(Optimizer):
         unscaled_params: Iterable[torch.Tensor] | None = None,
         **base_kwargs: Any,
     ) -> None:
-        if rho < 0:
-            raise ValueError(f"SAM needs rho >= 0, got {rho}")
-        if eta < 0:
-            raise ValueError(f"ASAM needs eta >= 0, got {eta}")
-        if not (p == 2 or (math.isinf(p) and p > 0)):
-            raise ValueError(f"SAM's p must be 2 or inf, got {p}")
-        if not 0.0 < perturb_fraction <= 1.0:
-            raise ValueError(f"perturb_fraction must be in (0, 1], got {perturb_fraction}")
-        if int(inner_steps) != inner_steps or inner_steps < 1:
-            raise ValueError(f"inner_steps must be a positive integer, got {inner_steps}")
+        _check_arguments(rho, eta, p, perturb_fraction, inner_steps)
         sam_defaults = {"rho": rho, "adaptive": adaptive, "eta": eta}
         if isinstance(base_optimizer, Optimizer):
             if params is not None or base_kwargs:
@@ -165,6 +184,7 @@ class SAM(Optimizer):
         self._step_params: list[torch.Tensor] = []
         self._did_perturb = False
         self._pending_combine = False
+        self._kept_grads: list[tuple[torch.Tensor | None, int]] = []  # after a skipped ascent
         # ESAM's masks come from a generator of their own: the engine rewinds the global one
         # before the second pass (same dropout draws), which would rewind a mask drawn from it
         # too, and in a model without random layers repeat the same mask every step.
@@ -210,6 +230,18 @@ class SAM(Optimizer):
 
     def _combine_gradients(self, perturbed: bool) -> None:
         """Leave in ``.grad`` what the base optimizer applies; SAM keeps the perturbed one."""
+
+    def perturb_before_pass(
+        self, images: torch.Tensor | None = None, indices: torch.Tensor | None = None
+    ) -> bool:
+        """``single_pass`` variants: prepare the step's one pass (MSAM moves w; MESA and SAF
+        set the reference outputs of ``images``, SAF by their ``indices``); True when the
+        weights were moved (``restore`` puts them back)."""
+        return False
+
+    def reference_forwards(self) -> int:
+        """Examples run forward (no gradient) by ``perturb_before_pass`` this step (MESA)."""
+        return 0
 
     def _extra_state(self) -> dict[str, Any]:
         """State beyond the base optimizer's that a resume needs (saved under ``"sam"``)."""
@@ -302,8 +334,10 @@ class SAM(Optimizer):
         self._pending_combine = True
         self._did_perturb = perturb
         self._perturbed = []
+        self._kept_grads = []
         if not perturb:
             self.last_grad_norm = global_norm([p.grad for p in self._step_params])
+            self._kept_grads = [(p.grad, p.grad._version) for p in self._step_params]
             return False
         if self.inner_steps > 1 and ascent_closure is None:
             raise RuntimeError("inner_steps > 1 needs an ascent_closure to recompute gradients")
@@ -361,10 +395,32 @@ class SAM(Optimizer):
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore w and let the base optimizer apply the gradient taken at w + eps."""
+        self._check_no_second_pass()
         self.restore()
         self.base_optimizer.step()
+        # What torch's LR schedulers read as "optimizer.step() was called": without it a
+        # scheduler attached to this object warns that it stepped first (davda54/sam#28).
+        self._opt_called = True
         if zero_grad:
             self.zero_grad()
+
+    def _check_no_second_pass(self) -> None:
+        """After a skipped ascent the gradient at w is the one to apply; davda54/sam's loop
+        runs a second forward-backward anyway, which would add the gradient at w once more
+        (a changed update, silently). Refuse it: a backward changes ``.grad`` in place (its
+        version counter) or replaces it."""
+        kept, self._kept_grads = self._kept_grads, []
+        changed = any(
+            p.grad is not grad or grad._version != version
+            for p, (grad, version) in zip(self._step_params, kept, strict=False)
+        )
+        if changed:
+            raise RuntimeError(
+                f"{type(self).__name__}.first_step returned False (no ascent on this step), "
+                "but the gradients changed before second_step: run the second forward-backward "
+                "only when first_step returns True, e.g. `if optimizer.first_step(zero_grad=True):"
+                " loss_fn(model(x), y).backward()`"
+            )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

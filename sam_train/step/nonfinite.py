@@ -25,6 +25,8 @@ def supports_found_inf(optimizer: Optimizer) -> bool:
         return False
     if not all(group.get("fused") for group in optimizer.param_groups):
         return False
+    if getattr(optimizer, "_optimizer_step_post_hooks", None):
+        return False  # a post-step hook (WSAM's decoupled step) would run on a skipped step
     params = [p for group in optimizer.param_groups for p in group["params"]]
     return not any(is_sharded(p) for p in params)  # DTensor shards: the masked copy instead
 

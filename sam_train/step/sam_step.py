@@ -33,8 +33,10 @@ from torch.optim import Optimizer
 from sam_train.sam import SAM, RunningStatsGuard
 from sam_train.sam.sam import global_norm
 from sam_train.sam.sharded import replicated_value
+from sam_train.step.counts import PassCounts
 from sam_train.step.nonfinite import MaskedUpdate, NonFiniteGuard
 from sam_train.step.precision import Precision
+from sam_train.step.selection import selected_passes
 from sam_train.strategy.base import SingleProcess, Strategy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -126,6 +128,7 @@ class SAMStep:
         self.check_every = check_every
         self.steps_taken = 0
         self._update = MaskedUpdate(self.base_optimizer)
+        self.counts = PassCounts()  # what the steps computed (results.json)
         self._stats_guard = RunningStatsGuard(model)  # the second pass's frozen statistics
         self._step_stats = RunningStatsGuard(model)  # put back when a step is skipped
 
@@ -147,21 +150,33 @@ class SAMStep:
         return self.precision.scaler
 
     # ------------------------------------------------------------------ one step
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
-        """One optimizer step on a per-device batch."""
+    def __call__(
+        self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> StepOutput:
+        """One optimizer step on a per-device batch; ``indices`` (the examples' places in the
+        training set) only for the variants that keep per-example outputs (SAF)."""
         images, targets = self._to_device(images, targets)
         if self.mix is not None:
             images, targets = self.mix(images, targets)
         if self.scaler is not None or self.skip_nonfinite:
             self._step_stats.save()
-        if self.uses_sam:
+        if self.uses_sam and self.optimizer.selects_examples:  # K-SAM, ESAM's selection
+            loss_sum, correct, grad_norm = selected_passes(self, images, targets)
+        elif self.uses_sam and not self.optimizer.single_pass:
             loss_sum, correct, grad_norm = self._sam_passes(images, targets)
-        else:
+        else:  # one pass: the base optimizer, or a variant that perturbs before it (MSAM)
+            if self.uses_sam:
+                self.counts.ascent_steps += self.optimizer.perturb_before_pass(images, indices)
+                self.counts.add_pass(self.optimizer.reference_forwards(), backward=False)
             micro = self._micro_batches(images, targets, self.accum_steps)
             loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))
+            if self.uses_sam:
+                self.optimizer.restore()
             grad_norm = None
         found_inf = self._apply_gradients()
         self.steps_taken += 1
+        self.counts.steps += 1
+        self.counts.examples += len(targets)
         finite: bool | torch.Tensor = True
         if found_inf is not None:
             self._step_stats.restore_where(found_inf)
@@ -201,6 +216,7 @@ class SAMStep:
                     self._forward_backward(micro, sync=sync_first, denominator=chunk)
 
             perturbed = self.optimizer.first_step(zero_grad=True, ascent_closure=ascent_pass)
+            self.counts.ascent_steps += bool(perturbed) and index == 0
             if perturbed is False:  # a variant that skips the ascent keeps the first gradient
                 if len(chunks) > 1:
                     raise RuntimeError("m-sharpness needs an optimizer that perturbs every step")
@@ -269,6 +285,7 @@ class SAMStep:
                 if factor is not None:
                     weighted = weighted * factor
                 self.precision.scale(weighted).backward()
+            self.counts.add_pass(len(targets))
             if track:
                 loss_sum.add_(loss.detach().float(), alpha=len(targets))
                 labels = targets.argmax(dim=1) if targets.dim() > 1 else targets

@@ -21,7 +21,7 @@ T = TypeVar("T")
 class Strategy:
     """One process alone: nothing to wrap, nothing to reduce.
 
-    Subclasses (DDP, and later FSDP) override what their processes must communicate; every
+    Subclasses (DDP, FSDP) override what their processes must communicate; every
     method keeps the same meaning, so the code calling it never asks how the model is held.
     """
 

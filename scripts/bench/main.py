@@ -17,6 +17,7 @@ import torch
 from sam_train import build
 from sam_train.config import register_configs
 from sam_train.data.synthetic import write_cifar
+from sam_train.paths import exit_on_problems, expect_folder
 
 from .compile import bench_compile
 from .data import bench_data
@@ -51,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     parser.add_argument("--data-images", type=int, default=5000, help="synthetic CIFAR images")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    exit_on_problems("bench", [expect_folder(args.out, "a folder for results", exists=False)])
+    return args
 
 
 def make_options(args: argparse.Namespace) -> Options:

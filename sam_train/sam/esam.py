@@ -1,0 +1,53 @@
+"""ESAM (Du et al., ICLR 2022, "Efficient Sharpness-aware Minimization for Improved Training of
+Neural Networks"; official code dydjw9/Efficient_SAM) with both of its strategies:
+
+* stochastic weight perturbation, beta = ``perturb_fraction`` (the base class's option): each
+  coordinate of eps kept with probability beta and scaled by 1/beta. The official code draws
+  per parameter tensor and saves the first pass's weight gradients of the tensors it leaves
+  out (``requires_grad=False``); here the draw is per coordinate and every gradient is still
+  computed, so this strategy saves nothing yet;
+* sharpness-sensitive data selection, gamma = ``select_fraction``: after the ascent, a forward
+  without gradients ranks the batch's examples by how much their loss rose, and the second
+  forward-backward runs on the top fraction only (``sam_train.step.selection``), as the
+  official code does (including its strict cutoff: one example fewer than gamma * batch).
+
+Defaults beta = gamma = 0.5 (the official run.sh). Cost per step, counted: a forward-backward
+over the batch, a forward over the batch, and a forward-backward over about gamma of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sam_train.sam.sam import SAM, BaseOptimizer, Params
+
+
+class ESAM(SAM):
+    """SAM whose second pass runs on the examples most sensitive to eps.
+
+    Args:
+        select_fraction: gamma in (0, 1]; 1 turns the data selection off.
+        perturb_fraction: beta, as :class:`SAM` (default here 0.5).
+        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+    """
+
+    #: The selected examples (scores above a threshold) are a subset of data-dependent size,
+    #: whose count the host must know; the sync-free step's test holds others to zero reads.
+    host_reads_per_step = 1
+
+    def __init__(
+        self,
+        params: Params,
+        base_optimizer: BaseOptimizer,
+        *,
+        select_fraction: float = 0.5,
+        perturb_fraction: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params, base_optimizer, perturb_fraction=perturb_fraction, **kwargs)
+        if not 0.0 < select_fraction <= 1.0:
+            raise ValueError(f"ESAM needs select_fraction in (0, 1], got {select_fraction}")
+        if self.inner_steps != 1:
+            raise ValueError("ESAM takes one ascent step (inner_steps=1)")
+        self.select_fraction = float(select_fraction)
+        self.selects_examples = self.select_fraction < 1.0

@@ -1,0 +1,53 @@
+"""scripts/efficiency.py's protocol: tune on seeds 100-102, freeze, report seeds 0-4."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import efficiency
+
+
+def _tuned(label: str, noise: float, scores: list[float]) -> dict:
+    """Finished tuning runs of ``label``'s grid, point i scoring scores[i] on every seed."""
+    runs = {}
+    for point, score in zip(efficiency.GRID[label], scores, strict=True):
+        for seed in efficiency.TUNE_SEEDS:
+            runs[efficiency.run_key(label, noise, point, seed)] = {"final_acc1": score}
+    return runs
+
+
+def test_the_point_is_chosen_only_when_its_whole_grid_has_run_and_ties_keep_the_first():
+    runs = _tuned("SAM", 0.4, [90.0, 95.0, 95.0])
+    assert efficiency.chosen_point("SAM", 0.4, runs) == efficiency.GRID["SAM"][1]
+    runs.pop(efficiency.run_key("SAM", 0.4, efficiency.GRID["SAM"][2], 101))
+    assert efficiency.chosen_point("SAM", 0.4, runs) is None
+    assert efficiency.chosen_point("SGD", 0.4, {}) == []  # one point: nothing to tune
+
+
+def test_reported_seeds_run_only_after_the_choice_and_never_on_tuning_seeds():
+    before = [job for job in efficiency.pending_jobs({}) if job[:2] == ("SAM", 0.4)]
+    assert {seed for *_, seed in before} == set(efficiency.TUNE_SEEDS)
+    after = efficiency.pending_jobs(_tuned("SAM", 0.4, [90.0, 95.0, 91.0]))
+    sam = [job for job in after if job[:2] == ("SAM", 0.4)]
+    assert [(point, seed) for *_, point, seed in sam] == [
+        (efficiency.GRID["SAM"][1], seed) for seed in efficiency.REPORT_SEEDS
+    ]
+
+
+def test_the_store_merges_runs_under_its_lock_and_the_table_reads_them(tmp_path):
+    path = tmp_path / "runs.json"
+    with efficiency.locked_store(path) as store:
+        store["runs"]["a"] = {"final_acc1": 1.0}
+    with efficiency.locked_store(path) as store:
+        store["runs"]["b"] = {"final_acc1": 2.0}
+    assert set(efficiency.read_store(path)["runs"]) == {"a", "b"}
+
+    runs = {
+        efficiency.run_key("SGD", 0.4, [], seed): {"final_acc1": acc, "passes_per_step": 1.0}
+        for seed, acc in zip(efficiency.REPORT_SEEDS, [70, 72, 74, 76, 78], strict=True)
+    }
+    table = efficiency.table({"runs": runs, "costs": {"SGD": {"x_sgd": 1.0}}})
+    assert "| SGD | - | 1.00 | 1.00 | 74.0 ± 3.2 | 5 |" in table
+    assert "| SAM | tuning: 0/9 runs |  |  | not run | 0 |" in table

@@ -1,0 +1,695 @@
+"""The efficient SAM variants (issue 22): update rules against NumPy computations written from
+the papers' equations, resume, pass counts, and the refusals.
+
+The problems are quadratics L(w) = 1/2 w^T A w (gradient A w), as in test_sam_variants.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+from sam_reference import CPU
+from test_lifecycle import BASE, _Act, _assert_same_weights, _last, inject  # noqa: F401
+from torch import nn
+
+from sam_train.config import ConfigError, validate
+from sam_train.sam import (
+    AESAM,
+    ESAM,
+    KSAM,
+    MESA,
+    SAF,
+    SAM,
+    VARIANTS,
+    MomentumSAM,
+    RandomizedSAM,
+    WeightedSAM,
+)
+from sam_train.step import SAMStep
+from sam_train.step.trajectory import TrajectoryLoss
+
+A_DIM = 6
+
+
+def _quadratic(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=(A_DIM, A_DIM))
+    return m @ m.T + A_DIM * np.eye(A_DIM), rng.normal(size=A_DIM)
+
+
+def _quadratic_steps(opt_factory, a: np.ndarray, w0: np.ndarray, steps: int):
+    """``steps`` calls of ``opt.step(closure)`` on the quadratic; the weights and the number
+    of closure calls (forward-backward passes)."""
+    w = torch.tensor(w0, requires_grad=True)
+    a_t = torch.tensor(a)
+    opt = opt_factory([w])
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        loss = 0.5 * w @ a_t @ w
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.zero_grad()
+        if not isinstance(opt, SAM):  # the base optimizer alone
+            closure()
+            opt.step()
+            continue
+        if not opt.single_pass:  # SAM.step needs the gradient at w
+            closure()
+        opt.step(closure)
+    return w.detach().numpy(), calls[0], opt
+
+
+def _sam_update(a, w, rho, lr):
+    """One SAM step with plain SGD: w - lr * grad L(w + rho g / ||g||)."""
+    g = a @ w
+    return w - lr * (a @ (w + rho * g / np.linalg.norm(g)))
+
+
+# --------------------------------------------------------------------------- MSAM
+def _msam_reference(a, w0, rho, lr, mu, steps):
+    """Becker et al.: w~ = w - rho v/||v||, g = grad L(w~), v = mu v + g, w -= lr v."""
+    w, v = w0.copy(), None
+    for _ in range(steps):
+        point = w if v is None else w - rho * v / np.linalg.norm(v)
+        g = a @ point
+        v = g.copy() if v is None else mu * v + g
+        w = w - lr * v
+    return w
+
+
+def test_msam_takes_the_gradient_along_the_normalised_momentum_in_one_pass():
+    a, w0 = _quadratic()
+    got, calls, _ = _quadratic_steps(
+        lambda p: MomentumSAM(p, torch.optim.SGD, rho=0.3, lr=0.01, momentum=0.9), a, w0, 5
+    )
+    assert calls == 5  # one forward-backward per step
+    np.testing.assert_allclose(got, _msam_reference(a, w0, 0.3, 0.01, 0.9, 5), rtol=1e-10)
+    sgd, _, _ = _quadratic_steps(lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), a, w0, 5)
+    assert not np.allclose(got, sgd)
+
+
+def test_msam_step_one_is_the_base_step_and_adam_perturbs_along_exp_avg():
+    a, w0 = _quadratic()
+    first, _, _ = _quadratic_steps(
+        lambda p: MomentumSAM(p, torch.optim.AdamW, rho=0.3, lr=0.01), a, w0, 1
+    )
+    adam, _, _ = _quadratic_steps(lambda p: torch.optim.AdamW(p, lr=0.01), a, w0, 1)
+    np.testing.assert_array_equal(first, adam)  # no momentum yet: no perturbation
+
+    _, _, opt = _quadratic_steps(
+        lambda p: MomentumSAM(p, torch.optim.AdamW, rho=0.3, lr=0.01), a, w0, 2
+    )
+    w = opt.param_groups[0]["params"][0]
+    before = w.detach().numpy().copy()
+    m = opt.state[w]["exp_avg"].numpy()
+    opt.perturb_before_pass()
+    np.testing.assert_allclose(w.detach().numpy(), before - 0.3 * m / np.linalg.norm(m))
+    opt.restore()
+    np.testing.assert_array_equal(w.detach().numpy(), before)  # copied back exactly
+
+
+def test_msam_refuses_a_base_optimizer_without_momentum():
+    w = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="needs a base optimizer with momentum"):
+        MomentumSAM(w, torch.optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match="needs a base optimizer with momentum"):
+        MomentumSAM(w, torch.optim.AdamW, lr=0.1, betas=(0.0, 0.99))
+
+
+# --------------------------------------------------------------------------- RST
+def test_rst_takes_a_sam_step_with_probability_p_from_its_seeded_trials():
+    a, w0 = _quadratic()
+    steps, p, seed = 12, 0.5, 7
+    got, calls, _ = _quadratic_steps(
+        lambda q: RandomizedSAM(q, torch.optim.SGD, rho=0.2, lr=0.02, probability=p, seed=seed),
+        a,
+        w0,
+        steps,
+    )
+    trials = torch.Generator().manual_seed(seed)
+    w, sam_steps = w0.copy(), 0
+    for _ in range(steps):
+        if torch.rand((), generator=trials).item() < p:
+            w, sam_steps = _sam_update(a, w, 0.2, 0.02), sam_steps + 1
+        else:
+            w = w - 0.02 * (a @ w)
+    assert 0 < sam_steps < steps, "the trials must mix both kinds of step"
+    assert calls == steps + sam_steps
+    np.testing.assert_allclose(got, w, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("p", "sam_steps"), [(0.0, 0), (1.0, 5)])
+def test_rst_with_p_0_is_the_base_optimizer_and_with_p_1_is_sam(p, sam_steps):
+    a, w0 = _quadratic()
+    _, calls, _ = _quadratic_steps(
+        lambda q: RandomizedSAM(q, torch.optim.SGD, rho=0.2, lr=0.02, probability=p), a, w0, 5
+    )
+    assert calls == 5 + sam_steps
+
+
+# --------------------------------------------------------------------------- AE-SAM
+def _aesam_reference(a, w0, rho, lr, delta, c1, c2, total, steps):
+    """Jiang et al., Algorithm 1: SAM when ||g||^2 >= mu + c_t sigma, c_t linear in t/T."""
+    w, mu, var, decisions = w0.copy(), 0.0, 0.0, []
+    for t in range(steps):
+        g = a @ w
+        s = float(g @ g)
+        mu = delta * mu + (1 - delta) * s
+        var = delta * var + (1 - delta) * (s - mu) ** 2
+        c = c1 + (c2 - c1) * min(t / total, 1.0)
+        sharp = s >= mu + c * np.sqrt(var)
+        decisions.append(sharp)
+        w = _sam_update(a, w, rho, lr) if sharp else w - lr * g
+    return w, decisions
+
+
+def test_aesam_takes_sam_steps_where_the_squared_gradient_norm_stands_out():
+    a, w0 = _quadratic()
+    steps, total = 30, 30
+    got, calls, opt = _quadratic_steps(
+        lambda q: AESAM(
+            q,
+            torch.optim.SGD,
+            rho=0.2,
+            lr=0.02,
+            ema_decay=0.8,
+            threshold_start=-0.5,
+            threshold_end=1.0,
+            total_steps=total,
+        ),
+        a,
+        w0,
+        steps,
+    )
+    want, decisions = _aesam_reference(a, w0, 0.2, 0.02, 0.8, -0.5, 1.0, total, steps)
+    assert 0 < sum(decisions) < steps, "the policy must take both kinds of step here"
+    assert opt.sam_steps == sum(decisions) and calls == steps + sum(decisions)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_aesam_always_syncs_the_first_gradient():
+    w = [torch.zeros(1, requires_grad=True)]
+    assert AESAM(w, torch.optim.SGD, lr=0.1).needs_synced_first_pass()
+
+
+# --------------------------------------------------------------------------- WSAM
+def _wsam_reference(a, w0, rho, lr, gamma, decouple, steps):
+    """Yue et al.: the loss L + alpha (L(w + eps) - L), alpha = gamma / (1 - gamma); plain
+    SGD applies g + alpha (g_s - g), or g and then, decoupled, lr alpha (g_s - g)."""
+    alpha, w = gamma / (1 - gamma), w0.copy()
+    for _ in range(steps):
+        g = a @ w
+        g_s = a @ (w + rho * g / np.linalg.norm(g))
+        w = w - lr * (g + alpha * (g_s - g))  # the same update either way with plain SGD
+    return w
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_wsam_weights_the_sharpness_gradient_by_gamma_over_one_minus_gamma(decouple):
+    a, w0 = _quadratic()
+    got, calls, _ = _quadratic_steps(
+        lambda q: WeightedSAM(q, torch.optim.SGD, rho=0.2, lr=0.01, gamma=0.8, decouple=decouple),
+        a,
+        w0,
+        4,
+    )
+    assert calls == 8
+    np.testing.assert_allclose(got, _wsam_reference(a, w0, 0.2, 0.01, 0.8, decouple, 4))
+
+
+def test_wsam_with_gamma_one_half_and_no_decoupling_is_sam():
+    a, w0 = _quadratic()
+    wsam, _, _ = _quadratic_steps(
+        lambda q: WeightedSAM(q, torch.optim.SGD, rho=0.2, lr=0.01, gamma=0.5, decouple=False),
+        a,
+        w0,
+        3,
+    )
+    sam, _, _ = _quadratic_steps(lambda q: SAM(q, torch.optim.SGD, rho=0.2, lr=0.01), a, w0, 3)
+    np.testing.assert_allclose(wsam, sam, rtol=1e-12)
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_wsam_matches_pytorch_optimizer_on_a_small_network(decouple):
+    """pytorch_optimizer 4.1's WSAM, same model, data and momentum SGD: the same weights
+    (its BatchNorm handling is irrelevant to this network without running statistics)."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    data = _data(4)
+    models = [_mlp(), _mlp()]
+    ours = WeightedSAM(
+        models[0].parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        gamma=0.7,
+        decouple=decouple,
+        lr=0.05,
+        momentum=0.9,
+    )
+    theirs = pytorch_optimizer.WSAM(
+        models[1],
+        models[1].parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        gamma=0.7,
+        decouple=decouple,
+        lr=0.05,
+        momentum=0.9,
+    )
+    for model, opt in zip(models, (ours, theirs), strict=True):
+        for x, y in data:
+
+            def closure(model=model, x=x, y=y):
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.zero_grad()
+            if opt is ours:
+                closure()
+            opt.step(closure)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- K-SAM, ESAM
+def _softmax_regression():
+    torch.manual_seed(0)
+    return nn.Linear(6, 3)
+
+
+def _grad_at(w, b, x, y):
+    """The gradient of the mean cross-entropy of (x, y) for a linear model (w, b)."""
+    w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
+    nn.functional.cross_entropy(x @ w.T + b, y).backward()
+    return w.grad, b.grad
+
+
+def _losses_at(w, b, x, y):
+    return nn.functional.cross_entropy(x @ w.T + b, y, reduction="none")
+
+
+def _sam_on(w, b, x_first, y_first, x_second_fn, rho, lr):
+    """eps = rho g / ||g|| from (x_first, y_first); the SGD step with the gradient at w + eps
+    of the examples ``x_second_fn(w + eps, b + eps_b)`` picks."""
+    gw, gb = _grad_at(w, b, x_first, y_first)
+    norm = torch.cat([gw.flatten(), gb]).norm()
+    ew, eb = rho * gw / norm, rho * gb / norm
+    x2, y2 = x_second_fn(w + ew, b + eb)
+    sw, sb = _grad_at(w + ew, b + eb, x2, y2)
+    return w - lr * sw, b - lr * sb
+
+
+def _one_step(opt_cls, x, y, **kwargs):
+    model = _softmax_regression()
+    opt = opt_cls(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, **kwargs)
+    step = SAMStep(model, opt, nn.CrossEntropyLoss(), CPU)
+    sizes = []
+    model.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+    step(x, y)
+    return model, step, sizes
+
+
+def test_ksam_takes_both_sam_gradients_on_the_k_highest_loss_examples():
+    x, y = _data(1)[0]
+    model0 = _softmax_regression()
+    w, b = model0.weight.detach(), model0.bias.detach()
+    top = torch.topk(_losses_at(w, b, x, y), 4).indices
+    want = _sam_on(w, b, x[top], y[top], lambda *_: (x[top], y[top]), 0.3, 0.1)
+    model, step, sizes = _one_step(KSAM, x, y, select_fraction=0.25)
+    assert sizes == [16, 4, 4]  # rank the batch, then both passes on k = 4
+    assert (step.counts.forward_examples, step.counts.backward_examples) == (24, 8)
+    torch.testing.assert_close(model.weight.detach(), want[0])
+    torch.testing.assert_close(model.bias.detach(), want[1])
+
+
+def test_esam_runs_the_second_pass_on_the_examples_whose_loss_rose_most():
+    x, y = _data(1)[0]
+    model0 = _softmax_regression()
+    w, b = model0.weight.detach(), model0.bias.detach()
+    before = _losses_at(w, b, x, y)
+
+    def sharpest(w_eps, b_eps):  # the official rule: strictly above the 8th largest rise
+        rise = _losses_at(w_eps, b_eps, x, y) - before
+        keep = rise > torch.topk(rise, 8).values[-1]
+        return x[keep], y[keep]
+
+    want = _sam_on(w, b, x, y, sharpest, 0.3, 0.1)
+    model, step, sizes = _one_step(ESAM, x, y, select_fraction=0.5, perturb_fraction=1.0)
+    assert sizes == [16, 16, 7]  # the batch, its losses at w + eps, the 7 sharpest
+    assert (step.counts.forward_examples, step.counts.backward_examples) == (39, 23)
+    torch.testing.assert_close(model.weight.detach(), want[0])
+    torch.testing.assert_close(model.bias.detach(), want[1])
+
+
+def test_esam_without_data_selection_is_sam_with_its_stochastic_perturbation():
+    x, y = _data(1)[0]
+    _, step, sizes = _one_step(ESAM, x, y, select_fraction=1.0, perturb_fraction=0.5)
+    assert not step.optimizer.selects_examples and sizes == [16, 16]
+
+
+# --------------------------------------------------------------------------- MESA
+def _mesa_reference(data, lr, decay, weight, t, start):
+    """Du et al.'s MESA by hand: CE + weight T^2 KL(softmax(ema/T) || softmax(out/T)) from
+    step ``start``, plain SGD, then ema <- decay ema + (1 - decay) w."""
+    model = _softmax_regression()
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    ew, eb = w.clone(), b.clone()
+    for step, (x, y) in enumerate(data):
+        wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out = x @ wg.T + bg
+        loss = nn.functional.cross_entropy(out, y)
+        if step >= start:
+            p_ref = torch.softmax((x @ ew.T + eb) / t, dim=-1)
+            log_p = torch.log_softmax(out / t, dim=-1)
+            kl = (p_ref * (torch.log(p_ref) - log_p)).sum(-1).mean()
+            loss = loss + weight * t * t * kl
+        loss.backward()
+        w, b = w - lr * wg.grad, b - lr * bg.grad
+        ew, eb = decay * ew + (1 - decay) * w, decay * eb + (1 - decay) * b
+    return w, b
+
+
+def test_mesa_adds_the_tempered_kl_towards_the_ema_models_outputs():
+    data = _data(5)
+    model = _softmax_regression()
+    opt = MESA(
+        model.parameters(),
+        torch.optim.SGD,
+        model=model,
+        lr=0.5,
+        ema_decay=0.6,
+        trajectory_weight=0.8,
+        temperature=2.0,
+        start_step=2,
+    )
+    step = SAMStep(model, opt, TrajectoryLoss(nn.CrossEntropyLoss(), opt), CPU)
+    for x, y in data:
+        step(x, y)
+    w, b = _mesa_reference(data, 0.5, 0.6, 0.8, 2.0, 2)
+    torch.testing.assert_close(model.weight.detach(), w)
+    torch.testing.assert_close(model.bias.detach(), b)
+    assert step.counts.forward_examples == 5 * 16 + 3 * 16  # the EMA's forwards from step 2
+    assert step.counts.backward_examples == 5 * 16
+
+
+# --------------------------------------------------------------------------- SAF
+def _saf_batches(epochs: int):
+    """8 examples, batches of 4 in a new order each epoch: (x, y, indices) per step."""
+    x, y = _data(2)[0][0][:8], _data(2)[0][1][:8]
+    order = torch.Generator().manual_seed(5)
+    for _ in range(epochs):
+        perm = torch.randperm(8, generator=order)
+        for part in perm.split(4):
+            yield x[part], y[part], part
+
+
+def _saf_reference(lr, weight, t, start_epoch, past, epochs):
+    """Du et al.'s SAF by hand: record each example's logits in slot e % (past + 1); after
+    start_epoch add weight T^2 KL(softmax(stored from e - past) || softmax(out)), plain SGD."""
+    model = _softmax_regression()
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    store = torch.zeros(8, past + 1, 3)
+    for step, (x, y, idx) in enumerate(_saf_batches(epochs)):
+        epoch = step // 2
+        wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out = x @ wg.T + bg
+        loss = nn.functional.cross_entropy(out, y)
+        if epoch > start_epoch:
+            p_ref = torch.softmax(store[idx, (epoch - past) % (past + 1)] / t, dim=-1)
+            kl = (p_ref * (torch.log(p_ref) - torch.log_softmax(out / t, dim=-1))).sum(-1)
+            loss = loss + weight * t * t * kl.mean()
+        store[idx, epoch % (past + 1)] = out.detach()
+        loss.backward()
+        w, b = w - lr * wg.grad, b - lr * bg.grad
+    return w, b
+
+
+def _saf_step(model, **kwargs):
+    opt = SAF(model.parameters(), torch.optim.SGD, lr=0.5, num_examples=8, steps_per_epoch=2,
+              trajectory_weight=0.7, temperature=2.0, **kwargs)  # fmt: skip
+    return SAMStep(model, opt, TrajectoryLoss(nn.CrossEntropyLoss(), opt), CPU)
+
+
+def test_saf_adds_the_kl_towards_each_examples_outputs_from_past_epochs():
+    model = _softmax_regression()
+    step = _saf_step(model, start_epoch=1, past_epochs=2)
+    for x, y, idx in _saf_batches(6):
+        step(x, y, idx)
+    w, b = _saf_reference(0.5, 0.7, 2.0, 1, 2, 6)
+    torch.testing.assert_close(model.weight.detach(), w)
+    torch.testing.assert_close(model.bias.detach(), b)
+    assert step.counts.forward_examples == step.counts.backward_examples == 6 * 2 * 4  # SGD's
+    assert step.optimizer.store.shape == (8, 3, 3)  # examples x (past_epochs + 1) x classes
+
+
+def test_saf_resumes_with_its_stored_outputs():
+    batches = list(_saf_batches(4))
+    model = _softmax_regression()
+    step = _saf_step(model, start_epoch=0, past_epochs=1)
+    for batch in batches[:3]:
+        step(*batch)
+    saved = copy.deepcopy((model.state_dict(), step.optimizer.state_dict()))
+    for batch in batches[3:]:
+        step(*batch)
+    resumed_model = _softmax_regression()
+    resumed = _saf_step(resumed_model, start_epoch=0, past_epochs=1)
+    resumed_model.load_state_dict(saved[0])
+    resumed.optimizer.load_state_dict(saved[1])
+    for batch in batches[3:]:
+        resumed(*batch)
+    assert torch.equal(model.weight, resumed_model.weight)
+    assert saved[1]["sam"]["store"].abs().sum() > 0
+
+
+def test_the_loader_hands_out_each_examples_index():
+    from sam_train.data.datasets import TensorImageDataset
+    from sam_train.data.loaders import build_loaders
+
+    images = torch.arange(10.0).reshape(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    data = TensorImageDataset(images, np.arange(10) % 3)
+    loaders = build_loaders(data, data, batch_size=4, eval_batch_size=4, num_workers=0,
+                            seed=0, with_indices=True)  # fmt: skip
+    seen = []
+    for x, y, idx in loaders.train:
+        assert torch.equal(x[:, 0, 0, 0], idx.float()) and torch.equal(y, idx % 3)
+        seen += idx.tolist()
+    assert len(seen) == 8 and len(set(seen)) == 8  # two full batches, no repeats
+
+
+def test_saf_is_refused_under_several_processes():
+    from types import SimpleNamespace
+
+    from sam_train.build import build_run
+
+    cfg = compose_config(["experiment=quickstart", "sam=saf"])
+    with pytest.raises(ConfigError, match="keeps every example's outputs in one process"):
+        build_run(cfg, SimpleNamespace(world_size=2))
+
+
+# --------------------------------------------------------------------------- the step
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _data(steps: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
+        for _ in range(steps)
+    ]
+
+
+#: variant name -> (its keyword arguments, on a momentum-SGD base with rho 0.1)
+STEP_CASES = {
+    "msam": {},
+    "rst": {"probability": 0.5, "seed": 3},
+    "aesam": {"threshold_start": 0.0, "threshold_end": 0.0},
+    "wsam": {"gamma": 0.8},
+    "esam": {"select_fraction": 0.5, "perturb_fraction": 0.5},
+    "ksam": {"select_fraction": 0.25},
+    "mesa": {"ema_decay": 0.5, "start_step": 1},
+}
+
+
+def _step(name: str, model: nn.Module) -> SAMStep:
+    kwargs = {**STEP_CASES[name], **({"model": model} if name == "mesa" else {})}
+    opt = VARIANTS[name](
+        model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, **kwargs
+    )
+    criterion = nn.CrossEntropyLoss()
+    if name == "mesa":
+        criterion = TrajectoryLoss(criterion, opt)
+    return SAMStep(model, opt, criterion, CPU)
+
+
+@pytest.mark.parametrize("name", list(STEP_CASES))
+def test_a_resumed_variant_continues_bit_identically(name):
+    """Crash after 3 steps, rebuild from the model's and the optimizer's state dicts: the next
+    3 steps equal the uninterrupted run's."""
+    data = _data(6)
+    model = _model()
+    step = _step(name, model)
+    model.train()
+    for x, y in data[:3]:
+        step(x, y)
+    saved = copy.deepcopy((model.state_dict(), step.optimizer.state_dict()))
+    for x, y in data[3:]:
+        step(x, y)
+
+    resumed_model = _model()
+    resumed = _step(name, resumed_model)
+    resumed_model.load_state_dict(saved[0])
+    resumed.optimizer.load_state_dict(saved[1])
+    resumed_model.train()
+    for x, y in data[3:]:
+        resumed(x, y)
+    for p, q in zip(model.state_dict().values(), resumed_model.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    if "sam" not in saved[1]:  # MSAM: the base optimizer's momentum is its whole state
+        return
+    fresh_model = _model()  # the weights and momentum, without the variant's own state
+    fresh = _step(name, fresh_model)
+    fresh_model.load_state_dict(saved[0])
+    fresh.optimizer.base_optimizer.load_state_dict(
+        {k: v for k, v in saved[1].items() if k != "sam"}
+    )
+    fresh_model.train()
+    for x, y in data[3:]:
+        fresh(x, y)
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(model.state_dict().values(), fresh_model.state_dict().values(), strict=True)
+    ), "the variant's state must matter, or this test proves nothing"
+
+
+@pytest.mark.parametrize("name", list(STEP_CASES))
+def test_the_step_counts_the_passes_it_runs(name):
+    """The counts results.json reports equal the passes the model really ran (hooks)."""
+    model = _model()
+    forwards, backwards = [], []
+
+    def record(module, args, out):  # the first layer sees every example of every pass
+        forwards.append(len(args[0]))
+        if out.requires_grad:
+            out.register_hook(lambda grad: backwards.append(len(grad)))
+
+    model[0].register_forward_hook(record)
+    step = _step(name, model)
+    model.train()
+    for x, y in _data(8):
+        step(x, y)
+    counts = step.counts
+    assert (counts.steps, counts.examples) == (8, 8 * 16)
+    assert (counts.forward_examples, counts.backward_examples) == (sum(forwards), sum(backwards))
+    if name == "mesa":  # the EMA model's forwards from step 1 (the EMA is a copy: hooked too)
+        assert len(forwards) == 8 + 7 and counts.ascent_steps == 0
+    elif VARIANTS[name].single_pass:
+        assert len(forwards) == 8 and counts.ascent_steps == 7  # no momentum at step 1
+    elif step.optimizer.selects_examples:
+        assert len(forwards) == 3 * 8 and counts.ascent_steps == 8
+        assert sum(backwards) < 2 * 8 * 16
+    else:
+        assert counts.ascent_steps == len(forwards) - 8
+    summary = counts.summary()
+    expected = (sum(forwards) + 2 * sum(backwards)) / (3 * 8 * 16)
+    assert summary["passes_per_step"] == round(expected, 4)
+    assert summary["ascent_fraction"] == round(counts.ascent_steps / 8, 4)
+
+
+def test_msam_runs_one_forward_and_one_backward_per_step():
+    model = _model()
+    forwards, backwards = [], []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    model[0].weight.register_hook(lambda g: backwards.append(1))
+    step = _step("msam", model)
+    model.train()
+    for x, y in _data(4):
+        assert step(x, y).finite
+    assert (len(forwards), len(backwards)) == (4, 4)
+
+
+# --------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sam=msam", "optimizer.momentum=0"], "set optimizer.momentum above 0"),
+        (
+            ["sam=msam", "optimizer=adamw", "optimizer.betas=[0,0.999]"],
+            "set optimizer.betas[0] above 0",
+        ),
+        (["sam=msam", "sam.adaptive=true"], "sam.adaptive does not apply"),
+        (["sam=msam", "sam.inner_steps=2"], "sam.inner_steps does not apply"),
+        (["sam=esam", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=ksam", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=aesam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
+        (["sam=wsam", "trainer.amp=fp16"], "use trainer.amp=bf16"),
+        (["sam=wsam", "sam.gamma=1"], "sam.gamma must be in [0, 1)"),
+        (["sam=ksam", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
+        (["sam=esam", "augment.mixup_alpha=0.2"], "set augment.mixup_alpha=0"),
+        (["sam=esam", "trainer.amp=fp16"], "set trainer.amp=bf16 or none"),
+        (["sam=ksam", "sam.select_fraction=0"], "sam.select_fraction must be in (0, 1]"),
+        (["sam=mesa", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
+        (["sam=mesa", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=mesa", "sam.temperature=0"], "sam.temperature must be > 0"),
+        (["sam=saf", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
+        (["sam=saf", "sam.past_epochs=0"], "sam.past_epochs must be > 0"),
+        (["sam=saf", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
+        (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
+        (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),
+    ],
+)
+def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- crash and resume
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["sam=rst"],
+        ["sam=aesam"],
+        ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
+        ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
+    ],
+    ids=lambda overrides: overrides[0],
+)
+def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path, variant):  # noqa: F811
+    """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA, SAF's
+    stored outputs, filled through the loader's example indices): a run
+    that crashes after step 25 and resumes from its step-24 checkpoint ends with the
+    uninterrupted run's weights and variant state (test_lifecycle's helpers)."""
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    code, err = cli_in_process([*BASE, *variant, f"hydra.run.dir={whole}"])
+    assert code == 0, err
+
+    def crash() -> None:
+        raise RuntimeError("simulated crash")
+
+    inject(_Act(25, crash))
+    args = [*BASE, *variant, "checkpoint.every_n_steps=4", f"hydra.run.dir={crashed}"]
+    code, err = cli_in_process(args)
+    assert code == 1 and "simulated crash" in err
+    assert _last(crashed)["global_step"] == 24
+    code, err = cli_in_process([*args, "resume=auto"])
+    assert code == 0, err
+    _assert_same_weights(_last(crashed)["model"], _last(whole)["model"])
+    ours, theirs = _last(crashed)["optimizer"]["sam"], _last(whole)["optimizer"]["sam"]
+    assert str(ours) == str(theirs)  # counters, statistics, generator states, EMA
