@@ -593,6 +593,7 @@ def build_callbacks(
             save_best=checkpoint.save_best,
             every_n_steps=checkpoint.every_n_steps,
             keep_last=checkpoint.keep_last,
+            keep_best=checkpoint.keep_best,
         ),
     ]
     rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0

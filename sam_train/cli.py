@@ -8,8 +8,6 @@ then ends with a summary of the failed jobs and exit code 1.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import os
 import sys
@@ -37,6 +35,7 @@ from sam_train.errors import (
 )
 from sam_train.launch import LAUNCHER_ENV, launch, split_nproc
 from sam_train.paths import quote_path_overrides
+from sam_train.run_folder import keep_sweep_record
 
 log = logging.getLogger("sam_train")
 
@@ -66,24 +65,6 @@ def _ensure_writable(folder: Path, key: str) -> None:
         probe.unlink(missing_ok=True)
     except OSError as err:
         fail(f"{key}={folder} is not writable ({err.strerror or err}); choose another {key}")
-
-
-SWEEP_RECORD = "multirun.yaml"  # what Hydra's sweepers write in the sweep folder
-
-
-def keep_sweep_record(sweep_dir: Path) -> Path | None:
-    """A sweep re-run in the same folder would replace the earlier sweep's ``multirun.yaml``:
-    move it to the first free ``multirun.<n>.yaml`` (1 the oldest) and return where it went."""
-    record = sweep_dir / SWEEP_RECORD
-    if not record.is_file():
-        return None
-    for number in itertools.count(1):  # ends at the first free number
-        kept = sweep_dir / f"{record.stem}.{number}{record.suffix}"
-        with contextlib.suppress(FileExistsError):
-            os.link(record, kept)  # never over an existing record, even under a race
-            record.unlink()
-            return kept
-    raise AssertionError("unreachable")
 
 
 class RunFolderCheck(Callback):

@@ -249,9 +249,9 @@ def run_all(out: Path, budget_s: float, tries: int = 2) -> int:
 
 # ---------------------------------------------------------------------------- costs
 def measure_costs(labels: list[str], reps: int) -> dict[str, dict[str, float]]:
-    """label -> CPU ms per step and its ratio to SGD's, interleaved in this process (one
-    thread), over whole cycles of CYCLE steps of ``run.step`` from the start of a run, at the
-    preset's options (the schedule is not advanced: the learning rate stays at warm-up's)."""
+    """label -> CPU ms per step, its ratio to SGD's and the passes counted, interleaved (one
+    thread, this process), over whole cycles of CYCLE steps of ``run.step`` from a run's
+    start, at the preset's options (the schedule is not advanced: warm-up's learning rate)."""
     import torch
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -259,17 +259,20 @@ def measure_costs(labels: list[str], reps: int) -> dict[str, dict[str, float]]:
 
     torch.set_num_threads(1)
     labels = ["SGD", *[label for label in labels if label != "SGD"]]
-    cycles = {}
+    cycles, runs = {}, {}
     for label in labels:
         overrides = [*VARIANTS[label], *COST_OVERRIDES.get(label, [])]
         run = bench_run(compose([PRESET, *overrides, "trainer.num_workers=0"]))
         batch = next(iter(run.loaders.train))  # (images, targets[, indices for SAF])
+        runs[label] = run
         cycles[label] = lambda run=run, batch=batch: [run.step(*batch) for _ in range(CYCLE)]
     timings = time_interleaved(cycles, device=torch.device("cpu"), warmup=1, reps=reps)
     return {
         label: {
             "cpu_ms": round(1e3 * statistics.median(timings.cpu[label]) / CYCLE, 2),
             "x_sgd": round(median_ratio(timings.cpu[label], timings.cpu["SGD"]), 3),
+            # what the timed steps computed (the step's own count)
+            "passes_per_step": runs[label].step.counts.summary()["passes_per_step"],
         }
         for label in labels
     }
@@ -326,6 +329,21 @@ def table(store: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cost_table(store: dict[str, Any]) -> str:
+    """Every variant's measured cost at the start of a run (``costs``), whatever has trained."""
+    lines = [
+        "| variant | passes / step (counted) | CPU ms / step | × SGD CPU |",
+        "|---|---|---|---|",
+    ]
+    for label in VARIANTS:
+        cost = store["costs"].get(label)
+        if cost is not None:
+            passes = cost.get("passes_per_step")
+            shown = "" if passes is None else f"{passes:.2f}"
+            lines.append(f"| {label} | {shown} | {cost['cpu_ms']:.1f} | {cost['x_sgd']:.2f} |")
+    return "\n".join(lines)
+
+
 def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
     """Accuracy against cost, one panel per noise level, a point per measured variant."""
     import matplotlib
@@ -335,6 +353,8 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
 
     fig, axes = plt.subplots(1, len(NOISES), figsize=(11, 4.2), sharey=False)
     for ax, noise in zip(axes, NOISES, strict=True):
+        if not any(row(label, noise, store)["acc"] for label in VARIANTS):
+            ax.text(0.5, 0.5, "nothing reported yet", ha="center", transform=ax.transAxes)
         for label in VARIANTS:
             r = row(label, noise, store)
             x = r["x_sgd"] if r["x_sgd"] is not None else r["passes"]
@@ -370,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             store["costs"].update(costs)
     store = read_store()
     print(table(store))
+    print(cost_table(store))
     figure(store)
     return 0
 

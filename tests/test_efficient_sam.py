@@ -244,25 +244,9 @@ def test_wsam_matches_pytorch_optimizer_on_a_small_network(decouple):
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
     data = _data(4)
     models = [_mlp(), _mlp()]
-    ours = WeightedSAM(
-        models[0].parameters(),
-        torch.optim.SGD,
-        rho=0.1,
-        gamma=0.7,
-        decouple=decouple,
-        lr=0.05,
-        momentum=0.9,
-    )
-    theirs = pytorch_optimizer.WSAM(
-        models[1],
-        models[1].parameters(),
-        torch.optim.SGD,
-        rho=0.1,
-        gamma=0.7,
-        decouple=decouple,
-        lr=0.05,
-        momentum=0.9,
-    )
+    same = {"rho": 0.1, "gamma": 0.7, "decouple": decouple, "lr": 0.05, "momentum": 0.9}
+    ours = WeightedSAM(models[0].parameters(), torch.optim.SGD, **same)
+    theirs = pytorch_optimizer.WSAM(models[1], models[1].parameters(), torch.optim.SGD, **same)
     for model, opt in zip(models, (ours, theirs), strict=True):
         for x, y in data:
 

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import sam_train.train as train_module
 from sam_train.build import build_scheduler
 from sam_train.callbacks import Callback
+from sam_train.callbacks.tensorboard import tensorboard_tag
 from sam_train.run_folder import RunLock
 
 # 21 steps of 64 digits per epoch; dropout and label noise make the run depend on every
@@ -143,7 +144,7 @@ def test_resume_auto_on_a_complete_run_leaves_it_untouched(
 def _lr_scalars(run: Path) -> dict[int, float]:
     events = EventAccumulator(str(run))
     events.Reload()
-    return {event.step: event.value for event in events.Scalars("lr")}
+    return {event.step: event.value for event in events.Scalars(tensorboard_tag("lr"))}
 
 
 def test_growing_epochs_rebuilds_the_schedule(cli_in_process, finished, tmp_path):

@@ -294,6 +294,7 @@ class CheckpointConfig:
     best_metric: str = checked("test/acc1", choices=BEST_METRICS)  # loss: lower is better
     every_n_steps: int = checked(0, ge=0)  # also save mid-epoch every N steps (0: epoch ends)
     keep_last: int = checked(0, ge=0)  # step_*.pt snapshots kept besides last.pt
+    keep_best: int = checked(0, ge=0)  # best_step_*.pt: the K best epochs by best_metric
 
 
 @dataclass

@@ -24,29 +24,25 @@ weights after every step) and the loss's gradient is all-reduced.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import BaseOptimizer, Params
+from sam_train.sam.trajectory import TrajectorySAM
 
 
-class MESA(SAM):
+class MESA(TrajectorySAM):
     """The base optimizer on the loss plus a KL term towards an EMA model's outputs.
 
     Args:
         model: the (unwrapped) model whose weights the EMA follows.
         ema_decay: the EMA's decay per step, in [0, 1).
-        trajectory_weight: lambda, the KL term's weight.
-        temperature: T, > 0.
         start_step: the first step with the KL term.
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`.
     """
-
-    single_pass = True
 
     def __init__(
         self,
@@ -60,19 +56,19 @@ class MESA(SAM):
         start_step: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
-        if not 0.0 <= ema_decay < 1.0 or temperature <= 0 or trajectory_weight < 0:
-            raise ValueError("MESA needs ema_decay in [0, 1), temperature > 0, weight >= 0")
+        super().__init__(
+            params,
+            base_optimizer,
+            trajectory_weight=trajectory_weight,
+            temperature=temperature,
+            **kwargs,
+        )
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"MESA needs ema_decay in [0, 1), got {ema_decay}")
         self.model = model
         self.ema = ModelEmaV3(model, decay=ema_decay)
-        self.trajectory_weight = float(trajectory_weight)
-        self.temperature = float(temperature)
         self.start_step = int(start_step)
-        self.reference: torch.Tensor | None = None  # the EMA's outputs for the coming pass
         self.base_optimizer.register_step_post_hook(lambda *_: self.ema.update(self.model))
-
-    def will_perturb(self) -> bool:
-        return False
 
     @torch.no_grad()
     def perturb_before_pass(
@@ -86,17 +82,9 @@ class MESA(SAM):
         self._steps += 1
         return False
 
-    def record(self, logits: torch.Tensor) -> None:
-        """MESA keeps no outputs (its reference is the EMA model's)."""
-
     def reference_forwards(self) -> int:
         """Examples the EMA model ran forward on for the coming pass (the step counts them)."""
         return 0 if self.reference is None else len(self.reference)
-
-    def first_step(
-        self, zero_grad: bool = False, ascent_closure: Callable[[], Any] | None = None
-    ) -> bool:
-        raise RuntimeError("MESA takes one pass: call perturb_before_pass(images)")
 
     def _extra_state(self) -> dict[str, Any]:
         return {

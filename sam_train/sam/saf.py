@@ -22,26 +22,24 @@ rank would record only its own examples (refused when the run is built).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import BaseOptimizer, Params
+from sam_train.sam.trajectory import TrajectorySAM
 
 
-class SAF(SAM):
+class SAF(TrajectorySAM):
     """The base optimizer on the loss plus a KL term towards each example's past outputs.
 
     Args:
         num_examples: N, the training set's size (the store's rows).
         steps_per_epoch: turns the step counter into the epoch.
-        trajectory_weight: lambda; temperature: T; start_epoch: the term after this epoch.
+        start_epoch: the term after this epoch.
         past_epochs: how many epochs back the reference outputs are (Ẽ >= 1).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`.
     """
-
-    single_pass = True
 
     def __init__(
         self,
@@ -56,18 +54,19 @@ class SAF(SAM):
         past_epochs: int = 3,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
-        if num_examples < 1 or steps_per_epoch < 1 or past_epochs < 1 or temperature <= 0:
-            raise ValueError("SAF needs num_examples, steps_per_epoch, past_epochs >= 1, T > 0")
+        super().__init__(
+            params,
+            base_optimizer,
+            trajectory_weight=trajectory_weight,
+            temperature=temperature,
+            **kwargs,
+        )
+        if min(num_examples, steps_per_epoch, past_epochs) < 1:
+            raise ValueError("SAF needs num_examples, steps_per_epoch and past_epochs >= 1")
         self.num_examples, self.steps_per_epoch = int(num_examples), int(steps_per_epoch)
-        self.trajectory_weight, self.temperature = float(trajectory_weight), float(temperature)
         self.start_epoch, self.past_epochs = int(start_epoch), int(past_epochs)
         self.store: torch.Tensor | None = None  # N x (past_epochs + 1) x classes
-        self.reference: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, int] | None = None  # (indices, slot) to record
-
-    def will_perturb(self) -> bool:
-        return False
 
     def perturb_before_pass(
         self, images: torch.Tensor | None = None, indices: torch.Tensor | None = None
@@ -97,11 +96,6 @@ class SAF(SAM):
             shape = (self.num_examples, self.past_epochs + 1, logits.shape[-1])
             self.store = torch.zeros(shape, device=logits.device)
         self.store[indices, slot] = logits.detach().float()
-
-    def first_step(
-        self, zero_grad: bool = False, ascent_closure: Callable[[], Any] | None = None
-    ) -> bool:
-        raise RuntimeError("SAF takes one pass: call perturb_before_pass(images, indices)")
 
     def _extra_state(self) -> dict[str, Any]:
         return {**super()._extra_state(), "steps": self._steps, "store": self.store}
