@@ -30,8 +30,11 @@ def graph_counts(opts: Options, key: str, steps: int = 4) -> list[dict[str, Any]
         counters.clear()
         run = bench_run(compose([*opts.run_overrides(work), f"sam.name={variant}"]))
         run.step.model = torch.compile(run.train_model, backend="eager")
+        # SAF keeps outputs per example: its loader hands the step their indices
+        with_indices = getattr(run.loaders.train.dataset, "dataset", None)
+        indices = [torch.arange(len(targets))] if getattr(with_indices, "with_indices", 0) else []
         for _ in range(steps):
-            run.step(images, targets)
+            run.step(images, targets, *indices)
         breaks = dict(counters["graph_break"])
         rows.append(
             {
