@@ -38,6 +38,19 @@ def compose_cfg():
     return compose_config
 
 
+def build_cifar(root: Path, name: str = "cifar10", **options):
+    """The data sets of a folder ``write_cifar`` wrote: no download, no checksums."""
+    from sam_train.data import build_datasets
+
+    options = {
+        "num_classes": 10 if name == "cifar10" else 100,
+        "download": False,
+        "verify_checksums": False,
+        **options,
+    }
+    return build_datasets(name, root=str(root), **options)
+
+
 @pytest.fixture
 def tiny_cifar10(tmp_path: Path) -> Path:
     return write_cifar(tmp_path / "data", "cifar10")
