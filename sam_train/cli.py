@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -113,14 +114,48 @@ OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 MAX_DIRNAME_BYTES = 200  # file systems allow 255 per name
 
 
-def job_dirname(number: object, overrides: str) -> str:
-    """``${job_dirname:${hydra.job.num},${hydra.job.override_dirname}}``: a sweep job's folder
-    named by its overrides (``sam.name=sam,sam.rho=0.05``, a ``/`` in a value as ``_``), or by
-    its number when it has none or they would make too long a name."""
-    name = str(overrides).replace("/", "_")
+def job_dirname(number: object, overrides: str, sweep_dir: str | None = None) -> str:
+    """``${job_dirname:${hydra.job.num},${hydra.job.override_dirname},${hydra.sweep.dir}}``:
+    a sweep job's folder named by its overrides, the ones the sweep varies first
+    (``sam.rho=0.05,experiment=quickstart``: TensorBoard lists runs by folder, so a sweep's runs
+    lead with what differs), a ``/`` in a value as ``_``; by its number when it has none or
+    they would make too long a name. A folder named the old way (all overrides sorted) that
+    is already in ``sweep_dir`` keeps its name, so an earlier sweep re-run resumes its jobs."""
+    items = _OVERRIDE_ITEM.split(str(overrides)) if overrides else []
+    varied = _swept_keys(sys.argv[1:])
+    if sweep_dir and (Path(sweep_dir) / _folder_name(items)).exists():
+        return _folder_name(items)
+    first = [item for item in items if item.partition("=")[0].lstrip("+~") in varied]
+    name = _folder_name(first + [item for item in items if item not in first])
     if not name or len(name.encode()) > MAX_DIRNAME_BYTES:
         return str(number)
     return name
+
+
+# The separator between two overrides of ``hydra.job.override_dirname``: a comma before key=.
+_OVERRIDE_ITEM = re.compile(r",(?=[+~]*[\w.-]+=)")
+
+
+def _folder_name(items: list[str]) -> str:
+    return ",".join(items).replace("/", "_")
+
+
+def _swept_keys(args: list[str]) -> set[str]:
+    """The keys a command line sweeps (``sam.rho=0.05,0.1``, ``seed=range(3)``, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser, keys = OverridesParser.create(), set()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except OverrideParseException:  # reported by the command-line check or by Hydra
+            continue
+        if override.is_sweep_override():
+            keys.add(override.key_or_group)
+    return keys
 
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)

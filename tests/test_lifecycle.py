@@ -291,6 +291,8 @@ def test_a_sweep_goes_on_after_a_failed_job_and_reports_it(cli_in_process, tmp_p
     assert "1 job(s) of the sweep failed" in err and "#0 " in err and "sam.rho" in err
     (failed,) = sweep.glob("*sam.rho=-1*")  # job folders are named by their overrides
     (done,) = sweep.glob("*sam.rho=0.05*")
+    # the swept one first: TensorBoard names runs by folder, so they lead with what differs
+    assert done.name.startswith("sam.rho=0.05,") and "experiment=quickstart" in done.name
     assert json.loads((done / "results.json").read_text())["epochs"] == 1
     assert not (failed / "results.json").exists()
 

@@ -239,6 +239,17 @@ def test_a_sweep_job_folder_is_named_by_its_overrides():
     assert job_dirname(3, "x" * (MAX_DIRNAME_BYTES + 1)) == "3"
 
 
+def test_a_sweep_job_folder_leads_with_what_the_sweep_varies(monkeypatch, tmp_path):
+    overrides = "experiment=quickstart,model.kwargs.path=/a/b,sam.rho=0.05,seed=0"
+    monkeypatch.setattr("sys.argv", ["sam-train", "-m", "sam.rho=0.05,0.1", "seed=range(2)"])
+    assert job_dirname(1, overrides, str(tmp_path)) == (
+        "sam.rho=0.05,seed=0,experiment=quickstart,model.kwargs.path=_a_b"
+    )
+    old = tmp_path / "experiment=quickstart,model.kwargs.path=_a_b,sam.rho=0.05,seed=0"
+    old.mkdir()  # an earlier sweep's job, named before the swept keys led: resumed as it is
+    assert job_dirname(1, overrides, str(tmp_path)) == old.name
+
+
 def test_tensorboard_files_every_scalar_under_test_or_train():
     names = ("train/loss", "test/acc1", "test_ema/acc1", "best/acc1", "lr", "sam/grad_norm")
     assert [tensorboard_tag(n) for n in names] == [
@@ -270,10 +281,11 @@ def test_a_sweep_names_its_jobs_and_logs_their_hparams_with_final_metrics(tmp_pa
     args = ["-m", *BASE, "trainer.epochs=1", "sam=none,sam", f"hydra.sweep.dir={sweep}"]
     code, err = run_in_process(args)
     assert code == 0, err
-    # Sorted by key; trainer.log_every (how often to log) is left out of the name.
-    prefix = "dataset.test_fraction=0.75,experiment=quickstart"
+    # The swept key first, then the others sorted by key; trainer.log_every (how often to
+    # log) is left out of the name.
+    rest = "dataset.test_fraction=0.75,experiment=quickstart,scheduler.warmup_epochs=1"
     for name in ("none", "sam"):
-        job = sweep / f"{prefix},sam={name},scheduler.warmup_epochs=1,trainer.epochs=1"
+        job = sweep / f"sam={name},{rest},trainer.epochs=1"
         results = json.loads((job / "results.json").read_text())
         names, scalars, status = _hparams_session(job)
         overridden = {"experiment", "sam.name", "dataset.test_fraction", "trainer.epochs"}
