@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_process
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_gpu_check_dry_run_on_the_cpu_passes_every_path_it_has(tmp_path):
-    done = subprocess.run(
-        [str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_process([str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu"], tmp_path)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     rows = {
         line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1]

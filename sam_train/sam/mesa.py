@@ -41,8 +41,11 @@ class MESA(TrajectorySAM):
         model: the (unwrapped) model whose weights the EMA follows.
         ema_decay: the EMA's decay per step, in [0, 1).
         start_step: the first step with the KL term.
-        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`
+        (default lambda = 0.3, T = 5).
     """
+
+    default_weight = 0.3  # MESA_train.py's --reinforce
 
     def __init__(
         self,
@@ -51,18 +54,10 @@ class MESA(TrajectorySAM):
         *,
         model: nn.Module,
         ema_decay: float = 0.9998,
-        trajectory_weight: float = 0.3,
-        temperature: float = 5.0,
         start_step: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            params,
-            base_optimizer,
-            trajectory_weight=trajectory_weight,
-            temperature=temperature,
-            **kwargs,
-        )
+        super().__init__(params, base_optimizer, **kwargs)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"MESA needs ema_decay in [0, 1), got {ema_decay}")
         self.model = model
