@@ -40,33 +40,43 @@ def step_scalars(metrics: dict[str, float], state: RunState) -> dict[str, float]
     return scalars
 
 
+# The epoch's and the finished run's scalars: (name, where the value is, its key there).
+EPOCH_SCALARS = (
+    ("train/acc1", "train", "acc1"),
+    ("train/epoch_loss", "train", "loss"),
+    ("test/loss", "test", "loss"),
+    ("test/acc1", "test", "acc1"),
+    ("test/acc5", "test", "acc5"),
+    ("best/acc1", "best", "acc1"),
+)
+FINAL_SCALARS = (
+    ("final/acc1", "test", "acc1"),
+    ("best/acc1", "best", "acc1"),
+    ("final/acc5", "test", "acc5"),
+    ("final/loss", "test", "loss"),
+    ("final/train_loss", "train", "loss"),
+)
+
+
+def _pick_scalars(
+    state: RunState, table: tuple[tuple[str, str, str], ...], ema_prefix: str
+) -> dict[str, float]:
+    """The scalars a table names, then the EMA model's test metrics under ``ema_prefix``."""
+    sources = {"train": state.train_metrics, "test": state.test_metrics, "best": state.best}
+    scalars = {name: sources[where][key] for name, where, key in table}
+    return {**scalars, **_ema_scalars(state.test_metrics, ema_prefix)}
+
+
 def epoch_scalars(state: RunState) -> dict[str, float]:
     """An epoch's scalars: its training summary, its evaluation (and the EMA model's), the
     best test top-1 so far."""
-    train, test = state.train_metrics, state.test_metrics
-    scalars = {
-        "train/acc1": train["acc1"],
-        "train/epoch_loss": train["loss"],
-        "test/loss": test["loss"],
-        "test/acc1": test["acc1"],
-        "test/acc5": test["acc5"],
-        "best/acc1": state.best["acc1"],
-    }
-    return {**scalars, **_ema_scalars(test, "test_ema")}
+    return _pick_scalars(state, EPOCH_SCALARS, "test_ema")
 
 
 def final_scalars(state: RunState) -> dict[str, float]:
     """The finished run's metrics, the values a table of runs (TensorBoard's HParams tab,
     W&B's summary, MLflow's run list) shows beside the hyper-parameters."""
-    test, best = state.test_metrics, state.best
-    scalars = {
-        "final/acc1": test["acc1"],
-        "best/acc1": best["acc1"],
-        "final/acc5": test["acc5"],
-        "final/loss": test["loss"],
-        "final/train_loss": state.train_metrics["loss"],
-    }
-    return {**scalars, **_ema_scalars(test, "final_ema")}
+    return _pick_scalars(state, FINAL_SCALARS, "final_ema")
 
 
 def plain(value: Any) -> int | float | str | bool:
