@@ -30,6 +30,7 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
+from sam_train.sam._options import within
 from sam_train.sam.sam import BaseOptimizer, Params
 from sam_train.sam.trajectory import TrajectorySAM
 
@@ -58,8 +59,7 @@ class MESA(TrajectorySAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"MESA needs ema_decay in [0, 1), got {ema_decay}")
+        within("MESA", "[0, 1)", ema_decay=ema_decay)
         self.model = model
         self.ema = ModelEmaV3(model, decay=ema_decay)
         self.start_step = int(start_step)
