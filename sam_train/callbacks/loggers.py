@@ -41,7 +41,7 @@ def step_scalars(metrics: dict[str, float], state: RunState) -> dict[str, float]
     return scalars
 
 
-# The epoch's and the finished run's scalars: (name, where the value is, its key there).
+# An epoch's scalars: (name, where the value is, its key there).
 EPOCH_SCALARS = (
     ("train/acc1", "train", "acc1"),
     ("train/epoch_loss", "train", "loss"),
@@ -50,34 +50,34 @@ EPOCH_SCALARS = (
     ("test/acc5", "test", "acc5"),
     ("best/acc1", "best", "acc1"),
 )
-FINAL_SCALARS = (
-    ("final/acc1", "test", "acc1"),
-    ("best/acc1", "best", "acc1"),
-    ("final/acc5", "test", "acc5"),
-    ("final/loss", "test", "loss"),
-    ("final/train_loss", "train", "loss"),
-)
+# The finished run's scalars are its last epoch's, named for a table of runs: {final: epoch}.
+FINAL_NAMES = {
+    "final/acc1": "test/acc1",
+    "best/acc1": "best/acc1",
+    "final/acc5": "test/acc5",
+    "final/loss": "test/loss",
+    "final/train_loss": "train/epoch_loss",
+}
 
 
-def _pick_scalars(
-    state: RunState, table: tuple[tuple[str, str, str], ...], ema_prefix: str
-) -> dict[str, float]:
-    """The scalars a table names, then the EMA model's test metrics under ``ema_prefix``."""
+def _last_epoch(state: RunState) -> dict[str, float]:
+    """``EPOCH_SCALARS`` read from the state (without the EMA model's)."""
     sources = {"train": state.train_metrics, "test": state.test_metrics, "best": state.best}
-    scalars = {name: sources[where][key] for name, where, key in table}
-    return {**scalars, **_ema_scalars(state.test_metrics, ema_prefix)}
+    return {name: sources[where][key] for name, where, key in EPOCH_SCALARS}
 
 
 def epoch_scalars(state: RunState) -> dict[str, float]:
     """An epoch's scalars: its training summary, its evaluation (and the EMA model's), the
     best test top-1 so far."""
-    return _pick_scalars(state, EPOCH_SCALARS, "test_ema")
+    return {**_last_epoch(state), **_ema_scalars(state.test_metrics, "test_ema")}
 
 
 def final_scalars(state: RunState) -> dict[str, float]:
     """The finished run's metrics, the values a table of runs (TensorBoard's HParams tab,
     W&B's summary, MLflow's run list) shows beside the hyper-parameters."""
-    return _pick_scalars(state, FINAL_SCALARS, "final_ema")
+    epoch = _last_epoch(state)
+    final = {name: epoch[epoch_name] for name, epoch_name in FINAL_NAMES.items()}
+    return {**final, **_ema_scalars(state.test_metrics, "final_ema")}
 
 
 def plain(value: Any) -> int | float | str | bool:
