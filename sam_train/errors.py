@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 EXIT_USER_ERROR = 2  # bad input, reported before any work
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (SIGTERM, SIGUSR1): requeue and continue with resume=auto
@@ -50,3 +51,16 @@ def exit_on_user_error(prog: str, command: Callable[[], object]) -> None:
     except SamTrainError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def run_entry_point(
+    prog: str,
+    parse_args: Callable[[list[str] | None], Any],
+    run: Callable[[Any], object],
+    argv: list[str] | None,
+) -> None:
+    """An entry point's ``main``: parse ``argv``, keep it on the namespace (for the run's record),
+    run, and turn a ``SamTrainError`` into one line and exit code 2."""
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    exit_on_user_error(prog, lambda: run(args))

@@ -23,13 +23,12 @@ import argparse
 import copy
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import exit_on_user_error
+from sam_train.errors import run_entry_point
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 from sam_train.run_files import EVAL_DIR
 from sam_train.run_folder import CHECKPOINTS_DIR
@@ -284,9 +283,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    exit_on_user_error("sam-eval", lambda: run(args))
+    run_entry_point("sam-eval", parse_args, run, argv)
 
 
 if __name__ == "__main__":

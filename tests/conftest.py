@@ -95,13 +95,15 @@ def run_cli(
     args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``python -m sam_train ARGS`` as a user would, in ``cwd``."""
+    return run_process(sam_train_command(args), cwd, timeout, env)
+
+
+def run_process(
+    command: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``command`` in ``cwd`` with the tests' child environment; its output as text."""
     return subprocess.run(
-        sam_train_command(args),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=subprocess_env(env),
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(env)
     )
 
 

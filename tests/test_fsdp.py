@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
 import torch
-from conftest import REPO, subprocess_env, torchrun_command
+from conftest import REPO, run_process, torchrun_command
 from torch import nn
 
 from sam_train.config import validate
@@ -80,14 +79,8 @@ def test_one_process_with_fsdp_asked_is_a_single_process(compose_cfg):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_fsdp_ranks_match_one_process_and_resume_exactly(tmp_path, cli_in_process):
-    result = subprocess.run(
-        torchrun_command([str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path)]),
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    worker = [str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path)]
+    result = run_process(torchrun_command(worker), tmp_path, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     measured = json.loads(line.removeprefix("RESULT "))

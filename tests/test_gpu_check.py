@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_process
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_gpu_check_dry_run_on_the_cpu_passes_every_path_it_has(tmp_path):
-    done = subprocess.run(
-        [str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        # A guard against a hang only: the dry run takes 33 s on a quiet machine and went past
-        # 300 s at load 10 (seven agents on two cores); what it checks is in the rows below.
-        timeout=1800,
-    )
+    # A guard against a hang only: the dry run takes 33 s on a quiet machine and went past
+    # 300 s at load 10 (seven agents on two cores); what it checks is in the rows below.
+    gpu_check = [str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu"]
+    done = run_process(gpu_check, tmp_path, timeout=1800)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     rows = {
         line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1]

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import exit_on_user_error
+from sam_train.errors import run_entry_point
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 
@@ -305,9 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    exit_on_user_error("sam-analyze", lambda: run(args))
+    run_entry_point("sam-analyze", parse_args, run, argv)
 
 
 if __name__ == "__main__":

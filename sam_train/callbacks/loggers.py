@@ -41,33 +41,43 @@ def step_scalars(metrics: dict[str, float], state: RunState) -> dict[str, float]
     return scalars
 
 
+# An epoch's scalars: (name, where the value is, its key there).
+EPOCH_SCALARS = (
+    ("train/acc1", "train", "acc1"),
+    ("train/epoch_loss", "train", "loss"),
+    ("test/loss", "test", "loss"),
+    ("test/acc1", "test", "acc1"),
+    ("test/acc5", "test", "acc5"),
+    ("best/acc1", "best", "acc1"),
+)
+# The finished run's scalars are its last epoch's, named for a table of runs: {final: epoch}.
+FINAL_NAMES = {
+    "final/acc1": "test/acc1",
+    "best/acc1": "best/acc1",
+    "final/acc5": "test/acc5",
+    "final/loss": "test/loss",
+    "final/train_loss": "train/epoch_loss",
+}
+
+
+def _last_epoch(state: RunState) -> dict[str, float]:
+    """``EPOCH_SCALARS`` read from the state (without the EMA model's)."""
+    sources = {"train": state.train_metrics, "test": state.test_metrics, "best": state.best}
+    return {name: sources[where][key] for name, where, key in EPOCH_SCALARS}
+
+
 def epoch_scalars(state: RunState) -> dict[str, float]:
     """An epoch's scalars: its training summary, its evaluation (and the EMA model's), the
     best test top-1 so far."""
-    train, test = state.train_metrics, state.test_metrics
-    scalars = {
-        "train/acc1": train["acc1"],
-        "train/epoch_loss": train["loss"],
-        "test/loss": test["loss"],
-        "test/acc1": test["acc1"],
-        "test/acc5": test["acc5"],
-        "best/acc1": state.best["acc1"],
-    }
-    return {**scalars, **_ema_scalars(test, "test_ema")}
+    return {**_last_epoch(state), **_ema_scalars(state.test_metrics, "test_ema")}
 
 
 def final_scalars(state: RunState) -> dict[str, float]:
     """The finished run's metrics, the values a table of runs (TensorBoard's HParams tab,
     W&B's summary, MLflow's run list) shows beside the hyper-parameters."""
-    test, best = state.test_metrics, state.best
-    scalars = {
-        "final/acc1": test["acc1"],
-        "best/acc1": best["acc1"],
-        "final/acc5": test["acc5"],
-        "final/loss": test["loss"],
-        "final/train_loss": state.train_metrics["loss"],
-    }
-    return {**scalars, **_ema_scalars(test, "final_ema")}
+    epoch = _last_epoch(state)
+    final = {name: epoch[epoch_name] for name, epoch_name in FINAL_NAMES.items()}
+    return {**final, **_ema_scalars(state.test_metrics, "final_ema")}
 
 
 def plain(value: Any) -> int | float | str | bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sam_train.sam._options import within
 from sam_train.sam.sam import SAM, BaseOptimizer, Params, global_norm
 
 
@@ -56,8 +57,7 @@ class AESAM(SAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"AESAM needs ema_decay in [0, 1), got {ema_decay}")
+        within("AESAM", "[0, 1)", ema_decay=ema_decay)
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"AESAM needs total_steps >= 1, got {total_steps}")
         self.ema_decay = float(ema_decay)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sam_train.sam._options import one_ascent_step, within
 from sam_train.sam.sam import SAM, BaseOptimizer, Params
 
 
@@ -45,9 +46,7 @@ class ESAM(SAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, perturb_fraction=perturb_fraction, **kwargs)
-        if not 0.0 < select_fraction <= 1.0:
-            raise ValueError(f"ESAM needs select_fraction in (0, 1], got {select_fraction}")
-        if self.inner_steps != 1:
-            raise ValueError("ESAM takes one ascent step (inner_steps=1)")
+        within("ESAM", "(0, 1]", select_fraction=select_fraction)
+        one_ascent_step("ESAM", self.inner_steps)
         self.select_fraction = float(select_fraction)
         self.selects_examples = self.select_fraction < 1.0

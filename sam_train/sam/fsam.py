@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from sam_train.sam._options import one_ascent_step, within
 from sam_train.sam.sam import SAM, BaseOptimizer, Params, non_negative
 
 
@@ -44,10 +45,8 @@ class FriendlySAM(SAM):
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
         non_negative("Friendly SAM", sigma=sigma)
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"Friendly SAM needs 0 <= ema_decay < 1, got {ema_decay}")
-        if self.inner_steps != 1:
-            raise ValueError("Friendly SAM is defined for one ascent step (inner_steps=1)")
+        within("Friendly SAM", "[0, 1)", ema_decay=ema_decay)
+        one_ascent_step("Friendly SAM", self.inner_steps)
         self.sigma = float(sigma)
         self.ema_decay = float(ema_decay)
         self._ema: dict[torch.Tensor, torch.Tensor] = {}

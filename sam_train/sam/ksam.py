@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sam_train.sam._options import one_ascent_step, within
 from sam_train.sam.sam import SAM, BaseOptimizer, Params
 
 
@@ -35,8 +36,6 @@ class KSAM(SAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
-        if not 0.0 < select_fraction <= 1.0:
-            raise ValueError(f"KSAM needs select_fraction in (0, 1], got {select_fraction}")
-        if self.inner_steps != 1:
-            raise ValueError("KSAM takes one ascent step (inner_steps=1)")
+        within("KSAM", "(0, 1]", select_fraction=select_fraction)
+        one_ascent_step("KSAM", self.inner_steps)
         self.select_fraction = float(select_fraction)

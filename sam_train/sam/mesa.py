@@ -30,6 +30,7 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
+from sam_train.sam._options import within
 from sam_train.sam.sam import BaseOptimizer, Params
 from sam_train.sam.trajectory import TrajectorySAM
 
@@ -41,8 +42,11 @@ class MESA(TrajectorySAM):
         model: the (unwrapped) model whose weights the EMA follows.
         ema_decay: the EMA's decay per step, in [0, 1).
         start_step: the first step with the KL term.
-        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`
+        (default lambda = 0.3, T = 5).
     """
+
+    default_weight = 0.3  # MESA_train.py's --reinforce
 
     def __init__(
         self,
@@ -51,20 +55,11 @@ class MESA(TrajectorySAM):
         *,
         model: nn.Module,
         ema_decay: float = 0.9998,
-        trajectory_weight: float = 0.3,
-        temperature: float = 5.0,
         start_step: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            params,
-            base_optimizer,
-            trajectory_weight=trajectory_weight,
-            temperature=temperature,
-            **kwargs,
-        )
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"MESA needs ema_decay in [0, 1), got {ema_decay}")
+        super().__init__(params, base_optimizer, **kwargs)
+        within("MESA", "[0, 1)", ema_decay=ema_decay)
         self.model = model
         self.ema = ModelEmaV3(model, decay=ema_decay)
         self.start_step = int(start_step)

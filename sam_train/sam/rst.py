@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sam_train.sam._options import within
 from sam_train.sam.sam import SAM, BaseOptimizer, Params
 
 
@@ -44,8 +45,7 @@ class RandomizedSAM(SAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"RandomizedSAM needs a probability in [0, 1], got {probability}")
+        within("RandomizedSAM", "[0, 1]", probability=probability)
         self.probability = float(probability)
         self._trials = torch.Generator().manual_seed(int(seed))
         self._decided: tuple[int, bool] | None = None  # (the step it is for, the trial)

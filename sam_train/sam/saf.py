@@ -38,8 +38,11 @@ class SAF(TrajectorySAM):
         steps_per_epoch: turns the step counter into the epoch.
         start_epoch: the term after this epoch.
         past_epochs: how many epochs back the reference outputs are (Ẽ >= 1).
-        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`.
+        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`
+        (default lambda = 0.16, T = 5).
     """
+
+    default_weight = 0.16  # SAF_train.py's --reinforce
 
     def __init__(
         self,
@@ -48,19 +51,11 @@ class SAF(TrajectorySAM):
         *,
         num_examples: int,
         steps_per_epoch: int,
-        trajectory_weight: float = 0.16,
-        temperature: float = 5.0,
         start_epoch: int = 5,
         past_epochs: int = 3,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            params,
-            base_optimizer,
-            trajectory_weight=trajectory_weight,
-            temperature=temperature,
-            **kwargs,
-        )
+        super().__init__(params, base_optimizer, **kwargs)
         if min(num_examples, steps_per_epoch, past_epochs) < 1:
             raise ValueError("SAF needs num_examples, steps_per_epoch and past_epochs >= 1")
         self.num_examples, self.steps_per_epoch = int(num_examples), int(steps_per_epoch)

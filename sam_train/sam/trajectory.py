@@ -16,23 +16,29 @@ class TrajectorySAM(SAM):
     """The base optimizer on the loss plus lambda * T^2 * KL(reference / T || outputs / T).
 
     Args:
-        trajectory_weight: lambda, >= 0.
-        temperature: T, > 0.
+        trajectory_weight: lambda, >= 0; None is the variant's ``default_weight``.
+        temperature: T, > 0; None is the variant's ``default_temperature``.
         Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
     single_pass = True
+    default_weight: float  # lambda as the variant's official code sets it
+    default_temperature = 5.0  # T, the same (5) in SAF's and MESA's official code
 
     def __init__(
         self,
         params: Params,
         base_optimizer: BaseOptimizer,
         *,
-        trajectory_weight: float,
-        temperature: float,
+        trajectory_weight: float | None = None,
+        temperature: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
+        if trajectory_weight is None:
+            trajectory_weight = self.default_weight
+        if temperature is None:
+            temperature = self.default_temperature
         if temperature <= 0 or trajectory_weight < 0:
             raise ValueError(f"{type(self).__name__} needs temperature > 0 and weight >= 0")
         self.trajectory_weight, self.temperature = float(trajectory_weight), float(temperature)

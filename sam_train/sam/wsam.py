@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sam_train.sam._options import within
 from sam_train.sam.sam import SAM, BaseOptimizer, Params
 
 
@@ -48,8 +49,7 @@ class WeightedSAM(SAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, **kwargs)
-        if not 0.0 <= gamma < 1.0:
-            raise ValueError(f"WeightedSAM needs gamma in [0, 1), got {gamma}")
+        within("WeightedSAM", "[0, 1)", gamma=gamma)
         self.gamma = float(gamma)
         self.alpha = gamma / (1.0 - gamma)
         self.decouple = bool(decouple)

@@ -18,6 +18,12 @@ if TYPE_CHECKING:  # the step imports the strategies
 T = TypeVar("T")
 
 
+def _from_info(field: str) -> Any:
+    """A read-only attribute of the strategy that is its ``DistInfo``'s ``field``: one source for
+    who this process is."""
+    return property(lambda self: getattr(self.info, field))
+
+
 class Strategy:
     """One process alone: nothing to wrap, nothing to reduce.
 
@@ -30,21 +36,10 @@ class Strategy:
         self.device = device or torch.device("cpu")
 
     # --------------------------------------------------------------- who am I
-    @property
-    def rank(self) -> int:
-        return self.info.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.info.world_size
-
-    @property
-    def is_main(self) -> bool:
-        return self.info.is_main
-
-    @property
-    def distributed(self) -> bool:
-        return self.info.enabled
+    rank: int = _from_info("rank")
+    world_size: int = _from_info("world_size")
+    is_main: bool = _from_info("is_main")
+    distributed: bool = _from_info("enabled")
 
     # --------------------------------------------------------------- the model
     def shard(self, model: nn.Module, precision: Precision | None = None) -> nn.Module:
