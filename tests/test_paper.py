@@ -330,6 +330,7 @@ def smoke_config(preset: str, data: dict[str, Path]):
         overrides |= {"dataset.root": str(data["cifar"]), "dataset.verify_checksums": False}
     if dataset in TORCHVISION_WRITERS:
         overrides |= {"dataset.root": str(data["torchvision"]), "dataset.verify_checksums": False}
+        overrides["dataset.num_classes"] = CLASSES  # the fakes' classes, not the real sets'
     if dataset == "imagenet":
         overrides |= {"dataset.root": str(data["imagenet"]), "dataset.num_classes": 2}
     if dataset != "digits":
