@@ -63,6 +63,7 @@ VARIANTS: dict[str, list[str]] = {
     "WSAM": ["sam=wsam"],
     "MESA": ["sam=mesa"],
     "SAF": ["sam=saf"],
+    "bSAM": ["sam=bsam", "optimizer.momentum=0", "optimizer.weight_decay=0"],
 }
 #: label -> the grid its hyper-parameters are chosen from on TUNE_SEEDS (declared up front).
 #: SAM's rho = 0.5 is the preset's; MSAM's radius is along the momentum (the probe in the
@@ -92,6 +93,10 @@ GRID: dict[str, list[list[str]]] = {
         for d in ("0.99", "0.999")
     ],
     "SAF": [[f"sam.trajectory_weight={w}"] for w in ("0.16", "0.3", "0.8")],  # the official
+    # its own Adam-like step g_m / s: the learning rate is part of the grid (0.5: its default)
+    "bSAM": [
+        [f"optimizer.lr={lr}", f"sam.rho={r}"] for lr in ("0.1", "0.5") for r in ("0.05", "0.2")
+    ],
 }
 #: (variant, noise) in the order the work is done: the candidate for the goal (MSAM, about
 #: SGD's cost) and the baselines it is measured against, at 40% noise first.
