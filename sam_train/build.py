@@ -8,6 +8,7 @@ objects that take no config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,10 @@ from sam_train.sam import VARIANTS
 from sam_train.step import SAMStep
 from sam_train.step.trajectory import TrajectoryLoss
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
+from sam_train.strategy.cpu_threads import set_cpu_threads
 from sam_train.trainer import Trainer
+
+log = logging.getLogger("sam_train")
 
 
 # ---------------------------------------------------------------------------- device, processes
@@ -84,11 +88,14 @@ def build_strategy(
 
 
 def run_strategy(cfg: DictConfig) -> Strategy:
-    """:func:`build_strategy` as ``cfg.trainer`` asks."""
+    """:func:`build_strategy` as ``cfg.trainer`` asks; on the CPU, torch's thread count."""
     trainer = cfg.trainer
-    return build_strategy(
+    strategy = build_strategy(
         trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap, amp=trainer.amp
     )
+    if strategy.device.type == "cpu":
+        set_cpu_threads(trainer.cpu_threads)
+    return strategy
 
 
 def per_device_batch(cfg: DictConfig, world_size: int) -> int:
@@ -361,6 +368,11 @@ def build_step(
     with Mixup/CutMix, one mixing per batch and timm's soft-target loss."""
     device = strategy.device
     scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
+    if scaler is not None and device.type == "cpu":  # allowed: it proves the fp16 path on CPU
+        log.warning(
+            "trainer.amp=fp16 on a CPU: float16 is emulated there and trains many times slower "
+            "than fp32; use trainer.amp=bf16 or trainer.amp=none for a CPU run"
+        )
     mixup = build_mixup(cfg)
     criterion = (
         timm.loss.SoftTargetCrossEntropy()
@@ -569,6 +581,7 @@ def build_callbacks(
             save_best=checkpoint.save_best,
             every_n_steps=checkpoint.every_n_steps,
             keep_last=checkpoint.keep_last,
+            keep_best=checkpoint.keep_best,
         ),
     ]
     rho = cfg.sam.rho if cfg.sam.name != "none" else 0.0
@@ -592,10 +605,19 @@ def build_trainer(cfg: DictConfig, run: Run, callbacks: Sequence[cb.Callback]) -
 
 
 def describe_run(cfg: DictConfig, run: Run, run_dir: Path) -> str:
+    """The run's first line: model, data, optimizer (``SAM over SGD``, or ``SGD without SAM``
+    for ``sam=none``), device (with torch's CPU threads), processes, folder."""
     params = sum(p.numel() for p in run.model.parameters())
+    base = type(run.step.base_optimizer).__name__
+    optimizer = f"{type(run.optimizer).__name__} over {base}" if run.step.uses_sam else base
+    if not run.step.uses_sam:
+        optimizer += " without SAM (sam=none)"
+    device = str(run.device)
+    if run.device.type == "cpu":
+        threads = torch.get_num_threads()
+        device += f" ({threads} thread{'s' * (threads != 1)}, trainer.cpu_threads)"
     return (
         f"{cfg.model.name} ({params / 1e6:.2f}M params) on {cfg.dataset.name} "
-        f"({len(run.data.train)} train / {len(run.data.test)} test images), "
-        f"{type(run.optimizer).__name__} over {type(run.step.base_optimizer).__name__}, "
-        f"device {run.device}, {run.strategy.world_size} process(es), run folder {run_dir}"
+        f"({len(run.data.train)} train / {len(run.data.test)} test images), {optimizer}, "
+        f"device {device}, {run.strategy.world_size} process(es), run folder {run_dir}"
     )

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 
 from sam_train.errors import CheckpointError
+from sam_train.paths import expect_file
 from sam_train.run_folder import CHECKPOINTS_DIR
 from sam_train.state import RunState
 
@@ -45,9 +46,12 @@ RANK_BUFFERS = "rank_buffers"  # every process's buffers (norm statistics) under
 #: The callback's old class name, so checkpoints written before state keys existed load.
 EMA = "ModelEMA"
 EMA_WEIGHTS = "module"
+#: Checkpointing's ``state_key``: the ranking of the ``keep_best`` checkpoints it keeps.
+CHECKPOINTING = "Checkpointing"
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 _SNAPSHOT = re.compile(r"step_(\d+)\.pt")  # step_000000040.pt: the history kept by keep_last
+_TOP = re.compile(r"best_step_(\d+)\.pt")  # best_step_000000040.pt: the keep_best epochs
 _TEMP_GLOB = ".*.tmp"  # what _atomic_write's mkstemp names look like
 _COPY_CHUNK = 16 << 20
 
@@ -73,7 +77,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; match a plain open()
+        os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes 0600; match a plain open()
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -129,7 +133,8 @@ def _copy_file(source: Path, path: Path) -> Path:
         return _atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, _COPY_CHUNK))
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -146,8 +151,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _load(path: Path, map_location: str | torch.device, *, mmap: bool) -> dict[str, Any]:
     """``load_checkpoint``; ``mmap=True`` maps tensors lazily, to read metadata cheaply."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = expect_file(path)  # a run folder given for its checkpoint is named as one
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {problem}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as err:  # truncated zip, pickle garbage, foreign format
@@ -459,18 +465,38 @@ class CheckpointWriter:
     def snapshot(self, global_step: int) -> Path:
         return self.folder / f"step_{global_step:09d}.pt"
 
+    def top(self, global_step: int) -> Path:
+        """One of the ``checkpoint.keep_best`` best epochs' checkpoints."""
+        return self.folder / f"best_step_{global_step:09d}.pt"
+
+    def prune_top(self, keep: set[int]) -> None:
+        """Remove the ``best_step_*.pt`` files whose step is not in ``keep``."""
+        for path in self.folder.glob("best_step_*.pt"):
+            match = _TOP.fullmatch(path.name)
+            if match and int(match.group(1)) not in keep:
+                path.unlink(missing_ok=True)
+
     def save(
-        self, state: dict[str, Any], *, last: bool = True, best: bool = False, snapshot: bool = True
+        self,
+        state: dict[str, Any],
+        *,
+        last: bool = True,
+        best: bool = False,
+        snapshot: bool = True,
+        top: bool = False,
     ) -> list[Path]:
         """Write the files asked for and return their paths.
 
         ``snapshot`` adds ``step_<global_step>.pt`` when the writer keeps a history
-        (``keep_last > 0``). The state is serialized once; the other files are byte copies
-        of the first, each its own file, so damage to one never reaches another.
+        (``keep_last > 0``), ``top`` adds ``best_step_<global_step>.pt``. The state is
+        serialized once; the other files are byte copies of the first, each its own file, so
+        damage to one never reaches another.
         """
         targets = [self.last] if last else []
         if best:
             targets.append(self.best)
+        if top:
+            targets.append(self.top(state[GLOBAL_STEP]))
         if snapshot and self.keep_last > 0:
             targets.append(self.snapshot(state[GLOBAL_STEP]))
         for index, path in enumerate(targets):

@@ -23,6 +23,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
+from sam_train.config.overrides import check_command_line
+from sam_train.console import to_log_files
 from sam_train.errors import (
     EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
@@ -31,6 +33,9 @@ from sam_train.errors import (
     RunFolderError,
     SamTrainError,
 )
+from sam_train.launch import LAUNCHER_ENV, launch, split_nproc
+from sam_train.paths import quote_path_overrides
+from sam_train.run_folder import keep_sweep_record
 
 log = logging.getLogger("sam_train")
 
@@ -38,10 +43,7 @@ log = logging.getLogger("sam_train")
 def report(message: str, level: int = logging.ERROR) -> None:
     """A line for the user: once on stderr, and in the run's log file (not a second time on
     the console, where the log's stream handler would repeat it)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers + log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    to_log_files(message, level)
     prefix = "error: " if level >= logging.ERROR else ""
     print(f"sam-train: {prefix}{message}", file=sys.stderr)
 
@@ -59,7 +61,7 @@ def _ensure_writable(folder: Path, key: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write_test.{os.getpid()}"  # one per rank: they run this at once
-        probe.write_text("")
+        probe.write_bytes(b"\0")  # a byte: a full disk refuses it, not an empty file
         probe.unlink(missing_ok=True)
     except OSError as err:
         fail(f"{key}={folder} is not writable ({err.strerror or err}); choose another {key}")
@@ -73,7 +75,11 @@ class RunFolderCheck(Callback):
         _ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
-        _ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        _ensure_writable(sweep_dir, "hydra.sweep.dir")
+        kept = keep_sweep_record(sweep_dir)
+        if kept is not None:
+            print(f"sam-train: the earlier sweep's record is now {kept}", file=sys.stderr)
 
 
 def config_dir() -> str:
@@ -162,7 +168,8 @@ def _exit_code_of_stop(exit_code: int) -> int:
     """Under torchrun a preempted worker exits 0: a non-zero code would make torchrun report
     the group FAILED and, with ``--max-restarts``, restart it and undo the stop. The stopped
     run is continued by launching it again with ``resume=auto``."""
-    if exit_code == EXIT_PREEMPTED and "TORCHELASTIC_RUN_ID" in os.environ:
+    launched_here = LAUNCHER_ENV in os.environ  # sam-train's launcher never restarts
+    if exit_code == EXIT_PREEMPTED and "TORCHELASTIC_RUN_ID" in os.environ and not launched_here:
         return 0
     return exit_code
 
@@ -244,6 +251,16 @@ def main() -> None:
     folder for everyone before Hydra creates it; then run as a single process would, and
     leave through :func:`process_group.exit_worker`."""
     _escape_unencodable_output()
+    nproc, args = split_nproc(sys.argv[1:])
+    multirun = bool({"-m", "--multirun"} & set(args))
+    quoted = quote_path_overrides(args, multirun=multirun)
+    try:  # before Hydra and before any worker starts: one line for a typo
+        check_command_line(quoted, config_dir())
+    except SamTrainError as err:
+        fail(str(err))
+    if nproc is not None and not _launched_distributed():
+        sys.exit(launch(nproc, args))  # the workers come back here, under the agent
+    sys.argv[1:] = quoted
     if not _launched_distributed():
         _run_and_summarise()
         return

@@ -24,6 +24,7 @@ FREE_KEYS = (
     "trainer.log_every",
     "trainer.eval_batch_size",
     "trainer.num_workers",
+    "trainer.cpu_threads",
     "trainer.device",
     "trainer.compile",
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import socket
 from pathlib import Path
@@ -54,7 +55,7 @@ def check_run_folder(run_dir: Path, *, resume: str | None) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write_test.{os.getpid()}"  # one per process: ranks probe at once
-        probe.write_bytes(b"")
+        probe.write_bytes(b"\0")  # a byte: a full disk refuses it
         probe.unlink()
     except OSError as err:
         raise RunFolderError(
@@ -166,3 +167,21 @@ def _read_owner(fd: int) -> str:
     except (OSError, ValueError):
         return "pid unknown"
     return f"pid {pid} on {host}"
+
+
+SWEEP_RECORD = "multirun.yaml"  # what Hydra's sweepers write in the sweep folder
+
+
+def keep_sweep_record(sweep_dir: Path) -> Path | None:
+    """A sweep re-run in the same folder would replace the earlier sweep's ``multirun.yaml``:
+    move it to the first free ``multirun.<n>.yaml`` (1 the oldest) and return where it went."""
+    record = sweep_dir / SWEEP_RECORD
+    if not record.is_file():
+        return None
+    for number in itertools.count(1):  # ends at the first free number
+        kept = sweep_dir / f"{record.stem}.{number}{record.suffix}"
+        with contextlib.suppress(FileExistsError):
+            os.link(record, kept)  # never over an existing record, even under a race
+            record.unlink()
+            return kept
+    raise AssertionError("unreachable")

@@ -33,6 +33,7 @@ from sam_train.callbacks import Results
 from sam_train.callbacks.results import RESULTS_NAME
 from sam_train.checkpoint import load_resume, restore, run_state, saved_config
 from sam_train.errors import CheckpointError
+from sam_train.logfile import CONSOLE_ONLY
 from sam_train.resume import describe, epochs_grown, trajectory_changes
 from sam_train.run_folder import RunLock, check_run_folder
 from sam_train.state import RunState
@@ -124,6 +125,7 @@ def plan_start(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> StartP
             run_dir,
             saved.get("trainer", {}).get("epochs"),
             state.best.get("acc1"),
+            extra=CONSOLE_ONLY,  # a complete run's folder is left untouched, train.log too
         )
         return StartPlan(str(found.path), complete_results=results or state.to_dict())
     changed = tuple(change.key for change in changes)

@@ -103,6 +103,7 @@ class Trainer:
         self.best_metric = best_metric
         self.log_every = log_every
         self.stop_request: StopRequest | None = None
+        self.step_time = StepTime()  # the ETA's seconds per step, across epochs
 
     def _emit(self, event: str, *args: object) -> None:
         for callback in self.callbacks:
@@ -161,6 +162,7 @@ class Trainer:
         device = run.device
         totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, count
         window = _Window(device)
+        first_window = True  # holds the loader's start (workers): not a typical step
         started = time.perf_counter()
         for step, (images, targets, *indices) in enumerate(run.loaders.train, start=start_step + 1):
             output = run.step(images, targets, *indices)  # indices: SAF's loader only
@@ -177,7 +179,9 @@ class Trainer:
                 # Every remaining epoch ends with an evaluation as long as the last one took
                 # (known from the first evaluation on, also after a resume: it is in the state).
                 evaluations = (run.epochs - epoch) * state.test_metrics.get("seconds", 0.0)
-                metrics["eta_seconds"] = remaining * metrics.pop("seconds_per_step") + evaluations
+                per_step = self.step_time.update(metrics.pop("seconds_per_step"), first_window)
+                metrics["eta_seconds"] = remaining * per_step + evaluations
+                first_window = False
                 metrics["epoch"], metrics["step"] = epoch, step
                 self._emit("on_log", state, metrics)
             self._emit("on_train_step_end", state, output)
@@ -235,3 +239,28 @@ class _Window:
         self.loss.zero_()
         self.count, self.steps, self.start = 0, 0, time.perf_counter()
         return metrics
+
+
+class StepTime:
+    """Seconds per step for the ETA, smoothed over log windows so that one slow window (other
+    processes taking the cores, a loader starting its workers) moves the ETA by less than 2x:
+    an exponential moving average whose samples are clipped to within ``CLIP`` times the
+    estimate. The run's first window (the loader starting, the first steps' warm-up) only gives
+    a first estimate, which the next window replaces."""
+
+    WEIGHT = 0.3
+    CLIP = 4.0
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.provisional = True
+
+    def update(self, seconds: float, first_window: bool = False) -> float:
+        """Add a window's seconds per step; returns the estimate."""
+        if self.value is None or self.provisional:
+            self.provisional = self.value is None and first_window
+            self.value = seconds
+        else:
+            sample = min(max(seconds, self.value / self.CLIP), self.value * self.CLIP)
+            self.value += self.WEIGHT * (sample - self.value)
+        return self.value

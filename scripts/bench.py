@@ -74,6 +74,7 @@ import bench_sharding  # noqa: E402  (scripts/, beside this file)
 from sam_train import build  # noqa: E402
 from sam_train.build import Run  # noqa: E402
 from sam_train.config import register_configs  # noqa: E402
+from sam_train.paths import exit_on_problems, expect_folder  # noqa: E402
 from sam_train.sam import SAM  # noqa: E402
 from sam_train.strategy import DDPStrategy, DistInfo, Strategy, process_group  # noqa: E402
 
@@ -1045,7 +1046,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     parser.add_argument("--data-images", type=int, default=5000, help="synthetic CIFAR images")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    exit_on_problems("bench", [expect_folder(args.out, "a folder for results", exists=False)])
+    return args
 
 
 def make_options(args: argparse.Namespace) -> Options:

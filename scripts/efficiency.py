@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sam_train.paths import exit_on_problems, expect_folder
+
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "experiment=paper/noisy_digits"
 NOISES = (0.4, 0.6)
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=9, help="timing repetitions (costs)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args(argv)
+    exit_on_problems("efficiency", [expect_folder(args.out, "a folder for runs", exists=False)])
     if args.action == "run":
         return run_all(args.out, 60 * args.budget_min)
     if args.action == "costs":

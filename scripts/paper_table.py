@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 
 from sam_train.config import register_resolvers  # noqa: E402
 from sam_train.paper import TABLE_TITLES, Setting, describe, optimizer_family, optimizer_label  # noqa: E402
+from sam_train.paths import exit_on_problems, expect_folder  # noqa: E402
 
 
 @dataclass
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the last epoch's test accuracy (default) or the best epoch's",
     )
     args = parser.parse_args(argv)
+    exit_on_problems("paper_table", (expect_folder(p, "a run folder") for p in args.run_dirs))
     register_resolvers()
     runs = [run for path in args.run_dirs if (run := load_run(path, args.metric)) is not None]
     if not runs:

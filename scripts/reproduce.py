@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sam_train.paths import exit_on_problems, expect_folder
+
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "experiment"
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value passed to every run")
     args = parser.parse_intermixed_args(argv)
+    if args.out is not None:
+        exit_on_problems("reproduce", [expect_folder(args.out, "a sweep folder", exists=False)])
 
     if args.launcher == "slurm" and not args.dry_run:
         try:

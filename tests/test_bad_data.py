@@ -8,7 +8,6 @@ building and iterating either succeeds or raises such a ``DatasetError``.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import shutil
@@ -128,11 +127,20 @@ def test_more_class_folders_than_num_classes_are_refused(folder):
     one_line_naming(err, folder / "train", f"dataset.num_classes={CLASSES - 1}")
 
 
-def test_fewer_class_folders_than_num_classes_are_a_subset(folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="sam_train"):
-        pair = build_imagenet(folder, num_classes=CLASSES + 1)
-    assert "fewer than dataset.num_classes" in caplog.text
-    assert sorted(set(pair.test.targets)) == list(range(CLASSES))
+def test_fewer_class_folders_than_num_classes_are_refused(folder):
+    """Issue 25: outputs that no label trains are a mismatch too, as the README says."""
+    with pytest.raises(DatasetError) as err:
+        build_imagenet(folder, num_classes=CLASSES + 1)
+    one_line_naming(err, folder / "train", f"dataset.num_classes={CLASSES + 1}")
+
+
+@pytest.mark.parametrize("num_classes", [9, 11])
+def test_cifar_under_another_num_classes_is_refused(tiny_cifar10, num_classes):
+    """The same rule for every data set with a class list (CIFAR's, torchvision's)."""
+    root = str(tiny_cifar10)
+    with pytest.raises(DatasetError) as err:
+        build_datasets("cifar10", root=root, num_classes=num_classes, verify_checksums=False)
+    one_line_naming(err, f"dataset.num_classes={num_classes}")
 
 
 def test_empty_class_folder_is_named(folder):

@@ -1,5 +1,6 @@
 """Every mistake a user can make stops before any work, with one clear line and exit code 2
-(Hydra's own composition errors: exit 1), and never touches an earlier run."""
+(typos and unknown group options too, checked before Hydra composes), and never touches an
+earlier run."""
 
 from __future__ import annotations
 
@@ -63,14 +64,19 @@ def _bad_data(root: Path) -> dict[str, Path]:
 
 # (case, overrides, expected message fragment, exit code); {ckpt:...} and {data:...} are paths
 CASES = [
-    ("unknown dataset", ["dataset=mnist"], "Available options in 'dataset'", 1),
-    ("unknown model group", ["model=vgg99"], "Available options in 'model'", 1),
+    ("unknown dataset", ["dataset=mnist"], "dataset=mnist is not an option; dataset has: ", 2),
+    ("unknown model group", ["model=vgg99"], "model=vgg99 is not an option; model has: ", 2),
     ("unknown timm model", ["model.name=resnet_18"], "is not a timm model", 2),
     ("unknown optimizer", ["optimizer.name=lion"], "optimizer.name='lion' is not one of: sgd", 2),
     ("unknown variant", ["sam.name=bogus"], "sam.name='bogus' is not one of", 2),
     ("negative rho", ["sam.rho=-0.05"], "sam.rho must be >= 0, got -0.05", 2),
-    ("non-numeric rho", ["sam.rho=abc"], "Value 'abc' of type 'str' could not be converted", 1),
-    ("misspelt key", ["trainer.batchsize=32"], "Key 'batchsize' not in 'TrainerConfig'", 1),
+    ("non-numeric rho", ["sam.rho=abc"], "Value 'abc' of type 'str' could not be converted", 2),
+    (
+        "misspelt key",
+        ["trainer.batchsize=32"],
+        "unknown key trainer.batchsize; did you mean trainer.batch_size?",
+        2,
+    ),
     (
         "misspelt key added with +",
         ["+trainer.batchsize=32"],
@@ -313,3 +319,99 @@ def test_fuzzed_overrides_never_end_in_a_raw_exception(tmp_path):
             assert str(err) and "\n" not in str(err), (overrides, str(err))
             outcomes["rejected"] += 1
     assert outcomes["trained"] >= 2 and outcomes["rejected"] >= 8, outcomes
+
+
+# The commonest typos through the real entry point: exactly one line on stderr, exit code 2.
+TYPOS = [
+    (["trainer.epohcs=3"], "unknown key trainer.epohcs; did you mean trainer.epochs?"),
+    (["+trainer.epohcs=3"], "unknown key trainer.epohcs; did you mean trainer.epochs?"),
+    (["epochs=3"], "unknown key epochs; did you mean trainer.epochs?"),
+    (["optimzer=sgd"], "unknown key optimzer; did you mean optimizer?"),
+    (["sam=sma"], "sam=sma is not an option; did you mean sam=sam?"),
+    (["optimizer=adam"], "optimizer=adam is not an option; did you mean optimizer=adamw?"),
+    (
+        ["experiment=quickstrat"],
+        "experiment=quickstrat is not an option; did you mean experiment=quickstart?",
+    ),
+    (
+        ["experiment=noisy_digits"],  # a preset in a subfolder, found by its name
+        "experiment=noisy_digits is not an option; did you mean experiment=paper/noisy_digits?",
+    ),
+    (["logger=[tensorboard,cvs]"], "logger=cvs is not an option; did you mean logger=csv?"),
+    (["recipe=sam_finetune"], "recipe is not in the defaults: write +recipe=sam_finetune"),
+    (["+sam=asam"], "sam is in the defaults already: write sam=asam (no +)"),
+    (
+        ["sam.rho=abc"],
+        "sam.rho=abc is refused: Value 'abc' of type 'str' could not be converted to Float",
+    ),
+    (
+        ["seed=1.5"],
+        "seed=1.5 is refused: Value '1.5' of type 'float' could not be converted to Integer",
+    ),
+    (
+        ["-m", "sam.rho=0.05,abc"],  # each value of a sweep
+        "sam.rho=0.05,abc is refused: Value 'abc' of type 'str' could not be converted to Float",
+    ),
+    (
+        ["sam.rho=[1,"],
+        "cannot parse the override 'sam.rho=[1,' (no viable alternative at input '[1,'); "
+        "write key=value",
+    ),
+    (["--epochs", "3"], "--epochs is not an option of sam-train: write trainer.epochs=3"),
+    (
+        ["--trainer.epochs=3"],
+        "--trainer.epochs=3 is not an option of sam-train: write trainer.epochs=3",
+    ),
+    (["seed=1", "--lr", "0.1"], "--lr is not an option of sam-train: write optimizer.lr=0.1"),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), TYPOS, ids=[" ".join(t[0]) for t in TYPOS])
+def test_typos_get_one_line_with_the_fix(cli_in_process, tmp_path, args, line):
+    run_dir = tmp_path / "run"
+    returncode, stderr = cli_in_process([*args, f"hydra.run.dir={run_dir}"])
+    assert returncode == 2
+    assert stderr.splitlines() == [f"sam-train: error: {line}"]
+    assert not run_dir.exists(), "nothing may be written"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "sam.rho=0.05,0.1", "trainer.epochs=range(1,3)"],
+        ["--multirun", "hparams_search=optuna", "hydra/launcher=basic"],
+        ["+recipe=sam_finetune", "experiment=paper/noisy_digits", "logger=[tensorboard,csv]"],
+        ["model.kwargs.drop_rate=0.1", "~resume", "++seed=3", "hydra.run.dir=x"],
+        ["--cfg", "job", "-p", "sam"],
+        ["--info", "defaults"],
+        ["-sc", "install=bash"],
+        ["--help", "trainer.epohcs=3"],  # help is Hydra's, whatever follows
+    ],
+)
+def test_valid_command_lines_pass_the_check(args):
+    from sam_train.cli import config_dir
+    from sam_train.config.overrides import check_command_line
+
+    check_command_line(args, config_dir())  # raises ConfigError otherwise
+
+
+def test_hydra_flags_keep_working(cli_in_process, capsys):
+    returncode, stderr = cli_in_process(["--help"])
+    assert returncode == 0 and "sam-train" in capsys.readouterr().out, stderr
+    returncode, stderr = cli_in_process(["--cfg", "job", "experiment=paper/noisy_digits"])
+    assert returncode == 0, stderr
+    assert "label_noise: 0.4" in capsys.readouterr().out
+
+
+def test_typo_fails_in_a_real_process_before_torch_is_imported(cli, tmp_path):
+    """``python -m sam_train --epochs 3``: one line, exit 2, and torch never imported (Python's
+    own import log, ``PYTHONPROFILEIMPORTTIME``, lists every module the process loaded)."""
+    done = cli(["--epochs", "3"], tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = done.stderr.splitlines()
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")
+    }
+    assert done.returncode == 2, done.stderr[-1500:]
+    expected = "sam-train: error: --epochs is not an option of sam-train: write trainer.epochs=3"
+    assert [line for line in lines if not line.startswith("import time:")] == [expected]
+    assert "hydra" in imported and "torch" not in imported

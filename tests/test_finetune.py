@@ -157,7 +157,7 @@ def test_pretrained_weights_see_images_normalised_as_they_were_trained(
     write_image_folder(tmp_path / "folder", classes=2, per_class=2, size=36)
     write_cifar(tmp_path / "cifar", "cifar10", per_split=(4, 4))
     data_sets = [
-        ["dataset=imagenet", f"dataset.root={tmp_path / 'folder'}"],
+        ["dataset=imagenet", f"dataset.root={tmp_path / 'folder'}", "dataset.num_classes=2"],
         ["dataset=cifar10", f"dataset.root={tmp_path / 'cifar'}", "dataset.image_size=48"],
     ]
     for data in data_sets:

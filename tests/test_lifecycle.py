@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import sam_train.train as train_module
 from sam_train.build import build_scheduler
 from sam_train.callbacks import Callback
+from sam_train.callbacks.tensorboard import tensorboard_tag
 from sam_train.run_folder import RunLock
 
 # 21 steps of 64 digits per epoch; dropout and label noise make the run depend on every
@@ -125,13 +126,16 @@ def test_resume_from_another_runs_file_into_a_finished_folder_is_refused(
     assert _files(target) == before
 
 
-def test_resume_auto_on_a_complete_run_leaves_it_untouched(cli_in_process, finished, tmp_path):
+def test_resume_auto_on_a_complete_run_leaves_it_untouched(
+    cli_in_process, finished, tmp_path, capsys
+):
     run = _copy_run(finished, tmp_path / "run")
-    before = _files(run)
+    before, log = _files(run), (run / "train.log").read_bytes()
     code, err = cli_in_process([*BASE, "resume=auto", f"hydra.run.dir={run}"])
     assert code == 0, err
     assert _files(run) == before, "a complete run must not be rewritten"
-    assert "is complete" in (run / "train.log").read_text()
+    assert (run / "train.log").read_bytes() == log, "train.log appended to"  # issue 25
+    assert "is complete" in capsys.readouterr().out  # said on the console only
     results = json.loads((run / "results.json").read_text())  # strict JSON, no NaN
     assert results["epochs_run"] == 2 and results["images_per_sec"] > 0
 
@@ -140,7 +144,7 @@ def test_resume_auto_on_a_complete_run_leaves_it_untouched(cli_in_process, finis
 def _lr_scalars(run: Path) -> dict[int, float]:
     events = EventAccumulator(str(run))
     events.Reload()
-    return {event.step: event.value for event in events.Scalars("lr")}
+    return {event.step: event.value for event in events.Scalars(tensorboard_tag("lr"))}
 
 
 def test_growing_epochs_rebuilds_the_schedule(cli_in_process, finished, tmp_path):

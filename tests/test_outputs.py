@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import sam_train.train as train_module
 from sam_train.callbacks import Callback
 from sam_train.callbacks.metrics_csv import FIELDS
+from sam_train.callbacks.tensorboard import GROUPS, tensorboard_tag
 from sam_train.cli import MAX_DIRNAME_BYTES, job_dirname
 from sam_train.config.schema import LOGGER_PACKAGES, LoggerConfig
 from sam_train.hparams import CORE_HPARAMS, curated_hparams
@@ -225,11 +226,23 @@ def test_a_sweep_job_folder_is_named_by_its_overrides():
     assert job_dirname(3, "x" * (MAX_DIRNAME_BYTES + 1)) == "3"
 
 
+def test_tensorboard_files_every_scalar_under_test_or_train():
+    names = ("train/loss", "test/acc1", "test_ema/acc1", "best/acc1", "lr", "sam/grad_norm")
+    assert [tensorboard_tag(n) for n in names] == [
+        "train/loss",
+        "test/acc1",
+        "test_ema/acc1",
+        "test/best_acc1",
+        "train/lr",
+        "train/sam_grad_norm",
+    ]
+
+
 def _hparams_session(run: Path) -> tuple[list[str], dict[str, float], str]:
     """(the hyper-parameters' names, the session's scalars, its end status)."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    events = EventAccumulator(str(run / "hparams"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
@@ -252,9 +265,14 @@ def test_a_sweep_names_its_jobs_and_logs_their_hparams_with_final_metrics(tmp_pa
         names, scalars, status = _hparams_session(job)
         overridden = {"experiment", "sam.name", "dataset.test_fraction", "trainer.epochs"}
         assert set(names) == {*overridden, "scheduler.warmup_epochs", *CORE_HPARAMS}
-        assert scalars["final/acc1"] == pytest.approx(results["final_acc1"])
-        assert scalars["best/acc1"] == pytest.approx(results["best_acc1"])
+        assert scalars["test/acc1"] == pytest.approx(results["final_acc1"])  # the last point
+        assert scalars[tensorboard_tag("best/acc1")] == pytest.approx(results["best_acc1"])
         assert status == "1"  # STATUS_SUCCESS
+        # One TensorBoard run per job (no <job>/hparams beside it), opening on test/.
+        assert {p.parent for p in job.rglob("events.out.tfevents.*")} == {job}
+        groups = sorted({tag.split("/")[0] for tag in scalars})
+        assert groups[0] == "test" and set(groups) <= set(GROUPS), groups
+        assert not any(tag.startswith("final") for tag in scalars)  # no single-point charts
 
 
 def test_the_optuna_search_maximises_best_acc1(tmp_path):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_train.errors import exit_on_user_error
+from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,7 +79,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be >= 1")
     if args.trace_samples < 0 or args.span <= 0 or any(r <= 0 for r in args.rho):
         parser.error("--trace-samples must be >= 0, --span and --rho > 0")
+    _check_paths(parser.prog, args)
     return args
+
+
+def _check_paths(prog: str, args: argparse.Namespace) -> None:
+    """Before any work: checkpoint files, and folders where ``--out`` and ``--data-root``
+    name something that is not one."""
+    folders = {"out": "an output folder", "data_root": "a data folder (--data-root)"}
+    given = {key: value for key in folders if (value := getattr(args, key))}
+    exit_on_problems(
+        prog,
+        [
+            *map(expect_file, args.checkpoints),
+            *(expect_folder(value, folders[key], exists=False) for key, value in given.items()),
+        ],
+    )
 
 
 def _load(path: Path, args: argparse.Namespace, device):

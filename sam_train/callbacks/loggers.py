@@ -3,9 +3,12 @@ an epoch and of the finished run, named as the design notes name them (``train/l
 ``test/acc1``, ``test_ema/acc1``, ``lr``). A logger is a :class:`MetricLogger` that says how
 to open, write, finish and close; it runs on rank 0 only.
 
-The trainer's callbacks put the loggers before checkpointing, so an epoch's scalars are
-written before its checkpoint: a resumed run drops only what came after its checkpoint
-(TensorBoard's ``purge_step``, the CSV files' truncation) and misses nothing.
+The trainer's callbacks put the loggers before checkpointing, and :meth:`MetricLogger.log`
+flushes every write: whatever a checkpoint covers is on disk before the checkpoint, so a
+SIGKILL loses no row a resume would not write again. A resumed run drops or ignores only what
+came after its checkpoint (TensorBoard's ``purge_step``, the CSV files' truncation, the
+steps MLflow and W&B already hold). A name is written once per step (``best/acc1`` is in the
+last epoch's scalars and in the final ones).
 """
 
 from __future__ import annotations
@@ -87,6 +90,19 @@ class MetricLogger(Callback):
         self.hparams = dict(hparams or {})
         self.config = dict(config or {})
         self.active = False
+        self._written: tuple[int, set[str]] = (-1, set())  # the step and its names written
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        """Write the scalars not yet written at ``step``, then flush: nothing is buffered
+        that a SIGKILL after the next checkpoint would lose."""
+        if self._written[0] != step:
+            self._written = (step, set())
+        names = self._written[1]
+        fresh = {name: value for name, value in scalars.items() if name not in names}
+        if fresh:
+            names.update(fresh)
+            self.write(fresh, step)
+            self.flush()
 
     # What a logger implements.
     def open(self, trainer: Trainer, state: RunState) -> None:
@@ -96,11 +112,11 @@ class MetricLogger(Callback):
         raise NotImplementedError
 
     def flush(self) -> None:
-        """After each epoch's scalars."""
+        """After each write: put what was written on disk (or in the logger's own process)."""
 
     def finish(self, scalars: dict[str, float], step: int) -> None:
         """The run is complete: ``scalars`` are its final and best metrics."""
-        self.write(scalars, step)
+        self.log(scalars, step)
 
     def close(self) -> None:
         """Always, on every exit path."""
@@ -113,12 +129,11 @@ class MetricLogger(Callback):
 
     def on_log(self, trainer: Trainer, state: RunState, metrics: dict[str, float]) -> None:
         if self.active:
-            self.write(step_scalars(metrics, state), state.global_step)
+            self.log(step_scalars(metrics, state), state.global_step)
 
     def on_epoch_end(self, trainer: Trainer, state: RunState, is_best: bool) -> None:
         if self.active:
-            self.write(epoch_scalars(state), state.global_step)
-            self.flush()
+            self.log(epoch_scalars(state), state.global_step)
 
     def on_fit_end(self, trainer: Trainer, state: RunState) -> None:
         if self.active:

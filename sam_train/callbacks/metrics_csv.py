@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sam_train.run_files import METRICS_NAME
 from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
     from sam_train.trainer import Trainer
 
-METRICS_NAME = "metrics.csv"
 #: column -> where its value comes from (train: state.train_metrics, test: state.test_metrics).
 COLUMNS: dict[str, tuple[str, str]] = {
     "train_loss": ("train", "loss"),

@@ -2,7 +2,9 @@
 the run folder (``<run folder>/mlflow.db``; MLflow 3 refuses its old ``mlruns/`` file store
 unless told otherwise): view it with ``mlflow ui --backend-store-uri sqlite:///<run
 folder>/mlflow.db``. Through ``MlflowClient``, not MLflow's process-global active run. A
-resumed run continues the same MLflow run (its id is in the checkpoint)."""
+resumed run continues the same MLflow run (its id is in the checkpoint); MLflow cannot delete
+points, so the resumed session skips the (name, step) pairs a dead session already stored
+after the checkpoint (the same values: a resume is exact) and stores no point twice."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class MLflowLogger(MetricLogger):
         self.experiment = experiment
         self.run_id: str | None = None
         self.client = None
+        self.stored: set[tuple[str, int]] = set()  # written by a dead session after its checkpoint
 
     def open(self, trainer: Trainer, state: RunState) -> None:
         from mlflow.entities import Param
@@ -45,6 +48,7 @@ class MLflowLogger(MetricLogger):
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         if self.run_id is not None:
             self.client.update_run(self.run_id, status="RUNNING")
+            self.stored = self._stored_after(state.global_step)
             return
         found = self.client.get_experiment_by_name(self.experiment)
         experiment_id = (
@@ -56,15 +60,22 @@ class MLflowLogger(MetricLogger):
         for start in range(0, len(params), BATCH):
             self.client.log_batch(self.run_id, params=params[start : start + BATCH])
 
+    def _stored_after(self, step: int) -> set[tuple[str, int]]:
+        names = self.client.get_run(self.run_id).data.metrics
+        history = (self.client.get_metric_history(self.run_id, name) for name in names)
+        return {(m.key, m.step) for metrics in history for m in metrics if m.step > step}
+
     def write(self, scalars: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(name, float(value), now, step) for name, value in scalars.items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        fresh = {k: v for k, v in scalars.items() if (k, step) not in self.stored}
+        metrics = [Metric(name, float(value), now, step) for name, value in fresh.items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, scalars: dict[str, float], step: int) -> None:
-        self.write(scalars, step)
+        self.log(scalars, step)
         self.client.set_terminated(self.run_id, status="FINISHED")
         self.client = None  # close() leaves a finished run alone
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sam_train.run_files import RESULTS_NAME
 from sam_train.trainer import Callback
 
 if TYPE_CHECKING:
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     from sam_train.trainer import Trainer
 
 log = logging.getLogger("sam_train")
-RESULTS_NAME = "results.json"
 
 
 def results_of(state: RunState, epochs: int, world_size: int) -> dict[str, Any]:

@@ -1,12 +1,19 @@
-"""TensorBoard scalars and HParams in the run folder (rank 0).
+"""TensorBoard scalars and HParams in the run folder (rank 0): one TensorBoard run per run.
+
+Tags: TensorBoard's default tab (Time Series) lays out tag groups (the part before the first
+``/``) alphabetically and opens on the first, so the loggers' scalars are filed under
+``test/``, ``test_ema/`` and ``train/`` (:func:`tensorboard_tag`): it opens on test accuracy
+and loss, then EMA and training; ``best/acc1`` is ``test/best_acc1``, ``lr`` ``train/lr``.
 
 HParams: TensorBoard's table ticks the first five hyper-parameters, those whose values differ
 between the runs first, then by name; with the whole flattened config (about 60 keys) that was
 ``augment.*``, and the runs of a SAM-vs-SGD sweep looked identical there. The callback logs the
-curated set (:mod:`sam_train.hparams`: the overridden keys, then a core set) in the run's
-``hparams/`` session folder when it starts, and the final and best metrics there when it ends.
-No experiment summary is written: TensorBoard then computes which values differ (it does not
-for a written one) and takes the metric columns from the session folder's scalars alone.
+curated set (:mod:`sam_train.hparams`: the overridden keys, then a core set) when it starts,
+and the session's end when it finishes, in the run's own events: a ``hparams/`` folder of its
+own would list every run twice. The metric columns are the last value of each scalar
+(``test/acc1``: the final top-1, ``test/best_acc1``: the best), so no single-point ``final/*``
+charts are written. No experiment summary is written: TensorBoard then computes which values
+differ (it does not for a written one).
 """
 
 from __future__ import annotations
@@ -38,7 +45,17 @@ def _utf8_path(folder: Path) -> str:
     )
 
 
-HPARAMS_DIR = "hparams"  # the HParams session: its hyper-parameters and final metrics only
+GROUPS = ("test", "test_ema", "train")  # the tag groups, the default tab's first cards
+
+
+def tensorboard_tag(name: str) -> str:
+    """The loggers' scalar name as TensorBoard shows it: under one of :data:`GROUPS`
+    (``best/acc1`` -> ``test/best_acc1``, ``lr`` -> ``train/lr``, ``sam/x`` -> ``train/sam_x``)."""
+    group, sep, _ = name.partition("/")
+    if sep and group in GROUPS:
+        return name
+    home = "test" if group == "best" else "train"
+    return f"{home}/{name.replace('/', '_')}"
 
 
 class TensorBoard(MetricLogger):
@@ -72,25 +89,21 @@ class TensorBoard(MetricLogger):
         purge = state.global_step + 1 if state.global_step else None
         self.writer = self._writer(self.run_dir, purge)
         if self.log_hparams and purge is None:
-            with self._writer(self.run_dir / HPARAMS_DIR) as session:
-                session.file_writer.add_summary(self._hparam_summaries()[1])
+            self.writer.file_writer.add_summary(self._hparam_summaries()[1])
 
     def write(self, scalars: dict[str, float], step: int) -> None:
         for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
+            self.writer.add_scalar(tensorboard_tag(name), value, step)
 
     def flush(self) -> None:
         self.writer.flush()
 
     def finish(self, scalars: dict[str, float], step: int) -> None:
-        """The final and best metrics: the HParams table's metric columns."""
-        if not self.log_hparams:
-            self.write(scalars, step)
-            return
-        with self._writer(self.run_dir / HPARAMS_DIR) as session:
-            for name, value in scalars.items():
-                session.add_scalar(name, value, step)
-            session.file_writer.add_summary(self._hparam_summaries()[2])
+        """The session's end (the HParams table's status). The final and best metrics are
+        already the last points of ``test/acc1`` and ``test/best_acc1``: not written again."""
+        if self.log_hparams:
+            self.writer.file_writer.add_summary(self._hparam_summaries()[2])
+            self.flush()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -271,6 +271,9 @@ class TrainerConfig:
     eval_batch_size: int = checked(256, gt=0)
     device: str = checked("auto", pattern=DEVICE_PATTERN)
     num_workers: int = checked(2, ge=0)
+    # torch's threads on the CPU; None: this process's share of the free cores
+    # (sam_train/strategy/cpu_threads.py), or OMP_NUM_THREADS when set
+    cpu_threads: int | None = checked(None, gt=0)
     log_every: int = checked(50, gt=0)
     amp: str = checked("none", choices=PRECISIONS)
     clip_grad_norm: float | None = checked(None, gt=0)
@@ -295,6 +298,7 @@ class CheckpointConfig:
     best_metric: str = checked("test/acc1", choices=BEST_METRICS)  # loss: lower is better
     every_n_steps: int = checked(0, ge=0)  # also save mid-epoch every N steps (0: epoch ends)
     keep_last: int = checked(0, ge=0)  # step_*.pt snapshots kept besides last.pt
+    keep_best: int = checked(0, ge=0)  # best_step_*.pt: the K best epochs by best_metric
 
 
 @dataclass

@@ -6,7 +6,6 @@ Every failure is a :class:`~sam_train.errors.ConfigError` of one line naming the
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import itertools
 import math
@@ -20,6 +19,7 @@ from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
 
+from sam_train.config.overrides import closest
 from sam_train.config.schema import (
     CIFAR_DATASETS,
     CIFAR_IMAGE_SIZE,
@@ -37,6 +37,7 @@ from sam_train.config.schema import (
     transform_options,
 )
 from sam_train.errors import ConfigError
+from sam_train.paths import expect_file
 
 _BRACKETS = {"ge": "[", "gt": "(", "le": "]", "lt": ")"}
 _SYMBOLS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -58,6 +59,7 @@ def validate(cfg: Any) -> None:
         _recipe_rules,
         _logger_rules,
         _init_rules,
+        _resume_rules,
     ):
         rule(cfg)
 
@@ -99,9 +101,9 @@ def check_known_keys(node: Any, cls: type, prefix: str = "") -> None:
 
 
 def _unknown_key(prefix: str, key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = closest(key, known)
     if close:
-        return f"unknown key {prefix}{key}; did you mean {prefix}{close[0]}?"
+        return f"unknown key {prefix}{key}; did you mean {prefix}{close}?"
     group = prefix.rstrip(".") or "the config"
     return f"unknown key {prefix}{key}; {group} takes: {', '.join(known)}"
 
@@ -426,5 +428,16 @@ def _init_rules(cfg: Any) -> None:
         raise ConfigError(
             "model.init_from and model.pretrained=true both set the starting weights: choose one"
         )
-    if not Path(model.init_from).is_file():
+    if not Path(model.init_from).exists():
         raise ConfigError(f"model.init_from={model.init_from}: no such file")
+    problem = expect_file(model.init_from, "a checkpoint or weights file (.pt, .pth, .safetensors)")
+    if problem is not None:  # a run folder given for its checkpoint
+        raise ConfigError(f"model.init_from={problem}")
+
+
+def _resume_rules(cfg: Any) -> None:
+    """``resume=PATH``: a checkpoint file (``auto`` finds one in the run folder)."""
+    if cfg.resume not in (None, "auto") and Path(cfg.resume).exists():  # missing: at resume
+        problem = expect_file(cfg.resume)
+        if problem is not None:
+            raise ConfigError(f"resume={problem}")

@@ -17,7 +17,7 @@ from sam_train.data.cifar_checks import check_loaded, find_bad_file
 from sam_train.data.constants import CIFAR_IMAGE_SIZE
 from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
 from sam_train.data.label_noise import apply_label_noise
-from sam_train.data.torchvision_sets import TORCHVISION_SETS, torchvision_pair
+from sam_train.data.torchvision_sets import TORCHVISION_SETS, LabelledSplit, torchvision_pair
 from sam_train.errors import DatasetError
 
 
@@ -155,6 +155,21 @@ def _imagenet(
     return pair
 
 
+def _check_class_count(name: str, train: Any, num_classes: int) -> None:
+    """A class list declared by the files (CIFAR's meta, ImageFolder's folders) of another
+    length than ``dataset.num_classes`` is refused: more would index past the classifier,
+    fewer leave outputs that no label trains. Where the classes are only the labels seen
+    (digits, torchvision's splits, whose list stops at the highest label present), a subset
+    cannot be told from a mismatch: only labels past the outputs are refused."""
+    declared = None if isinstance(train, LabelledSplit) else getattr(train, "classes", None)
+    found = len(declared) if declared else len(np.unique(train.targets))
+    if found > num_classes or (declared and found < num_classes):
+        raise DatasetError(
+            f"{name} has {found} classes but dataset.num_classes={num_classes}: set "
+            f"dataset.num_classes={found}"
+        )
+
+
 def build_datasets(
     name: str,
     *,
@@ -204,9 +219,7 @@ def build_datasets(
         )
     else:
         raise DatasetError(f"unknown dataset {name!r}")
-    found = len(getattr(train, "classes", None) or np.unique(train.targets))
-    if found > num_classes:
-        raise DatasetError(f"{name} has {found} classes but dataset.num_classes={num_classes}")
+    _check_class_count(name, train, num_classes)
     if label_noise > 0:
         _corrupt_labels(train, num_classes, label_noise, seed)
     return DatasetPair(train, test, num_classes)

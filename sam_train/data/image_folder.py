@@ -15,7 +15,6 @@ file once at build time and refuses the first bad one before any step is taken. 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +26,6 @@ from torchvision import datasets as tv_datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from sam_train.errors import DatasetError
-
-log = logging.getLogger("sam_train")
 
 SHOWN_NAMES = 5  # class names listed in a mismatch message before "... and N more"
 VERIFY_CHUNK = 1024  # paths handed to the verification threads at a time
@@ -158,19 +155,10 @@ def build_image_folders(
             "(expected train/<class>/<image> and val/<class>/<image>)"
         )
     names = class_folders(folders["train"])
-    if len(names) > num_classes:  # labels past the classifier's outputs
+    if len(names) != num_classes:  # labels past the outputs, or outputs never trained
         raise DatasetError(
             f"{folders['train']} has {len(names)} class folders but "
-            f"dataset.num_classes={num_classes}"
-        )
-    if len(names) < num_classes:  # a subset (ImageNet-100 under an ImageNet preset): allowed
-        log.warning(
-            "%s has %d class folders, fewer than dataset.num_classes=%d: the classifier keeps "
-            "%d outputs",
-            folders["train"],
-            len(names),
-            num_classes,
-            num_classes,
+            f"dataset.num_classes={num_classes}: set dataset.num_classes={len(names)}"
         )
     check_same_classes(folders["train"], names, folders["val"])
     train = CheckedImageFolder(folders["train"], train_transform)

@@ -7,8 +7,11 @@ inside a model's constructor or its first forward.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import timm
@@ -40,9 +43,10 @@ def create_model(
             "model.pretrained=false"
         )
     try:
-        model = timm.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
-        )
+        with _offline_unless_reachable(pretrained):
+            model = timm.create_model(
+                name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
+            )
     except OSError as err:  # huggingface_hub's LocalEntryNotFoundError, connection errors
         if not pretrained:
             raise
@@ -57,6 +61,36 @@ def create_model(
     if kwargs:
         _check_built(model, name, num_classes, in_chans, kwargs)
     return model
+
+
+HUB_PROBE_SECONDS = 3.0  # a connection to the hub that takes longer counts as no network
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable(pretrained: bool) -> Iterator[None]:
+    """Without network huggingface_hub retries for about a minute before it looks in its
+    cache: probe the hub once (a TCP connection, a few seconds at most) and, if it does not
+    answer, read the weights from the local cache only (``HF_HUB_OFFLINE``), at once."""
+    import huggingface_hub.constants as hub
+
+    if not pretrained or hub.HF_HUB_OFFLINE or _hub_reachable(hub.ENDPOINT):
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = False
+
+
+def _hub_reachable(endpoint: str) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
 
 
 def _check_name(name: str) -> None:

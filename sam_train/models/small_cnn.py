@@ -28,6 +28,7 @@ class SmallCNN(PooledLinearHead, nn.Module):
         in_chans: int = 1,
         width: int = 32,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.drop_rate = drop_rate
@@ -37,7 +38,7 @@ class SmallCNN(PooledLinearHead, nn.Module):
             nn.MaxPool2d(2),
             _conv_bn(2 * width, 4 * width),
         )
-        self.init_head(4 * width, num_classes, "avg", drop_rate)
+        self.init_head(4 * width, num_classes, global_pool, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -184,6 +184,7 @@ class SAM(Optimizer):
         self._step_params: list[torch.Tensor] = []
         self._did_perturb = False
         self._pending_combine = False
+        self._kept_grads: list[tuple[torch.Tensor | None, int]] = []  # after a skipped ascent
         # ESAM's masks come from a generator of their own: the engine rewinds the global one
         # before the second pass (same dropout draws), which would rewind a mask drawn from it
         # too, and in a model without random layers repeat the same mask every step.
@@ -336,8 +337,10 @@ class SAM(Optimizer):
         self._pending_combine = True
         self._did_perturb = perturb
         self._perturbed = []
+        self._kept_grads = []
         if not perturb:
             self.last_grad_norm = global_norm([p.grad for p in self._step_params])
+            self._kept_grads = [(p.grad, p.grad._version) for p in self._step_params]
             return False
         if self.inner_steps > 1 and ascent_closure is None:
             raise RuntimeError("inner_steps > 1 needs an ascent_closure to recompute gradients")
@@ -392,10 +395,32 @@ class SAM(Optimizer):
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore w and let the base optimizer apply the gradient taken at w + eps."""
+        self._check_no_second_pass()
         self.restore()
         self.base_optimizer.step()
+        # What torch's LR schedulers read as "optimizer.step() was called": without it a
+        # scheduler attached to this object warns that it stepped first (davda54/sam#28).
+        self._opt_called = True
         if zero_grad:
             self.zero_grad()
+
+    def _check_no_second_pass(self) -> None:
+        """After a skipped ascent the gradient at w is the one to apply; davda54/sam's loop
+        runs a second forward-backward anyway, which would add the gradient at w once more
+        (a changed update, silently). Refuse it: a backward changes ``.grad`` in place (its
+        version counter) or replaces it."""
+        kept, self._kept_grads = self._kept_grads, []
+        changed = any(
+            p.grad is not grad or grad._version != version
+            for p, (grad, version) in zip(self._step_params, kept, strict=False)
+        )
+        if changed:
+            raise RuntimeError(
+                f"{type(self).__name__}.first_step returned False (no ascent on this step), "
+                "but the gradients changed before second_step: run the second forward-backward "
+                "only when first_step returns True, e.g. `if optimizer.first_step(zero_grad=True):"
+                " loss_fn(model(x), y).backward()`"
+            )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -82,13 +83,14 @@ def init_distributed(device_type: str | None = None) -> DistInfo:
         backend = {None: None, "cuda": "nccl"}.get(device_type, "gloo")
         timeout = rendezvous_timeout()
         try:
-            dist.init_process_group(
-                backend,
-                store=restart_safe_store(world_size),
-                rank=rank,
-                world_size=world_size,
-                timeout=timeout,
-            )
+            with _native_stderr_held():
+                dist.init_process_group(
+                    backend,
+                    store=restart_safe_store(world_size),
+                    rank=rank,
+                    world_size=world_size,
+                    timeout=timeout,
+                )
         except (RuntimeError, TimeoutError, ValueError) as err:  # DistStoreError, refused
             address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
             raise ConfigError(
@@ -98,6 +100,26 @@ def init_distributed(device_type: str | None = None) -> DistInfo:
                 f"({RENDEZVOUS_TIMEOUT_ENV} sets the wait)"
             ) from err
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+@contextmanager
+def _native_stderr_held() -> Iterator[None]:
+    """While a rank joins, c10d's C++ code writes every failed connection attempt to the
+    process's stderr with its C++ stack frames (dozens of lines before the one line that
+    says what happened). Hold the file descriptor's output: write it out if the rank joins,
+    drop it if joining fails (the error names the address and the wait instead)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)  # reached only when joining worked: what it said is kept
+        os.write(2, held.read())
 
 
 RENDEZVOUS_TIMEOUT_ENV = "SAM_TRAIN_RENDEZVOUS_TIMEOUT"

@@ -1,0 +1,255 @@
+"""The command line checked before Hydra composes it: one line naming the fix, not Hydra's
+multi-line composition error (which also advises ``+key=`` for a typo).
+
+Checked here, against the schema (``schema.TrainConfig``) and the files under ``configs/``:
+argparse-style flags (``--epochs 3``), overrides Hydra cannot parse, misspelt keys (with or
+without ``+``), unknown group options (``sam=sma``, presets in subfolders such as
+``experiment=paper/noisy_digits``) and values a field's type refuses (``seed=1.5``). Hydra's own
+flags and ``hydra.*`` overrides pass through untouched. Torch-free and cheap (no composition).
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import fields, is_dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sam_train.config.schema import TrainConfig
+from sam_train.errors import ConfigError
+
+MAX_LISTED = 12  # options named when none is close
+
+
+def check_command_line(argv: list[str], config_dir: str | Path) -> None:
+    """Raise :class:`ConfigError` (one line) for the first bad argument of ``sam-train ARGV``;
+    ``--help``, ``--hydra-help`` and shell completion are left to Hydra unchecked."""
+    parser = get_args_parser()
+    _check_flags(argv, parser)
+    args = parser.parse_args(argv)
+    if args.help or args.hydra_help or args.shell_completion:
+        return
+    folder = Path(config_dir)
+    groups = config_groups(folder)
+    overrides = [_parse(text) for text in args.overrides]
+    chosen = _chosen_groups(folder, overrides, groups)
+    for override in overrides:
+        name = override.key_or_group
+        if name.startswith("hydra") or override.package is not None:
+            continue  # Hydra's own settings, or a config placed at another package
+        if name in groups and not override.is_delete():
+            _check_add(override, chosen)
+            _check_options(name, _values(override), groups[name])
+        else:
+            _check_key(override, groups)
+
+
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate nearest to ``word`` (difflib, as Python's own "did you mean"), if any."""
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _check_flags(argv: list[str], parser: Any) -> None:
+    """``--epochs 3`` or ``--trainer.epochs=3``: say which override to write instead."""
+    known = set(parser._option_string_actions)
+    for index, arg in enumerate(argv):
+        flag = arg.split("=", 1)[0]
+        if not arg.startswith("-") or _is_known_flag(flag, known):
+            continue
+        if "=" in arg:
+            value = arg.split("=", 1)[1]
+        elif index + 1 < len(argv) and not argv[index + 1].startswith("-"):
+            value = argv[index + 1]
+        else:
+            value = "..."
+        name = flag.lstrip("-").replace("-", "_")
+        raise ConfigError(f"{arg} is not an option of sam-train: {_flag_hint(name, value)}")
+
+
+def _is_known_flag(flag: str, known: set[str]) -> bool:
+    """Hydra's flags, and the unambiguous prefixes argparse accepts for them (``--hel``)."""
+    if flag in known:
+        return True
+    longer = [option for option in known if option.startswith("--") and option.startswith(flag)]
+    return flag.startswith("--") and len(longer) == 1
+
+
+def _flag_hint(name: str, value: str) -> str:
+    keys = schema_keys()
+    if name in keys:
+        return f"write {name}={value}"
+    same_leaf = sorted(key for key in keys if key.rsplit(".", 1)[-1] == name)
+    if len(same_leaf) == 1:
+        return f"write {same_leaf[0]}={value}"
+    if same_leaf:
+        return f"write one of {', '.join(f'{key}={value}' for key in same_leaf)}"
+    near = closest(name, keys)
+    return f"write key=value overrides, e.g. {near or 'trainer.epochs'}={value}"
+
+
+def _parse(text: str) -> Override:
+    try:
+        return OverridesParser.create().parse_override(text)
+    except HydraException as err:  # OverrideParseException, or the grammar's own
+        reason = str(err).splitlines()[0]
+        raise ConfigError(
+            f"cannot parse the override {text!r} ({reason}); write key=value"
+        ) from err
+
+
+def _values(override: Override) -> Iterator[Any]:
+    """The value(s) an override sets: one, a list (``logger=[tensorboard,csv]``) or a sweep's."""
+    value = override.value()
+    if isinstance(value, (ChoiceSweep, RangeSweep)):
+        yield from override.sweep_iterator()
+    elif not override.is_sweep_override():  # glob() and the sweepers' interval(): not checked
+        yield value
+
+
+@cache
+def config_groups(config_dir: Path) -> dict[str, tuple[str, ...]]:
+    """Each config group under ``config_dir`` and its options; a preset in a subfolder is an
+    option of its group by its relative path (``experiment`` -> ``paper/noisy_digits``)."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for folder in sorted(p for p in config_dir.rglob("*") if p.is_dir()):
+        options = sorted(
+            p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")
+        )
+        groups[folder.relative_to(config_dir).as_posix()] = tuple(options)
+    return groups
+
+
+@cache
+def default_groups(config_file: Path) -> frozenset[str]:
+    """The groups a config file's defaults list chooses (``train.yaml``: not ``recipe``)."""
+    if not config_file.is_file():
+        return frozenset()
+    defaults = OmegaConf.load(config_file).get("defaults", [])
+    keys = (str(next(iter(d))) for d in defaults if isinstance(d, Mapping))
+    return frozenset(key.removeprefix("override ").strip("/") for key in keys)
+
+
+def _chosen_groups(
+    folder: Path, overrides: list[Override], groups: dict[str, tuple[str, ...]]
+) -> frozenset[str]:
+    """The groups in the defaults: train.yaml's and those of the options chosen here (a
+    preset may add a group to the defaults list)."""
+    chosen = set(default_groups(folder / "train.yaml"))
+    for override in overrides:
+        if override.key_or_group in groups and not override.is_sweep_override():
+            for option in _values(override):
+                for name in option if isinstance(option, list) else [option]:
+                    chosen |= default_groups(folder / override.key_or_group / f"{name}.yaml")
+    return frozenset(chosen)
+
+
+def _check_add(override: Override, chosen: frozenset[str]) -> None:
+    """``+`` adds a group the defaults list lacks; one it has is overridden without ``+``."""
+    group, text = override.key_or_group, _text(override)
+    if override.is_add() and group in chosen:
+        raise ConfigError(f"{group} is in the defaults already: write {group}={text} (no +)")
+    if not override.is_add() and not override.is_force_add() and group not in chosen:
+        raise ConfigError(f"{group} is not in the defaults: write +{group}={text}")
+
+
+def _check_options(group: str, values: Iterable[Any], options: tuple[str, ...]) -> None:
+    for value in values:
+        for option in value if isinstance(value, list) else [value]:
+            if option is None or str(option) in options:
+                continue
+            raise ConfigError(
+                f"{group}={option} is not an option; {_option_hint(group, str(option), options)}"
+            )
+
+
+def _option_hint(group: str, option: str, options: tuple[str, ...]) -> str:
+    by_name = {path.rsplit("/", 1)[-1]: path for path in options}
+    near = closest(option, options) or by_name.get(closest(option, by_name) or "")
+    if near is not None:
+        return f"did you mean {group}={near}?"
+    listed = ", ".join(options[:MAX_LISTED])
+    more = f" ... ({len(options)} in all)" if len(options) > MAX_LISTED else ""
+    return f"{group} has: {listed}{more}"
+
+
+def _check_key(override: Override, groups: dict[str, tuple[str, ...]]) -> None:
+    key = override.key_or_group
+    field = _schema_field(key)
+    if field is None:
+        raise ConfigError(_unknown_key(key, groups))
+    owner, name = field
+    if owner is None or override.is_delete():
+        return  # under an open dict (model.kwargs), or a key removed
+    node = OmegaConf.structured(owner)
+    for value in _values(override):
+        try:
+            OmegaConf.update(node, name, value, merge=True)
+        except OmegaConfBaseException as err:
+            reason = str(err).splitlines()[0]
+            raise ConfigError(f"{key}={_text(override)} is refused: {reason}") from err
+
+
+def _text(override: Override) -> str:
+    return override.input_line.split("=", 1)[1] if override.input_line else "?"
+
+
+def _unknown_key(key: str, groups: dict[str, tuple[str, ...]]) -> str:
+    """``unknown key trainer.epohcs; did you mean trainer.epochs?``: the nearest full key or
+    group, else the key of the same last name (``epochs`` -> ``trainer.epochs``)."""
+    candidates = [*schema_keys(), *(g for g in groups if not g.startswith("hydra"))]
+    near = closest(key, candidates)
+    if near is None:
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in schema_keys()}
+        near = by_leaf.get(closest(leaf, by_leaf) or "")
+    hint = f"did you mean {near}?" if near else "sam-train --cfg job lists the keys"
+    return f"unknown key {key}; {hint}"
+
+
+@cache
+def schema_keys() -> dict[str, tuple[type | None, str]]:
+    """Every key of the schema, dotted -> (its dataclass, its field name)."""
+    return dict(_walk(TrainConfig, ""))
+
+
+def _walk(cls: type, prefix: str) -> Iterator[tuple[str, tuple[type | None, str]]]:
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        key, kind = f"{prefix}{f.name}", _unwrap(hints[f.name])
+        yield key, (cls, f.name)
+        if is_dataclass(kind):
+            yield from _walk(kind, f"{key}.")
+
+
+def _schema_field(key: str) -> tuple[type | None, str] | None:
+    """(dataclass, field) of ``key``; (None, key) below an open dict field (model.kwargs)."""
+    keys = schema_keys()
+    if key in keys:
+        return keys[key]
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        parent = keys.get(".".join(parts[:end]))
+        if parent is not None:
+            owner, name = parent
+            kind = _unwrap(get_type_hints(owner)[name]) if owner else None
+            return (None, key) if get_origin(kind) is dict or kind is dict else None
+    return None
+
+
+def _unwrap(hint: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint

@@ -1,0 +1,122 @@
+"""Every logger's files after a SIGKILL and a resume hold exactly the rows an uninterrupted run
+writes, each once. The kill is simulated in this process: a callback copies the run folder at
+the step of the "kill" (the files as a SIGKILL leaves them: what the loggers flushed, not what
+they buffer), and the run goes on to the end as the uninterrupted reference. The copy is then
+resumed with ``resume=auto``.
+
+Digits with SGD, 7 steps per epoch, 2 epochs; scalars every 3 steps (3, 6, 7, 10, 13, 14),
+checkpoints every 6 (6, 7, 12, 14): killed after step 13, the copy resumes from step 12, and
+step 10's scalars, logged after epoch 1's last flush, must be in it.
+
+Up to the resume point every row is the uninterrupted run's, value included; after it the
+same rows, each once (the training windows' averages after a resume cover the steps of this
+session only, so their values are not compared; the test metrics are).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import run_in_process
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_outputs import BASE as OUTPUTS_BASE
+from test_outputs import _needs, _rows
+
+import sam_train.train as train_module
+from sam_train.callbacks import Callback
+
+KILLED_AT = 13
+RESUMED_AT = 12
+BASE = [*OUTPUTS_BASE, "checkpoint.every_n_steps=6"]  # digits, SGD, 2 epochs, log every 3
+#: Values that are measured, not computed: they differ between two sessions.
+TIMINGS = ("seconds", "images_per_sec", "eta")
+
+
+class CopyAtStep(Callback):
+    """What a SIGKILL after ``step`` leaves on disk: a copy of the run folder then."""
+
+    def __init__(self, step: int, run: Path, copy: Path) -> None:
+        self.step, self.run, self.copy = step, run, copy
+
+    def on_train_step_end(self, trainer, state, output) -> None:
+        if state.global_step == self.step:
+            shutil.copytree(self.run, self.copy, ignore=shutil.ignore_patterns(".lock"))
+
+
+def _measured(name: str) -> bool:
+    return any(part in name for part in TIMINGS)
+
+
+def _comparable(step: int, name: str, value: object) -> tuple[int, str, object]:
+    """A row as the two runs must share it: its value up to the resume point and for the
+    test metrics; no measured time ever."""
+    same = step <= RESUMED_AT or name.startswith(("test/", "best/", "final/acc"))
+    return step, name, value if same and not _measured(name) else None
+
+
+def _scalar_rows(run: Path) -> Counter:
+    rows = _rows(run / "scalars.csv")
+    return Counter(_comparable(int(r["step"]), r["name"], float(r["value"])) for r in rows)
+
+
+def _tensorboard(run: Path) -> Counter:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    return Counter(_comparable(e.step, tag, e.value) for tag in tags for e in events.Scalars(tag))
+
+
+@pytest.fixture
+def killed_and_resumed(monkeypatch, tmp_path):
+    """``run(loggers)``: (the uninterrupted run, the killed copy after its resume)."""
+
+    def run(loggers: str) -> tuple[Path, Path]:
+        reference, copy = tmp_path / "reference", tmp_path / "killed"
+        original = train_module.build_callbacks
+        killer = CopyAtStep(KILLED_AT, reference, copy)
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                train_module, "build_callbacks", lambda *a, **k: [*original(*a, **k), killer]
+            )
+            code, err = run_in_process([*BASE, f"logger={loggers}", f"hydra.run.dir={reference}"])
+        assert code == 0, err
+        assert copy.is_dir()
+        args = [*BASE, f"logger={loggers}", "resume=auto", f"hydra.run.dir={copy}"]
+        code, err = run_in_process(args)
+        assert code == 0, err
+        return reference, copy
+
+    return run
+
+
+def test_csv_and_tensorboard_rows_survive_a_kill_and_are_written_once(killed_and_resumed):
+    reference, resumed = killed_and_resumed("[csv,tensorboard]")
+    expected = _scalar_rows(reference)
+    assert max(expected.values()) == 1, "a row written twice by an uninterrupted run"
+    assert any(step == 10 and name == "train/loss" for step, name, _ in expected)
+    assert _scalar_rows(resumed) == expected
+    assert _tensorboard(resumed) == _tensorboard(reference)
+    columns = ("epoch", "step", "lr", "test_loss", "test_acc1")
+    got, want = _rows(resumed / "metrics.csv"), _rows(reference / "metrics.csv")
+    assert [[r[c] for c in columns] for r in got] == [[r[c] for c in columns] for r in want]
+
+
+@pytest.mark.slow  # MLflow builds its SQLite schema (alembic migrations): seconds per store
+def test_mlflow_points_survive_a_kill_and_are_stored_once(killed_and_resumed):
+    _needs("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    def points(run: Path) -> Counter:
+        client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+        (found,) = client.search_runs([client.get_experiment_by_name("sam-train").experiment_id])
+        names = list(found.data.metrics)
+        history = [m for n in names for m in client.get_metric_history(found.info.run_id, n)]
+        return Counter(_comparable(m.step, m.key, m.value) for m in history)
+
+    reference, resumed = killed_and_resumed("mlflow")
+    expected = points(reference)
+    assert max(expected.values()) == 1
+    assert points(resumed) == expected

@@ -1,0 +1,84 @@
+"""Every path argument of every command and script says what it got and what it wants, in one
+line and exit code 2, before any work: a run folder where a checkpoint file is wanted, an
+existing file where an output folder is wanted, a folder where a file is to be written."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_in_process
+
+from sam_train import evaluate as sam_eval
+from sam_train.analysis import cli as sam_analyze
+
+sys.path.insert(0, str(REPO / "scripts"))
+import paper_table
+import plot_runs
+
+QUICK = ["experiment=quickstart", "trainer.epochs=1"]
+
+
+def _exit(main: Callable[[list[str]], object], argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def run_folder(tmp_path) -> Path:
+    """A folder as a run leaves it, with a damaged checkpoint: scoring it would fail
+    differently, so a path error proves that nothing was loaded."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_text("not a checkpoint")
+    return run
+
+
+@pytest.mark.parametrize("main", [sam_eval.main, sam_analyze.main], ids=["eval", "analyze"])
+def test_a_run_folder_given_for_a_checkpoint(main, run_folder, capsys):
+    code, err = _exit(main, [str(run_folder)], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"sam-{'eval' if main is sam_eval.main else 'analyze'}: error: {run_folder} is a "
+        "folder, expected a checkpoint file (.pt)"
+    ]
+
+
+@pytest.mark.parametrize("main", [sam_eval.main, sam_analyze.main], ids=["eval", "analyze"])
+def test_an_existing_file_given_for_out_is_refused_before_any_work(main, run_folder, capsys):
+    out = run_folder / "taken"
+    out.write_text("")
+    code, err = _exit(
+        main, [str(run_folder / "checkpoints" / "last.pt"), "--out", str(out)], capsys
+    )
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"error: {out} is a file, expected a" in line and "corrupt" not in line
+
+
+@pytest.mark.parametrize("key", ["resume", "model.init_from"])
+def test_sam_train_names_a_folder_given_for_a_checkpoint(key, run_folder, tmp_path):
+    code, err = run_in_process([*QUICK, f"{key}={run_folder}", f"hydra.run.dir={tmp_path / 'new'}"])
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
+        f"sam-train: error: {key}={run_folder} is a folder, expected a checkpoint"
+    )
+    assert not (tmp_path / "new" / "checkpoints").exists()
+
+
+def test_the_scripts_answer_their_path_arguments(run_folder, tmp_path, capsys):
+    a_file = run_folder / "checkpoints" / "last.pt"
+    code, err = _exit(paper_table.main, [str(a_file)], capsys)
+    assert code == 2
+    assert err.splitlines() == [f"paper_table: error: {a_file} is a file, expected a run folder"]
+    code, err = _exit(plot_runs.main, [str(run_folder), "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"plot_runs: error: {tmp_path} is a folder, expected the PNG file to write (--out)"
+    ]
