@@ -58,7 +58,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	$(VENV)/bin/python scripts/bench.py --quick
+	$(VENV)/bin/python -m scripts.bench --quick
 
 clean:
 	rm -rf $(VENV) $(UV_BOOTSTRAP) outputs multirun .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """The one factory from a checked config to the objects of a run.
 
-Training, ``sam-analyze`` and ``scripts/bench.py`` build through these functions, so what a
+Training, ``sam-analyze`` and ``scripts/bench`` build through these functions, so what a
 benchmark measures and what an analysis loads is what training runs. Only this module and
 the entry points read the config; everything they build is plain torch, timm or sam_train
 objects that take no config.
@@ -43,7 +43,8 @@ from sam_train.hparams import curated_hparams
 from sam_train.models import create_model
 from sam_train.run import Run
 from sam_train.sam import VARIANTS
-from sam_train.step import SAMStep
+from sam_train.sam.sharded import is_sharded
+from sam_train.step import Precision, SAMStep
 from sam_train.step.trajectory import TrajectoryLoss
 from sam_train.strategy import DDPStrategy, FSDPStrategy, SingleProcess, Strategy, process_group
 from sam_train.strategy.cpu_threads import set_cpu_threads
@@ -66,14 +67,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_strategy(
-    device_name: str,
-    kind: str = "ddp",
-    *,
-    fsdp_wrap: list[str] | None = None,
-    amp: str = "none",
+    device_name: str, kind: str = "ddp", *, fsdp_wrap: list[str] | None = None
 ) -> Strategy:
     """The strategy the environment asks for: ``kind`` (ddp or fsdp) under torchrun or srun,
-    else one process. FSDP computes in bf16 under ``amp=bf16`` (its MixedPrecisionPolicy)."""
+    else one process."""
     device = resolve_device(device_name)
     info = process_group.init_distributed(device.type)
     if not info.enabled:
@@ -82,20 +79,29 @@ def build_strategy(
         device = torch.device("cuda", info.local_rank)
     if kind == "fsdp":
         wrap = None if fsdp_wrap is None else list(fsdp_wrap)
-        dtype = torch.bfloat16 if amp == "bf16" else None
-        return FSDPStrategy(info, device, wrap_classes=wrap, param_dtype=dtype)
+        return FSDPStrategy(info, device, wrap_classes=wrap)
     return DDPStrategy(info, device)
 
 
 def run_strategy(cfg: DictConfig) -> Strategy:
     """:func:`build_strategy` as ``cfg.trainer`` asks; on the CPU, torch's thread count."""
     trainer = cfg.trainer
-    strategy = build_strategy(
-        trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap, amp=trainer.amp
-    )
+    strategy = build_strategy(trainer.device, trainer.strategy, fsdp_wrap=trainer.fsdp_wrap)
     if strategy.device.type == "cpu":
         set_cpu_threads(trainer.cpu_threads)
     return strategy
+
+
+def build_precision(amp: str, device: torch.device, *, training: bool = True) -> Precision:
+    """``trainer.amp`` as the one Precision of a run (step, FSDP, evaluation, EMA); fp16
+    training gets its GradScaler, evaluation none."""
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and training else None
+    if scaler is not None and device.type == "cpu":  # allowed: it proves the fp16 path on CPU
+        log.warning(
+            "trainer.amp=fp16 on a CPU: float16 is emulated there and trains many times slower "
+            "than fp32; use trainer.amp=bf16 or trainer.amp=none for a CPU run"
+        )
+    return Precision(amp, device, scaler)
 
 
 def per_device_batch(cfg: DictConfig, world_size: int) -> int:
@@ -248,6 +254,11 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         kwargs.update(opt="sgd" if cfg.nesterov else "momentum", momentum=cfg.momentum)
     else:
         kwargs.update(opt=cfg.name, betas=tuple(cfg.betas), eps=cfg.eps)
+    # The fused kernels take a non-finite step's found_inf flag on the device (no masked copy)
+    fused = cfg.get("fused") if cfg.get("fused") is not None else cfg.name == "sgd"
+    kwargs["fused"] = fused and not cfg.get("foreach")
+    if cfg.get("foreach") is not None:
+        kwargs["foreach"] = cfg.foreach
     return kwargs
 
 
@@ -304,7 +315,10 @@ def build_optimizer(
             f"optimizer.layer_decay needs a model with timm's group_matcher (ViTs, ConvNeXts, "
             f"...); {type(model).__name__} has none: set optimizer.layer_decay=null"
         )
-    base = timm.optim.create_optimizer_v2(model, **optimizer_kwargs(opt_cfg))
+    kwargs = optimizer_kwargs(opt_cfg)
+    if any(is_sharded(p) for p in model.parameters()):
+        kwargs["fused"] = False  # torch's fused kernels have no rule for FSDP's DTensors
+    base = timm.optim.create_optimizer_v2(model, **kwargs)
     if sam_cfg.name == "none":
         return base
     kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed, steps_per_epoch)
@@ -362,17 +376,16 @@ def build_mixup(cfg: DictConfig) -> timm.data.Mixup | None:
 
 
 def build_step(
-    cfg: DictConfig, model: nn.Module, optimizer: Optimizer, strategy: Strategy
+    cfg: DictConfig,
+    model: nn.Module,
+    optimizer: Optimizer,
+    strategy: Strategy,
+    precision: Precision | None = None,
 ) -> SAMStep:
-    """The SAM step with the trainer's precision, clipping, accumulation and m-sharpness;
+    """The SAM step with the run's precision, clipping, accumulation and m-sharpness;
     with Mixup/CutMix, one mixing per batch and timm's soft-target loss."""
     device = strategy.device
-    scaler = torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None
-    if scaler is not None and device.type == "cpu":  # allowed: it proves the fp16 path on CPU
-        log.warning(
-            "trainer.amp=fp16 on a CPU: float16 is emulated there and trains many times slower "
-            "than fp32; use trainer.amp=bf16 or trainer.amp=none for a CPU run"
-        )
+    precision = precision or build_precision(cfg.trainer.amp, device)
     mixup = build_mixup(cfg)
     criterion = (
         timm.loss.SoftTargetCrossEntropy()
@@ -387,8 +400,7 @@ def build_step(
         criterion,
         device,
         strategy=strategy,
-        precision=cfg.trainer.amp,
-        scaler=scaler,
+        precision=precision,
         clip_grad_norm=cfg.trainer.clip_grad_norm,
         accum_steps=cfg.trainer.accum_steps,
         # FSDP reduce-scatters every backward: eps comes from the global gradient
@@ -397,6 +409,7 @@ def build_step(
         channels_last=cfg.trainer.channels_last,
         skip_nonfinite=cfg.trainer.skip_nonfinite,
         max_bad_steps=cfg.trainer.max_bad_steps,
+        check_every=None,  # the trainer reads the counts at its logging interval
         mix=mixup,
     )
 
@@ -423,7 +436,8 @@ def build_run(
     model = build_model(cfg, data.num_classes, strategy)
     if init_weights and cfg.model.init_from is not None:
         initial_weights(model, cfg)
-    model = strategy.shard(model)  # FSDP: in place, before the optimizer is built
+    precision = build_precision(cfg.trainer.amp, strategy.device)
+    model = strategy.shard(model, precision)  # FSDP: in place, before the optimizer is built
     optimizer = build_optimizer(
         model,
         cfg.optimizer,
@@ -444,7 +458,7 @@ def build_run(
         train_model=train_model,
         optimizer=optimizer,
         scheduler=scheduler,
-        step=build_step(cfg, train_model, optimizer, strategy),
+        step=build_step(cfg, train_model, optimizer, strategy, precision),
         strategy=strategy,
         data=data,
         loaders=loaders,

@@ -148,16 +148,14 @@ def evaluate_checkpoint(
     import torch
 
     from sam_train import checkpoint
-    from sam_train.build import build_run_loaders
+    from sam_train.build import build_precision, build_run_loaders
     from sam_train.step import evaluate
-    from sam_train.step.precision import Precision
 
     loaded = load_checkpoint_for_inference(path, overrides, strategy)
     model, cfg, state, data = loaded.model, loaded.cfg, loaded.state, loaded.data
     loaders = build_run_loaders(cfg, data, strategy, batch=1)
-    amp = cfg.trainer.amp  # the training loop's autocast (fp16's scaler is never used here)
-    scaler = torch.amp.GradScaler(strategy.device.type) if amp == "fp16" else None
-    precision = Precision(amp, strategy.device, scaler)
+    # the training loop's autocast; evaluation has no use for fp16's scaler
+    precision = build_precision(cfg.trainer.amp, strategy.device, training=False)
     classes = cfg.dataset.num_classes
     confusion = torch.zeros(classes, classes, dtype=torch.int64, device=strategy.device)
 

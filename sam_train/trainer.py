@@ -167,13 +167,14 @@ class Trainer:
         for step, (images, targets, *indices) in enumerate(run.loaders.train, start=start_step + 1):
             output = run.step(images, targets, *indices)  # indices: SAF's loader only
             state.global_step += 1
-            state.skipped_steps += not output.finite
             run.scheduler.step_update(num_updates=state.global_step)
             totals[0] += output.loss_sum.double()
             totals[1] += output.correct.double()
             totals[2] += output.count
             window.add(output)
             if step % self.log_every == 0 or step == run.steps_per_epoch:
+                # The step counts skipped (non-finite) steps on the device; read them here.
+                state.skipped_steps += run.step.nonfinite.check()
                 metrics = window.read(run.optimizer.param_groups[0]["lr"])
                 remaining = (run.epochs - epoch) * run.steps_per_epoch - step
                 # Every remaining epoch ends with an evaluation as long as the last one took

@@ -16,7 +16,8 @@ Paths: fp32, bf16 autocast, fp16 with GradScaler (and an injected overflow that 
 the step), channels_last, torch.compile, ``dataset.loader=gpu``, the pinned-memory
 DataLoader, an ImageFolder, every SAM variant and option, EMA when the config has
 ``ema.decay``; then one torchrun process (NCCL on a GPU, gloo on the CPU) running the step
-under DDP and under FSDP2; then ``scripts/bench.py --quick``. A path the device lacks is
+under DDP and under FSDP2; then ``python -m scripts.bench --quick``, whose ``hot_path``
+section reports host reads per step and SAM's peak extra bytes. A path the device lacks is
 reported "skip" with the reason; any failure makes the exit status 1.
 """
 
@@ -39,11 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-import bench  # noqa: E402  (compose, synthetic CIFAR)
+import bench  # noqa: E402  (the benchmarks, scripts/bench/)
 
 from sam_train import build  # noqa: E402
 from sam_train.config import adjust, register_configs, validate  # noqa: E402
-from sam_train.data.synthetic import write_image_folder  # noqa: E402
+from sam_train.data.synthetic import write_cifar, write_image_folder  # noqa: E402
 
 #: ordinary steps after the checked one (fewer in the CPU dry run: CPU fp16 is slow)
 STEPS = {"cuda": 3, "cpu": 2}
@@ -173,7 +174,8 @@ def torchrun_check(ctx: dict) -> str:
         ctx["cifar"],
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    # a guard against a hang only: a loaded machine multiplies the 30 s it takes quiet
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
     if done.returncode:
         raise AssertionError((done.stdout + done.stderr)[-2000:])
     return next(x for x in done.stdout.splitlines() if x.startswith("OK ")).removeprefix("OK ")
@@ -182,10 +184,17 @@ def torchrun_check(ctx: dict) -> str:
 def bench_check(ctx: dict) -> str:
     args = ["--quick", "--device", ctx["device"], "--out", str(Path(ctx["tmp"]) / "bench")]
     if ctx["device"] == "cpu":  # the wiring only: the quick bench takes minutes on a CPU
-        args += ["--workloads", "tiny", "--sections", "ratio,memory", "--reps", "1"]
+        args += ["--workloads", "tiny", "--sections", "ratio,memory,hot_path", "--reps", "1"]
         args += ["--min-rep-s", "0"]
     report = bench.main(args)
-    return f"bench.py {' '.join(args[:4])}: {report['meta']['wall_s']} s"
+    reads = max(v for row in report["hot_path"] for v in row["host_reads_per_step"].values())
+    peak = max(row["sam_peak_extra_over_params"] for row in report["hot_path"])
+    if reads:
+        raise AssertionError(f"{reads:g} host reads per step")
+    return (
+        f"bench {' '.join(args[:4])}: {report['meta']['wall_s']} s; host reads/step {reads:g}, "
+        f"SAM peak extra {peak:.3f}x params"
+    )
 
 
 def checks(device: str, with_compile: bool) -> dict[str, Callable[[dict], str]]:
@@ -215,7 +224,7 @@ def checks(device: str, with_compile: bool) -> dict[str, Callable[[dict], str]]:
         **{f"SAM variant {k}": train_check(v) for k, v in sam_variants.items()},
         "EMA": ema_check,
         "torchrun 1 process, DDP + FSDP": torchrun_check,
-        "bench.py --quick": bench_check,
+        "bench --quick": bench_check,
     }
     if device == "cuda" or with_compile:
         paths["torch.compile"] = train_check(["trainer.compile=true"])
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     register_configs()
     rows: list[tuple[str, str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cifar = bench.write_synthetic_cifar10(Path(tmp) / "cifar", 64, 32)
+        cifar = write_cifar(Path(tmp) / "cifar", "cifar10", (64, 32))
         image_folder = write_image_folder(Path(tmp) / "imagefolder")
         ctx = {
             "device": args.device,

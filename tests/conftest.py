@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
-from sam_train.cli import config_dir
+from sam_train.compose import compose_config
 from sam_train.config import register_configs
-from sam_train.data.synthetic import write_image_folder
+from sam_train.data.synthetic import write_cifar, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
+#: The smallest run the real factory builds: digits, a 4-channel CNN, batch 8, no workers.
+TINY_RUN = [
+    "trainer.device=cpu",
+    "dataset=digits",
+    "model.name=digits_cnn",
+    "+model.kwargs.width=4",
+    "trainer.batch_size=8",
+    "trainer.num_workers=0",
+]
 # The tests' quick training run: the quickstart preset (digits, CPU) for two epochs, a few seconds.
 QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1"]
 register_configs()
@@ -29,43 +33,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The config ``sam-train`` would run with these overrides (Hydra's compose API)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides or [], return_hydra_config=False)
-
-
 @pytest.fixture
 def compose_cfg():
     return compose_config
 
 
-def write_cifar(root: Path, name: str = "cifar10", per_split: tuple[int, int] = (40, 20)) -> Path:
-    """A few random CIFAR images in torchvision's on-disk pickle format."""
-    rng = np.random.default_rng(0)
-    classes = 10 if name == "cifar10" else 100
-    label_key = "labels" if name == "cifar10" else "fine_labels"
-    if name == "cifar10":
-        folder = root / "cifar-10-batches-py"
-        files = {f"data_batch_{i}": per_split[0] // 5 for i in range(1, 6)}
-        files["test_batch"] = per_split[1]
-        meta = ("batches.meta", {"label_names": [f"c{i}" for i in range(classes)]})
-    else:
-        folder = root / "cifar-100-python"
-        files = {"train": per_split[0], "test": per_split[1]}
-        meta = ("meta", {"fine_label_names": [f"c{i}" for i in range(classes)]})
-    folder.mkdir(parents=True, exist_ok=True)
-    for filename, count in files.items():
-        entry = {
-            "data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
-            label_key: rng.integers(0, classes, size=count).tolist(),
-        }
-        with open(folder / filename, "wb") as handle:
-            pickle.dump(entry, handle)
-    with open(folder / meta[0], "wb") as handle:
-        pickle.dump(meta[1], handle)
-    return root
+def build_cifar(root: Path, name: str = "cifar10", **options):
+    """The data sets of a folder ``write_cifar`` wrote: no download, no checksums."""
+    from sam_train.data import build_datasets
+
+    options = {
+        "num_classes": 10 if name == "cifar10" else 100,
+        "download": False,
+        "verify_checksums": False,
+        **options,
+    }
+    return build_datasets(name, root=str(root), **options)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config, write_cifar
+from conftest import build_cifar, compose_config, write_cifar
 from torchvision.transforms import v2
 
 from sam_train.config import ConfigError, validate
@@ -61,14 +61,7 @@ def test_cifar_pipelines_follow_the_paper_columns(augment, has_autoaugment, has_
 def test_augment_reaches_the_cifar_training_set_only(tmp_path, augment):
     root = write_cifar(tmp_path / "data", "cifar10", per_split=(10, 10))
     torch.manual_seed(0)
-    pair = build_datasets(
-        "cifar10",
-        root=str(root),
-        num_classes=10,
-        download=False,
-        verify_checksums=False,
-        augment=augment,
-    )
+    pair = build_cifar(root, augment=augment)
     train_boxes = [_zero_box(pair.train[i][0]) for i in range(len(pair.train))]
     test_boxes = [_zero_box(pair.test[i][0]) for i in range(len(pair.test))]
     assert all(area >= 64 for area, _, _ in train_boxes), "every training image has a cutout"

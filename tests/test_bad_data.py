@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_cifar, write_image_folder
+from conftest import build_cifar, write_cifar, write_image_folder
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -220,17 +220,6 @@ def test_verify_passes_a_sound_folder(folder):
 
 def cifar_root(tmp_path: Path, name: str) -> Path:
     return write_cifar(tmp_path / "data", name)
-
-
-def build_cifar(root: Path, name: str, **kwargs):
-    return build_datasets(
-        name,
-        root=str(root),
-        num_classes=CIFAR_CLASSES[name],
-        download=False,
-        verify_checksums=kwargs.pop("verify_checksums", False),
-        **kwargs,
-    )
 
 
 def edit_batch(path: Path, edit) -> None:

@@ -1,4 +1,4 @@
-"""scripts/bench.py's machinery on a tiny model: timing, memory accounting, DDP counting, and
+"""scripts/bench's machinery on a tiny model: timing, memory accounting, DDP counting, and
 that what it times is built by sam_train.build as training builds it."""
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from sam_train.strategy import DDPStrategy
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module
-    spec.loader.exec_module(module)
-    module.register_configs()
-    return module
+    """The ``scripts/bench`` package, imported as ``scripts/efficiency.py`` imports it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return importlib.import_module("bench")
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
 
 
 def test_interleaving_rotates_the_order_and_calibrates_the_calls(bench):
@@ -66,7 +66,7 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
             "--workloads",
             "tiny",
             "--sections",
-            "ratio,trainer,memory,data",
+            "ratio,trainer,memory,hot_path,data",
             "--reps",
             "2",
             "--min-rep-s",
@@ -95,12 +95,24 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
     # SAMStep's two copies: the second pass's frozen statistics, and a skipped step's restore.
     assert memory["running_stats_snapshot_bytes"] == 2 * buffer_bytes
+    (hot,) = saved["hot_path"]
+    assert set(hot["host_reads_per_step"].values()) == {0}
+    assert hot["param_bytes"] == hot["sam_backup_bytes"] == param_bytes
+    assert 0 < hot["sam_temporary_bytes"] < param_bytes / 10  # the norms, nothing sized like w
+    assert hot["mask_copy_bytes_foreach"] == 2 * param_bytes  # weights and momentum
     (data,) = saved["data"]
     assert data["dataset"] == "digits" and data["num_workers"] == 0
     assert data["loaders"]["dataloader"]["images_per_s"] > 0
+    assert data["reseeds_per_example"] == 0 and data["loader_over_bare_loop_cpu"] > 0
     table = (tmp_path / "bench.md").read_text()
     assert "| measure | workload | measured | target | met |" in table
-    for measure in ("SAM step / base step", "trainer efficiency", "SAM extra memory"):
+    for measure in (
+        "SAM step / base step",
+        "trainer efficiency",
+        "SAM extra memory",
+        "host reads per step",
+        "SAM peak extra bytes",
+    ):
         assert f"| {measure}" in table
     assert report["ratio"] == saved["ratio"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import build_cifar
 
 from sam_train.data import DatasetError, apply_label_noise, build_datasets, build_loaders
 
@@ -25,13 +26,7 @@ def test_cifar_reads_torchvision_format(tmp_path, name):
     from conftest import write_cifar
 
     root = write_cifar(tmp_path / "data", name)
-    pair = build_datasets(
-        name,
-        root=str(root),
-        num_classes=10 if name == "cifar10" else 100,
-        download=False,
-        verify_checksums=False,
-    )
+    pair = build_cifar(root, name)
     assert (len(pair.train), len(pair.test)) == (40, 20)
     image, _label = pair.train[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
@@ -45,15 +40,7 @@ def test_cifar_at_another_size_is_upsampled_with_imagenet_statistics(tiny_cifar1
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from torchvision.transforms import v2
 
-    pair = build_datasets(
-        "cifar10",
-        root=str(tiny_cifar10),
-        num_classes=10,
-        image_size=48,
-        download=False,
-        verify_checksums=False,
-        transform_options=options,
-    )
+    pair = build_cifar(tiny_cifar10, image_size=48, transform_options=options)
     image, _label = pair.train[0]
     assert image.shape == (3, 48, 48) and image.dtype == torch.float32
     raw = v2.functional.to_image(pair.test.data[0])  # H x W x C uint8, as CIFAR keeps it
@@ -65,15 +52,7 @@ def test_cifar_at_another_size_is_upsampled_with_imagenet_statistics(tiny_cifar1
 @pytest.mark.parametrize("augment", ["cutout", "autoaugment"])
 def test_cifar_augmentations_of_32_px_images_are_refused_at_another_size(tiny_cifar10, augment):
     with pytest.raises(DatasetError) as err:
-        build_datasets(
-            "cifar10",
-            root=str(tiny_cifar10),
-            num_classes=10,
-            image_size=224,
-            download=False,
-            verify_checksums=False,
-            augment=augment,
-        )
+        build_cifar(tiny_cifar10, image_size=224, augment=augment)
     message = str(err.value)
     assert "\n" not in message and f"augment={augment} works on CIFAR's own 32 px" in message
 
@@ -116,14 +95,8 @@ def test_label_noise_fraction_and_reproducibility():
 
 
 def test_label_noise_reaches_the_training_set_only(tiny_cifar10):
-    kwargs = {
-        "root": str(tiny_cifar10),
-        "num_classes": 10,
-        "download": False,
-        "verify_checksums": False,
-    }
-    clean = build_datasets("cifar10", **kwargs)
-    noisy = build_datasets("cifar10", label_noise=1.0, seed=0, **kwargs)
+    clean = build_cifar(tiny_cifar10)
+    noisy = build_cifar(tiny_cifar10, label_noise=1.0, seed=0)
     assert noisy.train.targets != clean.train.targets
     assert noisy.test.targets == clean.test.targets
     digits_noisy = build_datasets("digits", num_classes=10, label_noise=0.5, seed=0)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_cifar
 from torchvision.transforms.v2 import functional as TF
 
 from sam_train.config import validate
-from sam_train.data import DatasetError, build_datasets, build_loaders
+from sam_train.data import DatasetError, build_loaders
 from sam_train.data.constants import CIFAR_MEAN, CIFAR_STD
 from sam_train.data.datasets import TensorImageDataset
 from sam_train.data.device_loader import DeviceLoader, crop_flip
@@ -122,14 +123,7 @@ def test_evaluation_batches_are_the_plain_normalized_images_in_order():
 
 
 def test_build_loaders_gpu_kind_reads_cifar_with_label_noise(tiny_cifar10):
-    pair = build_datasets(
-        "cifar10",
-        root=str(tiny_cifar10),
-        num_classes=10,
-        download=False,
-        verify_checksums=False,
-        label_noise=0.5,
-    )
+    pair = build_cifar(tiny_cifar10, label_noise=0.5)
     loaders = build_loaders(
         pair.train,
         pair.test,

@@ -16,6 +16,7 @@ session only, so their values are not compared; the test metrics are).
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,10 +24,11 @@ import pytest
 from conftest import run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_outputs import BASE as OUTPUTS_BASE
-from test_outputs import _needs, _rows
+from test_outputs import _needs, _rows, finished_wandb_logs
 
 import sam_train.train as train_module
 from sam_train.callbacks import Callback
+from sam_train.callbacks.wandb_records import history
 
 KILLED_AT = 13
 RESUMED_AT = 12
@@ -36,13 +38,17 @@ TIMINGS = ("seconds", "images_per_sec", "eta")
 
 
 class CopyAtStep(Callback):
-    """What a SIGKILL after ``step`` leaves on disk: a copy of the run folder then."""
+    """What a SIGKILL after ``step`` leaves on disk: a copy of the run folder then, once
+    ``written()`` (a logger's own process has written what it was sent; bounded wait)."""
 
-    def __init__(self, step: int, run: Path, copy: Path) -> None:
-        self.step, self.run, self.copy = step, run, copy
+    def __init__(self, step: int, run: Path, copy: Path, written=lambda run: True) -> None:
+        self.step, self.run, self.copy, self.written = step, run, copy, written
 
     def on_train_step_end(self, trainer, state, output) -> None:
         if state.global_step == self.step:
+            deadline = time.monotonic() + 300
+            while not self.written(self.run) and time.monotonic() < deadline:
+                time.sleep(0.2)
             shutil.copytree(self.run, self.copy, ignore=shutil.ignore_patterns(".lock"))
 
 
@@ -73,10 +79,12 @@ def _tensorboard(run: Path) -> Counter:
 def killed_and_resumed(monkeypatch, tmp_path):
     """``run(loggers)``: (the uninterrupted run, the killed copy after its resume)."""
 
-    def run(loggers: str) -> tuple[Path, Path]:
+    def run(
+        loggers: str, killed_at: int = KILLED_AT, written=lambda run: True
+    ) -> tuple[Path, Path]:
         reference, copy = tmp_path / "reference", tmp_path / "killed"
         original = train_module.build_callbacks
-        killer = CopyAtStep(KILLED_AT, reference, copy)
+        killer = CopyAtStep(killed_at, reference, copy, written)
         with monkeypatch.context() as patch:
             patch.setattr(
                 train_module, "build_callbacks", lambda *a, **k: [*original(*a, **k), killer]
@@ -120,3 +128,25 @@ def test_mlflow_points_survive_a_kill_and_are_stored_once(killed_and_resumed):
     expected = points(reference)
     assert max(expected.values()) == 1
     assert points(resumed) == expected
+
+
+@pytest.mark.slow  # two W&B sessions, each with its service process
+def test_wandb_offline_rows_survive_a_kill_and_are_written_once(killed_and_resumed, monkeypatch):
+    """Killed after step 14's scalars: W&B's service wrote step 13's row (a row is written when
+    the next step begins) past the checkpoint of step 12; the resumed session logs step 13
+    again, and must skip it."""
+    _needs("wandb")
+    for name, value in {"MODE": "offline", "SILENT": "true", "DISABLE_GIT": "true"}.items():
+        monkeypatch.setenv(f"WANDB_{name}", value)
+
+    def holds_step_13(run: Path) -> bool:
+        logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+        return any(step == 13 for log in logs for step, _name, _value in history(log))
+
+    def rows(logs: list[Path]) -> Counter:
+        return Counter(_comparable(*row) for log in logs for row in history(log))
+
+    reference, resumed = killed_and_resumed("wandb", killed_at=14, written=holds_step_13)
+    expected = rows(finished_wandb_logs(reference))
+    assert max(expected.values()) == 1 and any(step == 13 for step, _n, _v in expected)
+    assert rows(finished_wandb_logs(resumed, sessions=2)) == expected

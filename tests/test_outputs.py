@@ -23,6 +23,7 @@ import sam_train.train as train_module
 from sam_train.callbacks import Callback
 from sam_train.callbacks.metrics_csv import FIELDS
 from sam_train.callbacks.tensorboard import GROUPS, tensorboard_tag
+from sam_train.callbacks.wandb_records import kinds
 from sam_train.cli import MAX_DIRNAME_BYTES, job_dirname
 from sam_train.config.schema import LOGGER_PACKAGES, LoggerConfig
 from sam_train.hparams import CORE_HPARAMS, curated_hparams
@@ -156,13 +157,25 @@ def test_csv_logger_writes_every_logged_scalar(tmp_path):
     assert not list((tmp_path / "run").glob("events.out.tfevents.*"))  # tensorboard not chosen
 
 
+def finished_wandb_logs(run_dir: Path, sessions: int = 1, timeout: float = 300.0) -> list[Path]:
+    """The offline transaction logs of the run's ``sessions`` W&B sessions, oldest first, once
+    the last is written to its end (its ``exit`` record): ``run.finish()`` returns while the
+    service has written only the file's 7-byte header."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        if len(found) == sessions and "exit" in kinds(found[-1]):
+            return found
+        assert time.monotonic() < deadline, f"no complete W&B log under {run_dir} in {timeout} s"
+        time.sleep(0.2)
+
+
 def test_wandb_logger_writes_an_offline_run(tmp_path, monkeypatch):
     _needs("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     results = _one_epoch(tmp_path / "run", "logger=wandb")
-    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
-    (records,) = offline.glob("run-*.wandb")  # what `wandb sync` uploads: protobuf records
+    (records,) = finished_wandb_logs(tmp_path / "run")  # what `wandb sync` uploads
     data = records.read_bytes()
     assert b"final/acc1" in data and json.dumps(results["final_acc1"]).encode() in data
     assert b"train/loss" in data and b"sam.name" in data

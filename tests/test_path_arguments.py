@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_in_process
+from conftest import QUICK, REPO, run_in_process
 
 from sam_train import evaluate as sam_eval
 from sam_train.analysis import cli as sam_analyze
@@ -17,8 +17,6 @@ from sam_train.analysis import cli as sam_analyze
 sys.path.insert(0, str(REPO / "scripts"))
 import paper_table
 import plot_runs
-
-QUICK = ["experiment=quickstart", "trainer.epochs=1"]
 
 
 def _exit(main: Callable[[list[str]], object], argv: list[str], capsys) -> tuple[int, str]:

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, write_cifar, write_image_folder
+from conftest import build_cifar, compose_config, write_cifar, write_image_folder
 from PIL import Image
 from timm.data.auto_augment import AugMixAugment, AutoAugment, RandAugment
 from timm.data.random_erasing import RandomErasing
@@ -79,14 +79,7 @@ def test_options_reach_the_training_sets_and_repeat_per_epoch_and_index(tmp_path
     cifar = write_cifar(tmp_path / "cifar", "cifar10", per_split=(10, 10))
     folder = write_image_folder(tmp_path / "folder", per_class=2, size=36)
     options = {"auto_augment": "rand-m9-mstd0.5", "reprob": 0.5, "remode": "pixel", "recount": 1}
-    cifar_pair = build_datasets(
-        "cifar10",
-        root=str(cifar),
-        num_classes=10,
-        download=False,
-        verify_checksums=False,
-        transform_options=options,
-    )
+    cifar_pair = build_cifar(cifar, transform_options=options)
     folder_pair = build_datasets(
         "imagenet", root=str(folder), num_classes=3, image_size=24, transform_options=options
     )

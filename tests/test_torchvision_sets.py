@@ -70,10 +70,30 @@ def test_stanford_cars_is_read_but_never_downloaded(tmp_path):
     assert "cannot download it" in message and "network" not in message
     WRITERS["stanford_cars"](tmp_path, np.random.default_rng(0))
     pair = build_datasets(
-        "stanford_cars", root=str(tmp_path), num_classes=196, image_size=16, download=True
+        "stanford_cars", root=str(tmp_path), num_classes=CLASSES, image_size=16, download=True
     )
     assert len(pair.train) == len(pair.test) == CLASSES * PER_SPLIT
     assert pair.train.classes == [f"Maker Model{c} 20{c:02d}" for c in range(CLASSES)]
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+@pytest.mark.parametrize("num_classes", [CLASSES - 1, CLASSES + 1])
+def test_another_num_classes_than_the_files_declare_is_refused(tmp_path, name, num_classes):
+    """Fewer declared classes than the outputs are refused like more (the fakes declare 3:
+    Flowers-102 in its labels file, the others in their class lists)."""
+    WRITERS[name](tmp_path, np.random.default_rng(0))
+    with pytest.raises(DatasetError) as caught:
+        build_datasets(
+            name,
+            root=str(tmp_path),
+            num_classes=num_classes,
+            download=False,
+            verify_checksums=False,
+        )
+    assert str(caught.value) == (
+        f"{name} has {CLASSES} classes but dataset.num_classes={num_classes}: "
+        f"set dataset.num_classes={CLASSES}"
+    )
 
 
 def _finetune_smoke(cli_in_process, tmp_path: Path, name: str, classes: int) -> dict:

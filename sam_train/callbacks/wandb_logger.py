@@ -1,8 +1,12 @@
 """``logger=wandb``: Weights & Biases (``uv sync --extra wandb``). ``WANDB_MODE=offline`` (or
 ``logger.wandb.mode=offline``) writes the run under ``<run folder>/wandb/`` without a network;
 ``wandb sync`` uploads it later. A resumed run continues the same W&B run (its id is in the
-checkpoint); W&B keeps what a dead session logged after its checkpoint (it cannot remove
-points) and ignores steps it has already seen."""
+checkpoint); W&B cannot remove points, so the resumed session skips the (name, step) pairs a
+dead session's transaction logs under ``<run folder>/wandb/`` already hold after the
+checkpoint (the same values: a resume is exact) and no point is written twice.
+
+wandb's service writes a step's row when the next step begins, and its log file every 15 s
+(``x_transaction_log_flush_interval``): a SIGKILL loses what it had not written yet."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_train.callbacks.loggers import MetricLogger
+from sam_train.callbacks.wandb_records import history
 
 if TYPE_CHECKING:
     from sam_train.state import RunState
@@ -34,10 +39,13 @@ class WandbLogger(MetricLogger):
         self.options = {"project": project, "entity": entity, "mode": mode, "tags": tags or None}
         self.run_id: str | None = None
         self.run = None
+        self.held: set[tuple[str, int]] = set()  # written by a dead session after its checkpoint
 
     def open(self, trainer: Trainer, state: RunState) -> None:
         import wandb
 
+        if self.run_id is not None:
+            self.held = self._held_after(state.global_step)
         self.run = wandb.init(
             dir=str(self.run_dir),
             name=self.run_dir.name,
@@ -48,8 +56,16 @@ class WandbLogger(MetricLogger):
         )
         self.run_id = self.run.id
 
+    def _held_after(self, step: int) -> set[tuple[str, int]]:
+        """The (name, step) pairs past ``step`` in this run's earlier sessions' logs."""
+        logs = (self.run_dir / "wandb").glob(f"*-{self.run_id}/run-{self.run_id}.wandb")
+        rows = (row for log in logs for row in history(log))
+        return {(name, at) for at, name, _value in rows if at > step}
+
     def write(self, scalars: dict[str, float], step: int) -> None:
-        self.run.log(scalars, step=step)
+        fresh = {k: v for k, v in scalars.items() if (k, step) not in self.held}
+        if fresh:
+            self.run.log(fresh, step=step)
 
     def finish(self, scalars: dict[str, float], step: int) -> None:
         self.run.summary.update(scalars)

@@ -202,6 +202,11 @@ class OptimizerConfig:
     # Layer-wise lr decay (timm's create_optimizer_v2 layer_decay; models with group_matcher,
     # e.g. ViTs): layer i of L gets lr * layer_decay ** (L - i). None: off.
     layer_decay: float | None = checked(None, gt=0, le=1)
+    # torch's implementations: fused (one kernel; skips a non-finite step on the device for
+    # free) or foreach (multi-tensor). None: fused for sgd (bit-identical to foreach,
+    # measured), torch's default for adamw (fused differs in the last bits).
+    fused: bool | None = None
+    foreach: bool | None = None
 
 
 @dataclass
@@ -287,7 +292,7 @@ class TrainerConfig:
     # fsdp: class names of the modules that become FSDP units (None: every *Block and
     # *Bottleneck, as timm's ViTs, ConvNeXts and ResNets name theirs; []: the root only).
     fsdp_wrap: list[str] | None = None
-    skip_nonfinite: bool = True  # skip steps with a non-finite gradient (one host sync a step)
+    skip_nonfinite: bool = True  # skip steps with a non-finite gradient (on the device)
     max_bad_steps: int = checked(10, gt=0)  # consecutive skipped steps that stop the run
 
 

@@ -395,6 +395,10 @@ def _optimization_rules(cfg: Any) -> None:
         raise ConfigError(
             f"scheduler.min_lr={cfg.scheduler.min_lr} must not exceed optimizer.lr={lr}"
         )
+    if cfg.optimizer.fused and cfg.optimizer.foreach:
+        raise ConfigError("optimizer.fused=true and optimizer.foreach=true exclude each other")
+    if cfg.optimizer.fused and trainer.strategy == "fsdp":
+        raise ConfigError("optimizer.fused=true has no FSDP (DTensor) kernel: drop it for fsdp")
 
 
 def _recipe_rules(cfg: Any) -> None:

@@ -17,7 +17,7 @@ from sam_train.data.cifar_checks import check_loaded, find_bad_file
 from sam_train.data.constants import CIFAR_IMAGE_SIZE
 from sam_train.data.image_folder import build_image_folders, error_reason, verify_images
 from sam_train.data.label_noise import apply_label_noise
-from sam_train.data.torchvision_sets import TORCHVISION_SETS, LabelledSplit, torchvision_pair
+from sam_train.data.torchvision_sets import TORCHVISION_SETS, torchvision_pair
 from sam_train.errors import DatasetError
 
 
@@ -156,12 +156,12 @@ def _imagenet(
 
 
 def _check_class_count(name: str, train: Any, num_classes: int) -> None:
-    """A class list declared by the files (CIFAR's meta, ImageFolder's folders) of another
-    length than ``dataset.num_classes`` is refused: more would index past the classifier,
-    fewer leave outputs that no label trains. Where the classes are only the labels seen
-    (digits, torchvision's splits, whose list stops at the highest label present), a subset
-    cannot be told from a mismatch: only labels past the outputs are refused."""
-    declared = None if isinstance(train, LabelledSplit) else getattr(train, "classes", None)
+    """A class list declared by the files (CIFAR's meta, ImageFolder's folders, torchvision's
+    sets) of another length than ``dataset.num_classes`` is refused: more would index past the
+    classifier, fewer leave outputs that no label trains. Where the classes are only the
+    labels seen (digits), a subset cannot be told from a mismatch: only labels past the
+    outputs are refused."""
+    declared = getattr(train, "classes", None)
     found = len(declared) if declared else len(np.unique(train.targets))
     if found > num_classes or (declared and found < num_classes):
         raise DatasetError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,13 @@ from sam_train.errors import SamTrainError
 
 if TYPE_CHECKING:
     from sam_train.data.device_loader import DeviceLoader, DeviceSampler
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as torch's warning counts)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass
@@ -53,8 +61,10 @@ def build_loaders(
     the epoch (see ``samplers``), so a resumed run sees the same batches; ``host_rngs`` seeds
     Python's and NumPy's generators per sample too, for timm's transforms. Evaluation shards the
     test set without padding, so gathered counts cover each example exactly once.
+    ``num_workers`` is capped at the cores this process may run on (more only contend).
     ``with_indices``: training batches are (images, targets, example indices), for SAF.
     """
+    num_workers = min(num_workers, usable_cores())
     if kind == "gpu":
         if with_indices:
             raise ValueError("the device-resident loader does not hand out example indices")

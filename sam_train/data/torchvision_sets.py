@@ -4,8 +4,8 @@ Food-101, Oxford-IIIT Pets, Flowers-102, Stanford Cars, FGVC-Aircraft (downloade
 what to put where).
 
 torchvision keeps these labels privately (a ``_labels`` list, or Stanford Cars' ``_samples``
-of (path, label)); :class:`LabelledSplit` exposes them as ``targets`` (and ``classes``) like
-CIFAR, so label noise and the class checks apply.
+of (path, label)); :class:`LabelledSplit` exposes them as ``targets`` and the class list the
+data set's files declare as ``classes``, like CIFAR, so label noise and the class checks apply.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
@@ -32,6 +33,18 @@ class TorchvisionSet:
     # False where torchvision cannot download (Stanford Cars: its URL is dead and
     # ``download=True`` raises even when the files are there): never asked to.
     downloadable: bool = True
+    # The class names the files declare (torchvision's ``classes``, read from them, but for
+    # Flowers-102, whose list torchvision fixes at 102 names: see :func:`_flowers_classes`).
+    classes: Callable[[Any], list] = lambda base: list(base.classes)
+
+
+def _flowers_classes(base: Any) -> list:
+    """Flowers-102's classes: as many of torchvision's names as the labels file of all three
+    splits numbers (102 in the real files; a split alone may lack some)."""
+    from scipy.io import loadmat
+
+    labels = loadmat(Path(base._base_folder) / base._file_dict["label"][0], squeeze_me=True)
+    return list(base.classes)[: int(np.max(labels["labels"]))]
 
 
 TORCHVISION_SETS: dict[str, TorchvisionSet] = {
@@ -49,6 +62,7 @@ TORCHVISION_SETS: dict[str, TorchvisionSet] = {
         tv_datasets.Flowers102,
         ("train", "test"),
         "flowers-102/jpg/image_<NNNNN>.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat",
+        classes=_flowers_classes,
     ),
     "stanford_cars": TorchvisionSet(
         tv_datasets.StanfordCars,
@@ -72,13 +86,10 @@ TORCHVISION_SETS: dict[str, TorchvisionSet] = {
 class LabelledSplit(Dataset):
     """A torchvision split whose labels are a public, replaceable ``targets`` list."""
 
-    def __init__(self, base: Any) -> None:
+    def __init__(self, base: Any, classes: list) -> None:
         self.base = base
         self.targets: list[int] = torchvision_labels(base)
-        # Labels index torchvision's class list (Flowers-102's is fixed at 102 names): the
-        # classes are those up to the highest label present (a subset data set has fewer).
-        names = list(getattr(base, "classes", None) or range(max(self.targets, default=-1) + 1))
-        self.classes = names[: max(self.targets, default=-1) + 1]
+        self.classes = classes  # declared by the files, whatever labels this split holds
 
     @property
     def transform(self) -> Callable | None:
@@ -156,4 +167,4 @@ def torchvision_pair(
             f"{name} not found or unreadable under dataset.root={root!r} (expected "
             f"{spec.layout} there{source}): {error_reason(err)}"
         ) from err
-    return LabelledSplit(train), LabelledSplit(test)
+    return LabelledSplit(train, spec.classes(train)), LabelledSplit(test, spec.classes(test))

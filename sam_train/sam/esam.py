@@ -31,6 +31,10 @@ class ESAM(SAM):
         Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
+    #: The selected examples (scores above a threshold) are a subset of data-dependent size,
+    #: whose count the host must know; the sync-free step's test holds others to zero reads.
+    host_reads_per_step = 1
+
     def __init__(
         self,
         params: Params,

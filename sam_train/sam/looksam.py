@@ -69,7 +69,10 @@ class LookSAM(IntervalSAM):
             g_s = [p.grad for p in params]
             c = global_dot(g_s, g) / (global_dot(g, g) + _NORM_EPS)
             self._keep(self._g_v, params, g_s)
-            torch._foreach_add_([self._g_v[p] for p in params], g, alpha=-c)
+            # g_v = g_s - c g; g (the kept first gradient) is scaled in place: a tensor alpha
+            # would be read back to the host, and g is not needed after this step
+            torch._foreach_mul_(g, c)
+            torch._foreach_sub_([self._g_v[p] for p in params], g)
             return
         params = [p for p in params if p in self._g_v]
         grads = [p.grad for p in params]

@@ -33,6 +33,12 @@ class RunningStatsGuard:
         if self._buffers:
             torch._foreach_copy_(self._buffers, self._saved)
 
+    @torch.no_grad()
+    def restore_where(self, flag: torch.Tensor) -> None:
+        """Put the snapshot back where the 0-d bool ``flag`` is set, on the device (no read)."""
+        for buffer, saved in zip(self._buffers, self._saved, strict=True):
+            torch.where(flag.to(buffer.device), saved, buffer, out=buffer)
+
     @contextmanager
     def frozen(self) -> Iterator[None]:
         """Run the body without changing any buffer of the model."""

@@ -224,8 +224,8 @@ class SAM(Optimizer):
         """The gradient the ascent follows: ``.grad`` (+ ``weight_decay * w`` if asked)."""
         grads = [p.grad for p in params]
         weight_decay = group.get("weight_decay", 0.0)
-        if self.include_weight_decay and weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        if self.include_weight_decay and weight_decay:  # g + wd w, in .grad: zeroed after
+            torch._foreach_add_(grads, params, alpha=weight_decay)
         return grads
 
     def _combine_gradients(self, perturbed: bool) -> None:
@@ -278,7 +278,7 @@ class SAM(Optimizer):
         for p in params:
             generator = self._mask_generator(p.device)
             keep = torch.rand(local_shape(p), generator=generator, device=p.device)
-            masks.append(shaped_like((keep < beta).to(p.dtype).div_(beta), p))
+            masks.append(shaped_like(keep.lt_(beta).div_(beta).to(p.dtype), p))  # in place
         return masks
 
     def _adaptive_scale(self, group: dict[str, Any], params: list[torch.Tensor]) -> list:
@@ -286,34 +286,34 @@ class SAM(Optimizer):
         scale = torch._foreach_abs([self._backup[p] for p in params])
         torch._foreach_add_(scale, group["eta"])
         if self._unscaled:
-            scale = [
-                torch.ones_like(t) if id(p) in self._unscaled else t
-                for p, t in zip(params, scale, strict=True)
-            ]
+            for p, t in zip(params, scale, strict=True):
+                if id(p) in self._unscaled:
+                    t.fill_(1.0)
         return scale
 
     def _ascent_step(self, groups: Groups, inner_step: int, masks: dict | None) -> torch.Tensor:
-        """Move the weights by one ascent step of length rho / inner_steps; return its norm."""
-        directions, norm_terms = [], []
+        """Move the weights by one ascent step of length rho / inner_steps; return its norm.
+
+        The step is computed in the storage of the ascent gradients (``.grad``, zeroed or
+        restored by ``first_step``, or a variant's own temporaries), so the only
+        parameter-sized buffer SAM keeps is the weight backup; ASAM needs one more, its T.
+        """
+        steps, scales = [], []
         for group, params in groups:
-            grads = self._ascent_gradients(group, params, inner_step)
-            if group["adaptive"]:
-                scale = self._adaptive_scale(group, params)
-                scaled = torch._foreach_mul(scale, grads)
-                if self.p == 2:
-                    direction = torch._foreach_mul(scaled, scale)
-                else:
-                    direction = torch._foreach_mul(torch._foreach_sign(grads), scale)
-                norm_terms.extend(scaled)
-            else:
-                direction = list(grads) if self.p == 2 else torch._foreach_sign(grads)
-                norm_terms.extend(grads)
-            directions.append(direction)
-        norm = global_norm(norm_terms)
-        for (group, params), direction in zip(groups, directions, strict=True):
+            grads = list(self._ascent_gradients(group, params, inner_step))
+            scale = self._adaptive_scale(group, params) if group["adaptive"] else None
+            if scale is not None:
+                torch._foreach_mul_(grads, scale)  # T g: its norm normalises
+            steps.append(grads)
+            scales.append(scale)
+        norm = global_norm([g for grads in steps for g in grads])
+        for (group, params), step, scale in zip(groups, steps, scales, strict=True):
+            if self.p != 2:
+                torch._foreach_sign_(step)  # sign(T g) = sign(g): T > 0
+            if scale is not None:
+                torch._foreach_mul_(step, scale)  # T^2 g, or T sign(g)
             radius = self._group_rho(group) / self.inner_steps
-            scale = radius / (norm + _NORM_EPS) if self.p == 2 else radius
-            step = torch._foreach_mul(direction, scale)
+            torch._foreach_mul_(step, radius / (norm + _NORM_EPS) if self.p == 2 else radius)
             if masks is not None:
                 torch._foreach_mul_(step, [masks[p] for p in params])
             torch._foreach_add_(params, step)
@@ -357,7 +357,10 @@ class SAM(Optimizer):
                 self.zero_grad(set_to_none=False)
                 with torch.enable_grad():
                     ascent_closure()
+            kept = None if zero_grad else [p.grad.clone() for p in params]
             norm = self._ascent_step(groups, inner_step, masks)
+            if kept is not None:  # the caller keeps the gradient: put it back
+                copy_all([p.grad for p in params], kept)
             if inner_step == 0:
                 self.last_grad_norm = norm
             else:  # report a non-finite later gradient (fp16 overflow) so the step is skipped

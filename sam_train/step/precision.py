@@ -1,8 +1,9 @@
-"""Mixed precision and the non-finite policy of a step.
+"""Mixed precision: one object, built once (``build.build_precision``) and handed to the
+step, the strategy (FSDP's compute dtype), the evaluator and the EMA.
 
-bf16 needs autocast only. fp16 needs a ``torch.amp.GradScaler`` too: eps = rho g / ||g|| does
-not depend on the loss scale, so the first SAM pass is never unscaled; the second pass's
-gradients are unscaled once, before clipping.
+bf16 needs autocast only. fp16 training needs a ``torch.amp.GradScaler`` too: eps = rho g /
+||g|| does not depend on the loss scale, so the first SAM pass is never unscaled; the second
+pass's gradients are unscaled once, before clipping. Evaluation needs no scaler.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import contextlib
 
 import torch
 
-from sam_train.errors import NonFiniteError
-
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Precision:
-    """Autocast for ``device`` in ``name`` ("none", "bf16" or "fp16"), and fp16's scaler."""
+    """Autocast for ``device`` in ``name`` ("none", "bf16" or "fp16"), and fp16's scaler
+    (training only: :class:`SAMStep` refuses fp16 without one)."""
 
     def __init__(
         self,
@@ -27,17 +27,19 @@ class Precision:
     ) -> None:
         if name not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-        if name == "fp16" and scaler is None:
-            raise ValueError("fp16 needs a GradScaler")
         self.name = name
         self.device = device or torch.device("cpu")
         self.scaler = scaler
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The compute dtype of autocast (and of FSDP's mixed precision); None: float32."""
+        return PRECISIONS[self.name]
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.name]
-        if dtype is None:
+        if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.scaler is None else self.scaler.scale(loss)
@@ -59,23 +61,3 @@ class Precision:
             return None
         finite = torch.isfinite(first_grad_norm)
         return torch.where(finite, 1.0, float("nan")).to(self.device)
-
-
-class NonFiniteGuard:
-    """Counts skipped steps in a row; ``max_bad_steps`` of them stop the run."""
-
-    def __init__(self, max_bad_steps: int = 10) -> None:
-        self.max_bad_steps = max_bad_steps
-        self.streak = 0
-
-    def record(self, finite: bool, step: int) -> None:
-        if finite:
-            self.streak = 0
-            return
-        self.streak += 1
-        if self.streak >= self.max_bad_steps:
-            raise NonFiniteError(
-                f"{self.streak} consecutive steps had a non-finite loss or gradient "
-                f"(up to step {step}); lower the learning rate or rho, or raise "
-                "trainer.max_bad_steps"
-            )

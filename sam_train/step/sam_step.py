@@ -17,7 +17,8 @@ One step on a per-device batch, split into ``accum_steps`` micro-batches:
 With ``sam_chunk=m`` the per-device batch is cut into chunks of m examples that each run
 passes 1-4 with their own eps; the second-pass gradients are averaged (m-sharpness below
 the per-device batch). A step whose gradient is not finite changes nothing: not the weights,
-not the optimizer state, not the running statistics.
+not the optimizer state, not the running statistics; that is decided on the device
+(:mod:`sam_train.step.nonfinite`), so a step reads nothing back to the host.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from torch import nn
 from torch.optim import Optimizer
 
 from sam_train.sam import SAM, RunningStatsGuard
+from sam_train.sam.sam import global_norm
+from sam_train.sam.sharded import replicated_value
 from sam_train.step.counts import PassCounts
-from sam_train.step.precision import NonFiniteGuard, Precision
+from sam_train.step.nonfinite import MaskedUpdate, NonFiniteGuard
+from sam_train.step.precision import Precision
 from sam_train.step.selection import selected_passes
 from sam_train.strategy.base import SingleProcess, Strategy
 
@@ -47,7 +51,7 @@ class StepOutput:
     loss_sum: torch.Tensor  # summed over the batch's examples
     correct: torch.Tensor  # top-1 hits
     count: int
-    finite: bool = True  # False: the step was skipped
+    finite: bool | torch.Tensor = True  # a 0-d bool tensor when checked; False: skipped
     grad_norm: torch.Tensor | None = None  # SAM's first-pass gradient norm, unscaled
 
 
@@ -75,6 +79,10 @@ class SAMStep:
     passes, every accumulation micro-batch and every m-sharpness chunk slice that one mixed
     batch, and ``criterion`` must take its soft targets. Top-1 hits of soft targets count
     against their argmax (the label with the larger share).
+    ``precision`` is built once by the caller (``build.build_precision``); a name and
+    ``scaler`` build one here. ``check_every``: read the skipped-step counts (one host sync)
+    every so many steps and stop after ``max_bad_steps`` in a row; ``None`` leaves that to
+    the caller (the trainer checks at its logging interval).
     """
 
     def __init__(
@@ -85,7 +93,7 @@ class SAMStep:
         device: torch.device,
         *,
         strategy: Strategy | None = None,
-        precision: str = "none",
+        precision: Precision | str = "none",
         scaler: torch.amp.GradScaler | None = None,
         clip_grad_norm: float | None = None,
         accum_steps: int = 1,
@@ -94,6 +102,7 @@ class SAMStep:
         channels_last: bool = False,
         skip_nonfinite: bool = True,
         max_bad_steps: int = 10,
+        check_every: int | None = 1,
         mix: BatchMix | None = None,
     ) -> None:
         if sam_chunk is not None and sync_perturbation:
@@ -103,7 +112,11 @@ class SAMStep:
         self.criterion = criterion
         self.device = device
         self.strategy = strategy or SingleProcess(device=device)
-        self.precision = Precision(precision, device, scaler)
+        if isinstance(precision, str):
+            precision = Precision(precision, device, scaler)
+        if precision.name == "fp16" and precision.scaler is None:
+            raise ValueError("fp16 training needs a GradScaler")
+        self.precision = precision
         self.clip_grad_norm = clip_grad_norm
         self.accum_steps = accum_steps
         self.sync_perturbation = sync_perturbation
@@ -112,7 +125,9 @@ class SAMStep:
         self.skip_nonfinite = skip_nonfinite
         self.mix = mix
         self.nonfinite = NonFiniteGuard(max_bad_steps)
+        self.check_every = check_every
         self.steps_taken = 0
+        self._update = MaskedUpdate(self.base_optimizer)
         self.counts = PassCounts()  # what the steps computed (results.json)
         self._stats_guard = RunningStatsGuard(model)  # the second pass's frozen statistics
         self._step_stats = RunningStatsGuard(model)  # put back when a step is skipped
@@ -159,13 +174,17 @@ class SAMStep:
             if self.uses_sam:
                 self.optimizer.restore()
             grad_norm = None
-        finite = self._apply_gradients()
-        if not finite:
-            self._step_stats.restore()
+        found_inf = self._apply_gradients()
         self.steps_taken += 1
         self.counts.steps += 1
         self.counts.examples += len(targets)
-        self.nonfinite.record(finite, self.steps_taken)
+        finite: bool | torch.Tensor = True
+        if found_inf is not None:
+            self._step_stats.restore_where(found_inf)
+            self.nonfinite.record(found_inf, self.steps_taken)
+            finite = ~found_inf
+            if self.check_every and self.steps_taken % self.check_every == 0:
+                self.nonfinite.check()
         return StepOutput(loss_sum, correct, len(targets), finite, grad_norm)
 
     def _sam_passes(self, images: torch.Tensor, targets: torch.Tensor):
@@ -274,12 +293,12 @@ class SAMStep:
                 correct += (logits.detach().argmax(dim=1) == labels).sum()
         return loss_sum, correct
 
-    def _apply_gradients(self) -> bool:
-        """Unscale (fp16), clip, base-optimizer step, zero the gradients; False if skipped.
+    def _apply_gradients(self) -> torch.Tensor | None:
+        """Unscale (fp16), clip, base-optimizer step, zero the gradients.
 
-        A non-finite gradient never reaches the weights: with fp16 the GradScaler skips the
-        step; otherwise (``skip_nonfinite``) the step is skipped here, at the cost of one host
-        sync per step.
+        Returns ``found_inf`` (a 0-d bool tensor on the device) when non-finite steps are
+        skipped (``skip_nonfinite``, and always under fp16): the base optimizer's update is
+        masked by it on the device (:class:`MaskedUpdate`), nothing is read back here.
         """
         base, scaler = self.base_optimizer, self.scaler
         params = [p for g in base.param_groups for p in g["params"] if p.grad is not None]
@@ -288,20 +307,15 @@ class SAMStep:
         norm = None
         if self.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm, foreach=True)
-        finite = True
-        if scaler is not None:
-            scale = scaler.get_scale()
-            scaler.step(base)
-            scaler.update()
-            finite = scaler.get_scale() >= scale
-        elif not self.skip_nonfinite:
+        found_inf = None
+        if scaler is None and not self.skip_nonfinite:
             base.step()
-        else:
-            if norm is None and params:
-                grads = [p.grad for p in params]
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            finite = norm is None or bool(torch.isfinite(norm))
-            if finite:
-                base.step()
+        elif params:
+            if norm is None:
+                norm = global_norm([p.grad for p in params])
+            found_inf = ~torch.isfinite(replicated_value(norm))
+            self._update.step(found_inf)
+        if scaler is not None:
+            scaler.update()  # halves the scale after an overflow that unscale_ recorded
         base.zero_grad(set_to_none=True)
-        return finite
+        return found_inf

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from sam_train.strategy.process_group import DistInfo
+
+if TYPE_CHECKING:  # the step imports the strategies
+    from sam_train.step.precision import Precision
 
 T = TypeVar("T")
 
@@ -44,8 +47,9 @@ class Strategy:
         return self.info.enabled
 
     # --------------------------------------------------------------- the model
-    def shard(self, model: nn.Module) -> nn.Module:
-        """Split the parameters over processes before optimizers are built (FSDP); else as is."""
+    def shard(self, model: nn.Module, precision: Precision | None = None) -> nn.Module:
+        """Split the parameters over processes before optimizers are built (FSDP), computing
+        in ``precision``'s dtype; else as is."""
         return model
 
     def wrap(self, model: nn.Module) -> nn.Module:

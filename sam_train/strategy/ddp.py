@@ -30,7 +30,7 @@ class DDPStrategy(Strategy):
     gradient buckets and nothing else.
 
     ``bucket_cap_mb`` sets DDP's gradient bucket size (None: DDP's default, about 1 MiB for the
-    first bucket, then 25 MiB); ``scripts/bench.py`` uses it to count buckets on tiny models.
+    first bucket, then 25 MiB); ``scripts/bench`` uses it to count buckets on tiny models.
     """
 
     def __init__(

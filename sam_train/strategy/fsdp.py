@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ from torch.optim import Optimizer
 from sam_train.errors import ConfigError
 from sam_train.strategy.ddp import DDPStrategy
 from sam_train.strategy.process_group import DistInfo
+
+if TYPE_CHECKING:  # the step imports the strategies
+    from sam_train.step.precision import Precision
 
 #: Class-name endings of the modules that become FSDP units by default: timm's ViT/DeiT/Swin/
 #: ConvNeXt blocks (``Block``, ``ConvNeXtBlock``, ...), ResNet and WRN blocks (``BasicBlock``,
@@ -61,8 +64,6 @@ class FSDPStrategy(DDPStrategy):
     Args:
         wrap_classes: class names of the modules that become FSDP units; None: the blocks
             (:data:`AUTO_WRAP_SUFFIXES`); an empty list: the root only.
-        param_dtype: FSDP's ``MixedPrecisionPolicy`` compute dtype (bf16 under
-            ``trainer.amp=bf16``); gradients are reduced in float32.
     """
 
     def __init__(
@@ -71,11 +72,9 @@ class FSDPStrategy(DDPStrategy):
         device: torch.device | None = None,
         *,
         wrap_classes: list[str] | None = None,
-        param_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(info, device)
         self.wrap_classes = None if wrap_classes is None else list(wrap_classes)
-        self.param_dtype = param_dtype
         self.units: list[str] = []  # the module names sharded as units (for the log)
 
     # --------------------------------------------------------------- the model
@@ -100,15 +99,18 @@ class FSDPStrategy(DDPStrategy):
             (n, m) for n, m in model.named_modules() if n and type(m).__name__ in self.wrap_classes
         ]
 
-    def shard(self, model: nn.Module) -> nn.Module:
-        """Shard ``model`` in place (its parameters become DTensors); build optimizers after."""
+    def shard(self, model: nn.Module, precision: Precision | None = None) -> nn.Module:
+        """Shard ``model`` in place (its parameters become DTensors); build optimizers after.
+
+        ``precision``'s dtype (bf16) becomes FSDP's ``MixedPrecisionPolicy`` compute dtype;
+        gradients are reduced in float32."""
         if isinstance(model, FSDPModule):
             return model
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         options: dict[str, Any] = {"mesh": mesh}
-        if self.param_dtype is not None:
+        if precision is not None and precision.dtype is not None:
             options["mp_policy"] = MixedPrecisionPolicy(
-                param_dtype=self.param_dtype, reduce_dtype=torch.float32
+                param_dtype=precision.dtype, reduce_dtype=torch.float32
             )
         units = self.units_of(model)
         for _, module in units:

@@ -1,4 +1,4 @@
-"""``scripts/bench.py --sections fsdp``: per-rank memory and collectives of a SAM step under
+"""``python -m scripts.bench --sections fsdp``: per-rank memory and collectives of a SAM step under
 DDP and under FSDP2, two processes (gloo on the CPU; what is held and sent does not depend
 on the device).
 
@@ -28,6 +28,8 @@ import torch.multiprocessing as mp
 
 from sam_train.sam.sharded import local
 from sam_train.strategy import DDPStrategy, DistInfo, FSDPStrategy, process_group
+
+from .workloads import bench_run, compose
 
 #: the functions counted; FSDP2 all-gathers and reduce-scatters through the first two
 COLLECTIVES = (
@@ -118,21 +120,18 @@ def _worker(rank: int, world_size: int, init_file: str, payload: dict, out: str)
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
     with process_group.exits_worker():
-        import bench  # scripts/bench.py: its compose and its build_run wrapper
-
-        bench.register_configs()
         info = DistInfo(rank=rank, local_rank=rank, world_size=world_size)
         device = torch.device("cpu")
         results = {}
         for name, overrides in payload["workloads"].items():
             for kind in ("ddp", "fsdp"):
-                cfg = bench.compose([*overrides, f"trainer.strategy={kind}"])
+                cfg = compose([*overrides, f"trainer.strategy={kind}"])
                 strategy = (
                     FSDPStrategy(info, device, wrap_classes=None)
                     if kind == "fsdp"
                     else DDPStrategy(info, device)
                 )
-                run = bench.bench_run(cfg, strategy)
+                run = bench_run(cfg, strategy)
                 gen = torch.Generator().manual_seed(rank)
                 images = torch.randn(payload["batch"], 3, 32, 32, generator=gen)
                 targets = torch.randint(0, 10, (payload["batch"],), generator=gen)

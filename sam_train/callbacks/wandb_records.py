@@ -1,0 +1,58 @@
+"""W&B's ``.wandb`` transaction log read back (a resumed run's :class:`WandbLogger` skips
+what a dead session holds; tests compare runs): wandb 0.31 writes it from its Go service
+(``wandb-core``) and ships no Python reader, so this follows its LevelDB-log layout
+(a 7-byte ``:W&B`` header, 32 KiB blocks of records, each a 7-byte header - checksum, length,
+type - and a piece of one serialized ``wandb_internal_pb2.Record``)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+HEADER = b":W&B"
+BLOCK = 32 * 1024
+RECORD_HEADER = struct.Struct("<IHB")  # checksum, length, type
+WHOLE, LAST = 1, 4  # the record types that end a record (FIRST and MIDDLE continue it)
+
+
+def records(path: Path) -> Iterator:
+    """The complete records of ``path`` in order (a record cut short by a kill is left out)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[: len(HEADER)] != HEADER:  # empty: the service died before its first write
+        return
+    position, pieces = 7, b""
+    while position + RECORD_HEADER.size <= len(data):
+        if BLOCK - position % BLOCK < RECORD_HEADER.size:  # the block's padding
+            position += BLOCK - position % BLOCK
+            continue
+        _checksum, length, kind = RECORD_HEADER.unpack_from(data, position)
+        start = position + RECORD_HEADER.size
+        if kind == 0 or start + length > len(data):  # zeros past the last write, or cut short
+            return
+        pieces, position = pieces + data[start : start + length], start + length
+        if kind in (WHOLE, LAST):
+            record = pb.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            yield record
+
+
+def kinds(path: Path) -> list[str]:
+    """The kind of each record (``run``, ``history``, ``summary``, ``exit``...)."""
+    return [record.WhichOneof("record_type") for record in records(path)]
+
+
+def history(path: Path) -> list[tuple[int, str, float]]:
+    """Every (step, name, value) of the run's history rows, W&B's own keys (``_step``,
+    ``_runtime``, ``_timestamp``) left out."""
+    rows = (r.history for r in records(path) if r.WhichOneof("record_type") == "history")
+    return [
+        (row.step.num, ".".join(item.nested_key) or item.key, json.loads(item.value_json))
+        for row in rows
+        for item in row.item
+        if not (item.key or item.nested_key[0]).startswith("_")
+    ]

@@ -1,0 +1,140 @@
+"""A non-finite step skipped on the device, and the guard that stops a diverged run.
+
+Reading "is this gradient finite?" back to the host every step (``bool(tensor)``) stalls the
+CPU until the GPU's queue drains, so the next step's kernels cannot be queued behind this
+one's. Instead the decision stays on the device, as ``torch.amp.GradScaler`` and torch's fused
+optimizers keep it: a ``found_inf`` flag masks the base optimizer's update (weights and
+optimizer state unchanged where it is set), and the guard counts skipped steps on the device
+and reads them back only when asked (the trainer asks at its logging interval).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim import Optimizer
+
+from sam_train.errors import NonFiniteError
+from sam_train.sam.sharded import is_sharded, local
+
+
+def supports_found_inf(optimizer: Optimizer) -> bool:
+    """torch's fused optimizers skip their own update where ``optimizer.found_inf`` is set
+    (the attribute GradScaler hands them); the flag then costs nothing. Asked at every step:
+    a loaded state dict may turn ``fused`` off in the groups."""
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return False
+    if not all(group.get("fused") for group in optimizer.param_groups):
+        return False
+    if getattr(optimizer, "_optimizer_step_post_hooks", None):
+        return False  # a post-step hook (WSAM's decoupled step) would run on a skipped step
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return not any(is_sharded(p) for p in params)  # DTensor shards: the masked copy instead
+
+
+class MaskedUpdate:
+    """``optimizer.step()`` whose effect is undone, on the device, where ``found_inf`` is set.
+
+    Fused optimizers take the flag themselves. Any other optimizer's parameters and state
+    tensors are copied into buffers allocated once (their size: the parameters plus the
+    optimizer state, which the benchmark reports) and put back with ``torch.where`` after the
+    step; state on another device than the flag (Adam's non-capturable CPU step count) is not
+    masked. The first steps, while the optimizer has no state yet, read the flag on the host
+    once each, so that a skipped first step creates no state.
+    """
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self._saved: list[torch.Tensor] = []
+        self._masked: list[torch.Tensor] = []
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """Bytes of the copies the masking keeps (0 with a fused optimizer)."""
+        return sum(t.numel() * t.element_size() for t in self._saved)
+
+    @torch.no_grad()
+    def step(self, found_inf: torch.Tensor) -> None:
+        """The base step unless ``found_inf`` (a 0-d bool tensor on the device) is true."""
+        optimizer = self.optimizer
+        if not optimizer.state:  # lazy state: created only by a finite step (one read)
+            if not bool(found_inf):
+                optimizer.step()
+            return
+        if supports_found_inf(optimizer):
+            optimizer.grad_scale, optimizer.found_inf = None, found_inf.float()
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.grad_scale, optimizer.found_inf
+            return
+        masked = self._tensors(found_inf.device)
+        if len(masked) != len(self._masked) or any(
+            a is not b for a, b in zip(masked, self._masked, strict=True)
+        ):
+            self._masked, self._saved = masked, [torch.empty_like(t) for t in masked]
+        torch._foreach_copy_(self._saved, masked)
+        optimizer.step()
+        for tensor, saved in zip(masked, self._saved, strict=True):
+            torch.where(found_inf, saved, tensor, out=tensor)
+
+    def _tensors(self, device: torch.device) -> list[torch.Tensor]:
+        """The local storage of every parameter with a gradient and of its state tensors."""
+        tensors = []
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                tensors.append(local(p))
+                state = self.optimizer.state.get(p, {})
+                tensors.extend(
+                    local(v)
+                    for v in state.values()
+                    if isinstance(v, torch.Tensor) and v.device == device
+                )
+        return tensors
+
+
+class NonFiniteGuard:
+    """Counts skipped steps on the device; ``check`` reads them (one host sync) and stops the
+    run once ``max_bad_steps`` steps in a row were skipped."""
+
+    def __init__(self, max_bad_steps: int = 10) -> None:
+        self.max_bad_steps = max_bad_steps
+        self.skipped = 0  # skipped steps counted by the checks so far
+        self._counts: torch.Tensor | None = None  # streak, longest streak, skipped: unread
+        self._step = 0
+
+    @property
+    def streak(self) -> torch.Tensor | int:
+        """Skipped steps in a row up to the last one (a device tensor: reading it syncs)."""
+        return 0 if self._counts is None else self._counts[0]
+
+    @torch.no_grad()
+    def record(self, found_inf: torch.Tensor, step: int) -> None:
+        """Count one step, skipped where ``found_inf``: on the device, nothing is read."""
+        bad = found_inf.to(torch.int64)
+        if self._counts is None:
+            self._counts = torch.zeros(3, dtype=torch.int64, device=found_inf.device)
+        counts = self._counts
+        counts[0] = (counts[0] + 1) * bad  # the streak, reset by a finite step
+        counts[1] = torch.maximum(counts[1], counts[0])
+        counts[2] += bad
+        self._step = step
+
+    def check(self) -> int:
+        """Read the counts (one host sync): the steps skipped since the last check.
+
+        Raises :class:`NonFiniteError` if ``max_bad_steps`` steps in a row were skipped
+        since the last check."""
+        if self._counts is None:
+            return 0
+        _, longest, skipped = self._counts.tolist()
+        self._counts[1:] = 0  # a streak that goes on is still counted in _counts[0]
+        self.skipped += skipped
+        if longest >= self.max_bad_steps:
+            raise NonFiniteError(
+                f"{longest} consecutive steps had a non-finite loss or gradient "
+                f"(up to step {self._step}); lower the learning rate or rho, or raise "
+                "trainer.max_bad_steps"
+            )
+        return skipped

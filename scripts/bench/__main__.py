@@ -1,0 +1,5 @@
+"""``python -m scripts.bench``: the benchmarks' command line (``bench.main``)."""
+
+from .main import main
+
+main()
