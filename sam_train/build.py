@@ -28,6 +28,8 @@ from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved
 from sam_train.config import SAM_VARIANT_OPTIONS
 from sam_train.config.schema import (
     INDEXED_VARIANTS,
+    SEEDED_VARIANTS,
+    SIZED_VARIANTS,
     TRAJECTORY_VARIANTS,
     best_metric_key,
     transform_options,
@@ -285,7 +287,7 @@ def sam_kwargs(
         kwargs["lr_min"] = lr_min
     if cfg.name == "aesam":
         kwargs["total_steps"] = total_steps
-    if cfg.name == "rst":
+    if cfg.name in SEEDED_VARIANTS:
         kwargs["seed"] = seed
     if cfg.name == "mesa" and "start_epoch" in kwargs:
         kwargs["start_step"] = kwargs.pop("start_epoch") * steps_per_epoch
@@ -322,8 +324,8 @@ def build_optimizer(
     kwargs = sam_kwargs(sam_cfg, lr_min, total_steps, seed, steps_per_epoch)
     if sam_cfg.name == "mesa":
         kwargs["model"] = model  # the EMA follows its weights
-    if sam_cfg.name in INDEXED_VARIANTS:
-        kwargs["num_examples"] = num_examples  # the store's rows
+    if sam_cfg.name in SIZED_VARIANTS:
+        kwargs["num_examples"] = num_examples  # SAF's store's rows, bSAM's N
     if sam_cfg.adaptive and sam_cfg.adaptive_params == "weights":
         kwargs["unscaled_params"] = [p for n, p in model.named_parameters() if "weight" not in n]
     return VARIANTS[sam_cfg.name].wrap(base, **kwargs)

@@ -23,6 +23,7 @@ GROUP_OPTIONS = [
 REQUIRES = {
     ("augment", "cutout"): ["dataset=cifar10"],
     ("augment", "autoaugment"): ["dataset=cifar10"],
+    ("sam", "bsam"): ["optimizer.momentum=0", "optimizer.weight_decay=0"],  # its own update
 }
 EXPERIMENTS = sorted(
     str(p.relative_to(CONFIGS / "experiment").with_suffix(""))

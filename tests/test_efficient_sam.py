@@ -25,6 +25,7 @@ from sam_train.sam import (
     SAF,
     SAM,
     VARIANTS,
+    BayesianSAM,
     MomentumSAM,
     RandomizedSAM,
     WeightedSAM,
@@ -478,6 +479,77 @@ def test_saf_is_refused_under_several_processes():
         build_run(cfg, SimpleNamespace(world_size=2))
 
 
+# --------------------------------------------------------------------------- bSAM
+def _bsam_reference(data, lr, rho, n, delta, gamma, seed):
+    """Möllenhoff & Khan, Algorithm 1, by hand: g at w + noise (std 1/sqrt(N s)), eps = rho g/s,
+    g_m <- b1 g_m + (1-b1)(g_eps + delta w), s <- b2 s + (1-b2)(sqrt(s)|g| + delta + gamma),
+    w <- w - lr g_m / s; the noise drawn weight first, then bias, from one seeded generator."""
+    model = _softmax_regression()
+    w = [model.weight.detach().clone(), model.bias.detach().clone()]
+    s, g_m = [torch.ones_like(t) for t in w], [torch.zeros_like(t) for t in w]
+    gen = torch.Generator().manual_seed(seed)
+    for x, y in data:
+        noisy = [
+            t + torch.randn(t.shape, generator=gen) / (n * si).sqrt()
+            for t, si in zip(w, s, strict=True)
+        ]
+        g = _grad_at(*noisy, x, y)
+        g_eps = _grad_at(*[t + rho * gi / si for t, gi, si in zip(w, g, s, strict=True)], x, y)
+        for i in range(2):
+            g_m[i] = 0.9 * g_m[i] + 0.1 * (g_eps[i] + delta * w[i])
+            s[i] = 0.999 * s[i] + 0.001 * (s[i].sqrt() * g[i].abs() + delta + gamma)
+            w[i] = w[i] - lr * g_m[i] / s[i]
+    return w
+
+
+def test_bsam_follows_the_papers_algorithm():
+    data = _data(4)
+    model = _softmax_regression()
+    opt = BayesianSAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05, num_examples=40,
+                      prior_precision=0.01, damping=0.1, seed=7)  # fmt: skip
+    step = SAMStep(model, opt, nn.CrossEntropyLoss(), CPU)
+    for x, y in data:
+        step(x, y)
+    want = _bsam_reference(data, 0.1, 0.05, 40, 0.01, 0.1, 7)
+    torch.testing.assert_close(model.weight.detach(), want[0])
+    torch.testing.assert_close(model.bias.detach(), want[1])
+
+
+def test_bsam_differs_from_pytorch_optimizer_by_the_conventions_it_names():
+    """pytorch_optimizer 4.1's BSAM, one step, reproduced from its conventions: noise of std
+    1/(N s) from the global generator, neither noise nor eps taken back, s from the perturbed
+    gradient and squared, momentum averaging delta * g (and its state exists only for
+    parameters that had a gradient before the first step); sam-train's step differs."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    x, y = _data(1)[0]
+    model = _softmax_regression()
+    theirs = pytorch_optimizer.BSAM(model.parameters(), num_data=40, lr=0.1, rho=0.05,
+                                    weight_decay=0.01, damping=0.1, foreach=False)  # fmt: skip
+
+    def closure():
+        theirs.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    closure()  # its state is created for parameters with a gradient (KeyError 's' otherwise)
+    torch.manual_seed(3)
+    theirs.step(closure)
+    w0 = _softmax_regression()
+    w = [w0.weight.detach().clone(), w0.bias.detach().clone()]
+    torch.manual_seed(3)
+    noisy = [t + torch.normal(0.0, torch.full_like(t, 1 / 40)) for t in w]
+    g = _grad_at(*noisy, x, y)
+    moved = [t + 0.05 * gi for t, gi in zip(noisy, g, strict=True)]  # s = 1 at the first step
+    g_eps = _grad_at(*moved, x, y)
+    for i, got in enumerate((model.weight, model.bias)):
+        s = 0.999 + 0.001 * (g_eps[i].abs() + 0.01 + 0.1) ** 2
+        want = moved[i] - 0.1 * (0.1 * 0.01 * g_eps[i]) / s
+        torch.testing.assert_close(got.detach(), want)
+    ours = _bsam_reference([(x, y)], 0.1, 0.05, 40, 0.01, 0.1, 3)
+    assert not torch.allclose(model.weight.detach(), ours[0])
+
+
 # --------------------------------------------------------------------------- the step
 def _model():
     torch.manual_seed(0)
@@ -506,14 +578,15 @@ STEP_CASES = {
     "esam": {"select_fraction": 0.5, "perturb_fraction": 0.5},
     "ksam": {"select_fraction": 0.25},
     "mesa": {"ema_decay": 0.5, "start_step": 1},
+    "bsam": {"num_examples": 50, "seed": 4},
 }
 
 
 def _step(name: str, model: nn.Module) -> SAMStep:
-    kwargs = {**STEP_CASES[name], **({"model": model} if name == "mesa" else {})}
-    opt = VARIANTS[name](
-        model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, **kwargs
-    )
+    kwargs = {"momentum": 0.0 if name == "bsam" else 0.9, **STEP_CASES[name]}
+    if name == "mesa":
+        kwargs["model"] = model
+    opt = VARIANTS[name](model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
     criterion = nn.CrossEntropyLoss()
     if name == "mesa":
         criterion = TrajectoryLoss(criterion, opt)
@@ -632,6 +705,11 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
         (["sam=saf", "trainer.accum_steps=2"], "set trainer.accum_steps=1"),
         (["sam=saf", "sam.past_epochs=0"], "sam.past_epochs must be > 0"),
         (["sam=saf", "trainer.strategy=fsdp"], "use trainer.strategy=ddp"),
+        (["sam=bsam"], "use optimizer=sgd with optimizer.momentum=0"),
+        (
+            ["sam=bsam", "optimizer.momentum=0", "optimizer.weight_decay=0", "sam.p=inf"],
+            "sam.p does not apply",
+        ),
         (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
         (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
         (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),
@@ -652,13 +730,14 @@ def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, me
         ["sam=aesam"],
         ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
         ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
+        ["sam=bsam", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.5"],
     ],
     ids=lambda overrides: overrides[0],
 )
 def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path, variant):  # noqa: F811
     """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA, SAF's
-    stored outputs, filled through the loader's example indices): a run
-    that crashes after step 25 and resumes from its step-24 checkpoint ends with the
+    stored outputs, filled through the loader's example indices, bSAM's noise and precision):
+    a run that crashes after step 25 and resumes from its step-24 checkpoint ends with the
     uninterrupted run's weights and variant state (test_lifecycle's helpers)."""
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     code, err = cli_in_process([*BASE, *variant, f"hydra.run.dir={whole}"])

@@ -111,16 +111,21 @@ SAM_VARIANTS = (
     "ksam",
     "mesa",
     "saf",
+    "bsam",
 )
 # Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
 # (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
-NO_ASCENT_VARIANTS = ("msam", "mesa", "saf")
+NO_ASCENT_VARIANTS = ("msam", "mesa", "saf", "bsam")
 # Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
-FSDP_UNTESTED_VARIANTS = ("esam", "ksam", "mesa", "saf")
+FSDP_UNTESTED_VARIANTS = ("esam", "ksam", "mesa", "saf", "bsam")
 # Variants whose loss gains a trajectory term (sam_train/step/trajectory.py).
 TRAJECTORY_VARIANTS = ("mesa", "saf")
 # Variants whose loader hands the step each example's index (one process only).
 INDEXED_VARIANTS = ("saf",)
+# Variants that need the training set's size (SAF's store, bSAM's posterior scale N).
+SIZED_VARIANTS = ("saf", "bsam")
+# Variants whose random draws are seeded by the run's seed (the same on every replica).
+SEEDED_VARIANTS = ("rst", "bsam")
 # Variants whose passes run on part of the batch (sam_train/step/selection.py).
 SELECTING_VARIANTS = ("esam", "ksam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
@@ -247,6 +252,10 @@ class SAMConfig:
     temperature: float | None = checked(None, gt=0, variants=("mesa", "saf"))
     start_epoch: int | None = checked(None, ge=0, variants=("mesa", "saf"))
     past_epochs: int | None = checked(None, gt=0, variants=("saf",))
+    # bsam: the prior precision delta, the damping gamma, the initial precision s
+    prior_precision: float | None = checked(None, ge=0, variants=("bsam",))
+    damping: float | None = checked(None, ge=0, variants=("bsam",))
+    init_scale: float | None = checked(None, gt=0, variants=("bsam",))
 
 
 @dataclass

@@ -309,7 +309,7 @@ def _efficient_variant_rules(cfg: Any) -> None:
         changed = [key for key, on in ascent.items() if on]
         if changed:
             raise ConfigError(
-                f"sam={sam.name} perturbs along a stored direction, not a gradient ascent: "
+                f"sam={sam.name} has a perturbation of its own, not SAM's ascent: "
                 f"sam.{changed[0]} does not apply (leave it at its default)"
             )
     if sam.name == "msam":
@@ -321,6 +321,13 @@ def _efficient_variant_rules(cfg: Any) -> None:
         raise ConfigError(f"sam={sam.name} needs unscaled gradients: use trainer.amp=bf16")
     if sam.name in SELECTING_VARIANTS:
         _selection_rules(cfg)
+    if sam.name == "bsam" and (
+        optimizer.name != "sgd" or optimizer.momentum or optimizer.weight_decay
+    ):
+        raise ConfigError(
+            "sam=bsam makes its own Adam-like update: use optimizer=sgd with "
+            "optimizer.momentum=0 and optimizer.weight_decay=0 (its prior is sam.prior_precision)"
+        )
     if sam.name in INDEXED_VARIANTS and cfg.dataset.loader == "gpu":
         raise ConfigError(f"sam={sam.name} needs example indices: set dataset.loader=dataloader")
     if sam.name in TRAJECTORY_VARIANTS and cfg.trainer.accum_steps != 1:

@@ -1,6 +1,7 @@
 """SAM optimizers (one class per variant on a shared base) and the helpers the step needs."""
 
 from sam_train.sam.aesam import AESAM
+from sam_train.sam.bsam import BayesianSAM
 from sam_train.sam.esam import ESAM
 from sam_train.sam.fsam import FriendlySAM
 from sam_train.sam.gsam import GSAM
@@ -30,6 +31,7 @@ VARIANTS: dict[str, type[SAM]] = {
     "ksam": KSAM,
     "mesa": MESA,
     "saf": SAF,
+    "bsam": BayesianSAM,
 }
 # The config declares the same names, torch-free, for its validator (config.schema
 # SAM_VARIANTS, plus "none", which has no class): tests/test_imports.py checks they agree.
@@ -43,6 +45,7 @@ __all__ = [
     "SAF",
     "SAM",
     "VARIANTS",
+    "BayesianSAM",
     "FriendlySAM",
     "IntervalSAM",
     "LookSAM",

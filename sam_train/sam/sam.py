@@ -239,6 +239,9 @@ class SAM(Optimizer):
         weights were moved (``restore`` puts them back)."""
         return False
 
+    def before_first_pass(self) -> None:
+        """Two-pass variants: move w before the first pass (bSAM's noise); none by default."""
+
     def reference_forwards(self) -> int:
         """Examples run forward (no gradient) by ``perturb_before_pass`` this step (MESA)."""
         return 0

@@ -163,6 +163,7 @@ class SAMStep:
         if self.uses_sam and self.optimizer.selects_examples:  # K-SAM, ESAM's selection
             loss_sum, correct, grad_norm = selected_passes(self, images, targets)
         elif self.uses_sam and not self.optimizer.single_pass:
+            self.optimizer.before_first_pass()  # bSAM's noisy sample
             loss_sum, correct, grad_norm = self._sam_passes(images, targets)
         else:  # one pass: the base optimizer, or a variant that perturbs before it (MSAM)
             if self.uses_sam:
