@@ -137,3 +137,12 @@ def run_in_process(args: list[str]) -> tuple[int, str]:
 @pytest.fixture
 def cli_in_process():
     return run_in_process
+
+
+# (group, option) -> what else it needs to compose and build: options that apply to one kind
+# of data only, and sam=bsam, which makes its own update over plain SGD.
+REQUIRES = {
+    ("augment", "cutout"): ["dataset=cifar10"],
+    ("augment", "autoaugment"): ["dataset=cifar10"],
+    ("sam", "bsam"): ["optimizer.momentum=0", "optimizer.weight_decay=0"],  # its own update
+}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from conftest import REQUIRES, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -19,12 +19,6 @@ GROUP_OPTIONS = [
     if group.is_dir() and group.name != "experiment"
     for option in sorted(group.glob("*.yaml"))
 ]
-# Options that apply to one kind of data only compose with such data.
-REQUIRES = {
-    ("augment", "cutout"): ["dataset=cifar10"],
-    ("augment", "autoaugment"): ["dataset=cifar10"],
-    ("sam", "bsam"): ["optimizer.momentum=0", "optimizer.weight_decay=0"],  # its own update
-}
 EXPERIMENTS = sorted(
     str(p.relative_to(CONFIGS / "experiment").with_suffix(""))
     for p in CONFIGS.glob("experiment/**/*.yaml")

@@ -14,7 +14,7 @@ import pytest
 import timm.scheduler
 import torch
 import torch.distributed as dist
-from conftest import TINY_RUN
+from conftest import REQUIRES, TINY_RUN
 from sam_reference import sam_step
 from torch import nn
 
@@ -103,7 +103,10 @@ CONFIGURATIONS = {
     "fp32": [],
     "bf16": ["trainer.amp=bf16"],
     "fp16": ["trainer.amp=fp16"],
-    **{f"sam.name={name}": [f"sam.name={name}"] for name in VARIANTS},
+    **{
+        f"sam.name={name}": [f"sam.name={name}", *REQUIRES.get(("sam", name), [])]
+        for name in VARIANTS
+    },
     "sgd": ["sam.name=none"],
     "sgd foreach (the masked copy)": ["optimizer.fused=false"],
     "adamw fused": ["optimizer.name=adamw", "optimizer.fused=true"],

@@ -38,14 +38,15 @@ class MaskedUpdate:
     tensors are copied into buffers allocated once (their size: the parameters plus the
     optimizer state, which the benchmark reports) and put back with ``torch.where`` after the
     step; state on another device than the flag (Adam's non-capturable CPU step count) is not
-    masked. The first steps, while the optimizer has no state yet, read the flag on the host
-    once each, so that a skipped first step creates no state.
+    masked. The first steps, until one is finite and while the optimizer has no state, read
+    the flag on the host once each, so that a skipped first step creates no state.
     """
 
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
         self._saved: list[torch.Tensor] = []
         self._masked: list[torch.Tensor] = []
+        self._stepped = False  # a stateless optimizer (SGD without momentum) stays stateless
 
     @property
     def snapshot_bytes(self) -> int:
@@ -56,9 +57,10 @@ class MaskedUpdate:
     def step(self, found_inf: torch.Tensor) -> None:
         """The base step unless ``found_inf`` (a 0-d bool tensor on the device) is true."""
         optimizer = self.optimizer
-        if not optimizer.state:  # lazy state: created only by a finite step (one read)
-            if not bool(found_inf):
+        if not optimizer.state and not self._stepped:  # lazy state: only a finite step makes it
+            if not bool(found_inf):  # one read, until the first finite step
                 optimizer.step()
+                self._stepped = True
             return
         if supports_found_inf(optimizer):
             optimizer.grad_scale, optimizer.found_inf = None, found_inf.float()
