@@ -100,21 +100,16 @@ GRID: dict[str, list[list[str]]] = {
         [f"optimizer.lr={lr}", f"sam.rho={r}"] for lr in ("0.1", "0.5") for r in ("0.05", "0.2")
     ],
 }
-#: (variant, noise) in the order the work is done: the candidate for the goal (MSAM, about
-#: SGD's cost) and the baselines it is measured against, at 40% noise first.
+#: (variant, noise) in the order the work is done: the candidates for the goal (MSAM and SAF,
+#: about SGD's cost) and the baselines they are measured against first, then the rest from the
+#: cheapest (x SGD CPU in the cost table) to the dearest, so the budget buys the most rows.
+_BY_COST = (
+    "LookSAM k=5", "interval k=5", "MESA", "RST p=0.5", "interval k=2", "K-SAM", "GSAM",
+    "F-SAM", "ESAM beta=0.5", "ESAM SWP+SDS", "AE-SAM", "ASAM", "WSAM", "bSAM",
+)  # fmt: skip
 PRIORITY: list[tuple[str, float]] = [
-    ("SGD", 0.4),
-    ("MSAM", 0.4),
-    ("SAM", 0.4),
-    ("SGD", 0.6),
-    ("MSAM", 0.6),
-    ("SAM", 0.6),
-    *(
-        (label, noise)
-        for noise in NOISES
-        for label in VARIANTS
-        if label not in ("SGD", "SAM", "MSAM")
-    ),
+    *((label, noise) for label in ("SGD", "MSAM", "SAM", "SAF") for noise in NOISES),
+    *((label, noise) for label in _BY_COST for noise in NOISES),
 ]
 CYCLE = 10  # steps timed together: a multiple of every k above
 #: Timed from the first step: MESA's EMA forward starts at its start_epoch, so it is timed

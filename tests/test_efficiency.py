@@ -51,3 +51,10 @@ def test_the_store_merges_runs_under_its_lock_and_the_table_reads_them(tmp_path)
     table = efficiency.table({"runs": runs, "costs": {"SGD": {"x_sgd": 1.0}}})
     assert "| SGD | - | 1.00 | 1.00 | 74.0 ± 3.2 | 5 |" in table
     assert "| SAM | tuning: 0/9 runs |  |  | not run | 0 |" in table
+
+
+def test_the_work_order_holds_every_variant_at_every_noise_level_once():
+    expected = sorted(
+        (label, noise) for label in efficiency.VARIANTS for noise in efficiency.NOISES
+    )
+    assert sorted(efficiency.PRIORITY) == expected
