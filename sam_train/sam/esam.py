@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from sam_train.sam._options import one_ascent_step, within
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM
 
 
 class ESAM(SAM):
@@ -29,7 +29,7 @@ class ESAM(SAM):
     Args:
         select_fraction: gamma in (0, 1]; 1 turns the data selection off.
         perturb_fraction: beta, as :class:`SAM` (default here 0.5).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
     #: The selected examples (scores above a threshold) are a subset of data-dependent size,
@@ -37,15 +37,9 @@ class ESAM(SAM):
     host_reads_per_step = 1
 
     def __init__(
-        self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
-        select_fraction: float = 0.5,
-        perturb_fraction: float = 0.5,
-        **kwargs: Any,
+        self, *args: Any, select_fraction: float = 0.5, perturb_fraction: float = 0.5, **kwargs: Any
     ) -> None:
-        super().__init__(params, base_optimizer, perturb_fraction=perturb_fraction, **kwargs)
+        super().__init__(*args, perturb_fraction=perturb_fraction, **kwargs)
         within("ESAM", "(0, 1]", select_fraction=select_fraction)
         one_ascent_step("ESAM", self.inner_steps)
         self.select_fraction = float(select_fraction)

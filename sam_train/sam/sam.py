@@ -31,7 +31,10 @@ Options every variant inherits (each defaults to the paper's SAM):
 
 How a variant plugs in: ``will_perturb`` (does this step ascend at all), ``_ascent_gradients``
 (what the ascent follows), ``_group_rho`` (the radius now), ``_combine_gradients`` (what the
-base optimizer applies, called by ``restore``), ``_extra_state``/``_load_extra_state``.
+base optimizer applies, called by ``restore``), ``_extra_state``/``_load_extra_state``. Its
+constructor is ``__init__(self, *args, <its knobs, keyword-only>, **kwargs)``: ``params``, the
+base optimizer and SAM's options pass through to this class unchanged, so every variant is
+called as ``SAM`` is and checks them once, here.
 """
 
 from __future__ import annotations
