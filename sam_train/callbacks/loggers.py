@@ -89,7 +89,8 @@ def plain(value: Any) -> int | float | str | bool:
 
 class MetricLogger(Callback):
     """Rank 0 writes; ``hparams`` is the curated set (overridden keys first), ``config`` the
-    whole flattened config, for loggers that keep both."""
+    whole flattened config, for loggers that keep both. A logger's constructor takes
+    ``(self, *args, <its options, keyword-only>, **kwargs)`` and passes these three on."""
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ wandb's service writes a step's row when the next step begins, and its log file 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_train.callbacks.loggers import MetricLogger
@@ -26,16 +25,14 @@ class WandbLogger(MetricLogger):
 
     def __init__(
         self,
-        run_dir: Path,
-        hparams: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
-        *,
+        *args: Any,
         project: str = "sam-train",
         entity: str | None = None,
         mode: str | None = None,
         tags: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(run_dir, hparams, config)
+        super().__init__(*args, **kwargs)
         self.options = {"project": project, "entity": entity, "mode": mode, "tags": tags or None}
         self.run_id: str | None = None
         self.run = None
