@@ -12,12 +12,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, subprocess_env, torchrun_command
+from conftest import compose_config, config_refusal, subprocess_env, torchrun_command
 from sam_reference import CPU, MaskRecorder, closure_steps
 from torch import nn
 
 from sam_train.build import build_optimizer
-from sam_train.config import SAM_VARIANTS, ConfigError, validate
+from sam_train.config import SAM_VARIANTS, validate
 from sam_train.sam import GSAM, SAM, VARIANTS, FriendlySAM, IntervalSAM, LookSAM
 from sam_train.step import SAMStep
 from sam_train.train import train
@@ -484,9 +484,7 @@ def test_build_optimizer_makes_the_configured_variant(overrides, cls, attributes
     ],
 )
 def test_bad_sam_options_fail_with_one_line(overrides, message):
-    with pytest.raises(ConfigError) as err:
-        validate(compose_config(overrides))
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert message in config_refusal(overrides)
 
 
 # --------------------------------------------------------------------------- DDP
