@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config, config_refusal
-from sam_reference import CPU
+from sam_reference import CPU, sam_step
 from test_lifecycle import BASE, _Act, _assert_same_weights, _last, inject  # noqa: F401
 from torch import nn
 
@@ -583,14 +583,8 @@ STEP_CASES = {
 
 
 def _step(name: str, model: nn.Module) -> SAMStep:
-    kwargs = {"momentum": 0.0 if name == "bsam" else 0.9, **STEP_CASES[name]}
-    if name == "mesa":
-        kwargs["model"] = model
-    opt = VARIANTS[name](model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, **kwargs)
-    criterion = nn.CrossEntropyLoss()
-    if name == "mesa":
-        criterion = TrajectoryLoss(criterion, opt)
-    return SAMStep(model, opt, criterion, CPU)
+    momentum = 0.0 if name == "bsam" else 0.9
+    return sam_step(model, VARIANTS[name], {"rho": 0.1, "momentum": momentum, **STEP_CASES[name]})
 
 
 @pytest.mark.parametrize("name", list(STEP_CASES))
