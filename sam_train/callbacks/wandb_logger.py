@@ -73,10 +73,15 @@ class WandbLogger(MetricLogger):
             **self.options,
         )
         self.run_id = self.run.id
-        skipped = self.run.disabled or self.run.settings.x_skip_transaction_log
-        self.log_file = (
-            None if skipped or not _settings(wandb) else Path(self.run.settings.sync_file)
-        )
+        self.log_file = self._own_log(wandb)
+
+    def _own_log(self, wandb: Any) -> Path | None:
+        """This session's transaction log, where checkpoints wait for their rows (None: it
+        writes none, or a wandb without the setting that makes it write often)."""
+        settings = self.run.settings
+        if not _settings(wandb) or self.run.disabled or settings.x_skip_transaction_log:
+            return None
+        return Path(settings.sync_file)
 
     def _held_after(self, step: int) -> set[tuple[str, int]]:
         """The (name, step) pairs past ``step`` in this run's earlier sessions' logs."""
@@ -106,7 +111,7 @@ class WandbLogger(MetricLogger):
         self._send()
         deadline = time.monotonic() + WRITE_TIMEOUT
         while self.log_file is not None and self._written_step() < self.sent:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline:  # a stuck service: warn once, wait no more
                 log.warning(
                     "W&B: rows up to step %d not in %s after %.0f s; no longer waiting for them",
                     self.sent,
@@ -114,7 +119,8 @@ class WandbLogger(MetricLogger):
                     WRITE_TIMEOUT,
                 )
                 self.log_file = None
-            time.sleep(WRITE_INTERVAL / 4)
+            else:
+                time.sleep(WRITE_INTERVAL / 4)
 
     def _written_step(self) -> int:
         """The step of the last row in this session's log file (read on from where it was)."""
