@@ -3,6 +3,7 @@ callbacks of step STEP (a checkpoint written at that step included), with every 
 (wandb's service): no handler, atexit or flush runs, as when a scheduler or the OOM killer ends
 the job."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -25,7 +26,8 @@ class KillAt(Callback):
     def on_train_step_end(self, trainer, state, output) -> None:
         if state.global_step == self.step:
             for pid in [*_children(), os.getpid()]:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # a child that just ended
+                    os.kill(pid, signal.SIGKILL)
 
 
 def main() -> None:
