@@ -388,6 +388,25 @@ def test_first_pass_is_synced_when_no_second_pass_follows_or_gradients_are_combi
     assert not SAM(w, torch.optim.SGD, lr=0.1).needs_synced_first_pass()
 
 
+#: The arguments a variant cannot do without, and the base optimizer's momentum it needs.
+_REQUIRED = {"saf": {"num_examples": 8, "steps_per_epoch": 2}, "bsam": {"num_examples": 8}}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_is_called_as_sam_is_and_takes_its_own_knobs_by_keyword(name):
+    """params, the base optimizer and SAM's options pass through a variant unchanged (rho
+    positional, as davda54/sam's SAM takes it); a sixth positional argument is refused."""
+    model = _tiny_model()
+    kwargs = {**_REQUIRED.get(name, {}), "momentum": 0.9 if name == "msam" else 0.0}
+    if name == "mesa":
+        kwargs["model"] = model
+    opt = VARIANTS[name](model.parameters(), torch.optim.SGD, 0.2, lr=0.1, **kwargs)
+    assert [group["rho"] for group in opt.param_groups] == [0.2]
+    assert opt.base_optimizer.param_groups is opt.param_groups
+    with pytest.raises(TypeError):
+        VARIANTS[name](model.parameters(), torch.optim.SGD, 0.2, False, 0.01, 5, lr=0.1)
+
+
 def test_config_names_every_variant():
     assert set(SAM_VARIANTS) == {"none", *VARIANTS}
 
