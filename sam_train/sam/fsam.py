@@ -34,6 +34,8 @@ class FriendlySAM(SAM):
         Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     def __init__(
         self,
         params: Params,

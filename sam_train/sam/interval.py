@@ -23,6 +23,8 @@ class IntervalSAM(SAM):
         Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     def __init__(
         self, params: Params, base_optimizer: BaseOptimizer, *, k: int = 2, **kwargs: Any
     ) -> None:

@@ -37,6 +37,8 @@ class WeightedSAM(SAM):
         Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     combines_gradients = True
 
     def __init__(
