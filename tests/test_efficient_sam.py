@@ -837,12 +837,14 @@ def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, me
         ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
         ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
         ["sam=bsam", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.5"],
+        ["sam=esam"],
     ],
     ids=lambda overrides: overrides[0],
 )
 def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path, variant):  # noqa: F811
     """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA, SAF's
-    stored outputs, filled through the loader's example indices, bSAM's noise and precision):
+    stored outputs, filled through the loader's example indices, bSAM's noise and precision,
+    ESAM's draws of the tensors it perturbs):
     a run that crashes after step 25 and resumes from its step-24 checkpoint ends with the
     uninterrupted run's weights and variant state (test_lifecycle's helpers)."""
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
