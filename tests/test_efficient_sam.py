@@ -385,19 +385,20 @@ def test_esam_does_not_compute_the_first_gradients_of_the_tensors_it_does_not_pe
     equal the hand computation (no data selection) and, bit for bit, a step that computes
     those gradients and drops them (what DDP and FSDP do)."""
     data, beta, seed = _data(10), 0.5, 7
-    model = _softmax_regression()
-    opt = ESAM(
-        model.parameters(),
-        torch.optim.SGD,
-        rho=0.3,
-        lr=0.1,
-        seed=seed,
-        select_fraction=select_fraction,
-        perturb_fraction=beta,
-    )
-    step, log = SAMStep(model, opt, nn.CrossEntropyLoss(), CPU), _GradientLog(model)
-    for x, y in data:
-        step(x, y)
+
+    def run(freezes: bool) -> tuple[nn.Module, _GradientLog]:
+        model = _softmax_regression()
+        opt = ESAM(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, seed=seed,
+                   select_fraction=select_fraction, perturb_fraction=beta)  # fmt: skip
+        strategy = SingleProcess(device=CPU)
+        strategy.freezes_parameters = freezes  # False: as DDP's
+        step = SAMStep(model, opt, nn.CrossEntropyLoss(), CPU, strategy=strategy)
+        log = _GradientLog(model)
+        for x, y in data:
+            step(x, y)
+        return model, log
+
+    model, log = run(freezes=True)
     want_w, want_b, draws = _esam_swp_reference(data, 0.3, 0.1, beta, seed)
     every = set(log.names)
     firsts = [{n for n, k in zip(log.names, keep, strict=True) if k} or every for keep in draws]
@@ -407,24 +408,7 @@ def test_esam_does_not_compute_the_first_gradients_of_the_tensors_it_does_not_pe
     if select_fraction == 1.0:
         torch.testing.assert_close(model.weight.detach(), want_w)
         torch.testing.assert_close(model.bias.detach(), want_b)
-    dropped_model = _softmax_regression()
-    dropped = ESAM(
-        dropped_model.parameters(),
-        torch.optim.SGD,
-        rho=0.3,
-        lr=0.1,
-        seed=seed,
-        select_fraction=select_fraction,
-        perturb_fraction=beta,
-    )
-    strategy = SingleProcess(device=CPU)
-    strategy.freezes_parameters = False  # as DDP's
-    dropped_step, dropped_log = (
-        SAMStep(dropped_model, dropped, nn.CrossEntropyLoss(), CPU, strategy=strategy),
-        _GradientLog(dropped_model),
-    )
-    for x, y in data:
-        dropped_step(x, y)
+    dropped_model, dropped_log = run(freezes=False)
     assert dropped_log.passes == [every] * 2 * len(data)
     assert torch.equal(model.weight, dropped_model.weight)
     assert torch.equal(model.bias, dropped_model.bias)
