@@ -34,7 +34,10 @@ Options every variant inherits (each defaults to the paper's SAM):
 
 How a variant plugs in: ``will_perturb`` (does this step ascend at all), ``_ascent_gradients``
 (what the ascent follows), ``_group_rho`` (the radius now), ``_combine_gradients`` (what the
-base optimizer applies, called by ``restore``), ``_extra_state``/``_load_extra_state``.
+base optimizer applies, called by ``restore``), ``_extra_state``/``_load_extra_state``. Its
+constructor is ``__init__(self, *args, <its knobs, keyword-only>, **kwargs)``: ``params``, the
+base optimizer and SAM's options pass through to this class unchanged, so every variant is
+called as ``SAM`` is and checks them once, here.
 """
 
 from __future__ import annotations
@@ -159,11 +162,6 @@ class SAM(Optimizer):
         **base_kwargs: Any,
     ) -> None:
         _check_arguments(rho, eta, p, perturb_fraction, inner_steps)
-        if perturb_fraction < 1.0 and not self.samples_weights:
-            raise ValueError(
-                f"{type(self).__name__} uses the first gradient beyond the ascent: "
-                "perturb_fraction (ESAM's stochastic weight perturbation) does not apply"
-            )
         sam_defaults = {"rho": rho, "adaptive": adaptive, "eta": eta}
         if isinstance(base_optimizer, Optimizer):
             if params is not None or base_kwargs:
@@ -197,10 +195,18 @@ class SAM(Optimizer):
         self._did_perturb = False
         self._pending_combine = False
         self._kept_grads: list[tuple[torch.Tensor | None, int]] = []  # after a skipped ascent
-        # ESAM's draws come from a generator of their own: the engine rewinds the global one
-        # before the second pass (same dropout draws), which would rewind a draw from it too,
-        # and in a model without random layers repeat the same draw every step. ``seed`` (the
-        # run's, the same on every replica) makes FSDP's ranks perturb the same tensors.
+        self._init_draws(seed)
+
+    def _init_draws(self, seed: int | None) -> None:
+        """ESAM's draws come from a generator of their own: the engine rewinds the global one
+        before the second pass (same dropout draws), which would rewind a draw from it too,
+        and in a model without random layers repeat the same draw every step. ``seed`` (the
+        run's, the same on every replica) makes FSDP's ranks perturb the same tensors."""
+        if self.perturb_fraction < 1.0 and not self.samples_weights:
+            raise ValueError(
+                f"{type(self).__name__} uses the first gradient beyond the ascent: "
+                "perturb_fraction (ESAM's stochastic weight perturbation) does not apply"
+            )
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item()) if self.perturb_fraction < 1.0 else 0
         self._mask_seed = int(seed)
