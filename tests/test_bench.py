@@ -99,6 +99,11 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     assert set(hot["host_reads_per_step"].values()) == {0}
     assert hot["param_bytes"] == hot["sam_backup_bytes"] == param_bytes
     assert 0 < hot["sam_temporary_bytes"] < param_bytes / 10  # the norms, nothing sized like w
+    params = list(model.parameters())
+    assert hot["param_tensors"] == len(params)
+    # the largest temporary is the per-tensor norms' vector, smaller than any weight matrix
+    assert 0 < hot["sam_largest_temporary_bytes"] <= 4 * len(params)
+    assert hot["sam_largest_temporary_bytes"] < max(p.numel() * p.element_size() for p in params)
     assert hot["mask_copy_bytes_foreach"] == 2 * param_bytes  # weights and momentum
     (data,) = saved["data"]
     assert data["dataset"] == "digits" and data["num_workers"] == 0
