@@ -77,6 +77,9 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     )
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["meta"]["machine"]["threads"] == 1 and saved["meta"]["reps"] == 2
+    sections = ["ratio", "trainer", "memory", "hot_path", "data"]
+    assert list(saved["meta"]["section_s"]) == sections  # where make bench's time goes
+    assert sum(saved["meta"]["section_s"].values()) <= saved["meta"]["wall_s"]
     (ratio,) = saved["ratio"]
     assert ratio["sam_over_base"] == pytest.approx(
         ratio["sam"]["median_s"] / ratio["base"]["median_s"]
@@ -111,6 +114,7 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     assert data["reseeds_per_example"] == 0 and data["loader_over_bare_loop_cpu"] > 0
     table = (tmp_path / "bench.md").read_text()
     assert "| measure | workload | measured | target | met |" in table
+    assert " s in all (ratio " in table.splitlines()[0]
     for measure in (
         "SAM step / base step",
         "trainer efficiency",

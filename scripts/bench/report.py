@@ -66,6 +66,12 @@ def _ms(stats: dict[str, float]) -> str:
     return f"{1e3 * stats['median_s']:.1f}"
 
 
+def _section_times(meta: dict[str, Any]) -> str:
+    """Where the run's time went (a slow section shows here), if the report records it."""
+    times = meta.get("section_s") or {}
+    return f" ({', '.join(f'{name} {s:g} s' for name, s in times.items())})" if times else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The targets table, then one table per section."""
     meta, machine = report["meta"], report["meta"]["machine"]
@@ -74,7 +80,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{meta['command']}` at commit {machine['git_commit']}: torch {machine['torch']}, "
         f"{machine['device']}{gpu}, {machine['threads']} thread(s) on {machine['cpu_count']} "
         f"cores; medians of {meta['reps']} interleaved repetitions after {meta['warmup']} "
-        f"warm-up step(s); {meta['wall_s']} s in all.",
+        f"warm-up step(s); {meta['wall_s']} s in all{_section_times(meta)}.",
         f"The machine was shared: load average {meta['load_before'][0]} before, "
         f"{meta['load_after'][0]} after. Absolute times suffer; each comparison is "
         "interleaved and judged on its paired ratio (the median over repetitions of the "
