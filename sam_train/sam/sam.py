@@ -409,9 +409,10 @@ class SAM(Optimizer):
                 self.last_grad_norm = norm
             else:  # report a non-finite later gradient (fp16 overflow) so the step is skipped
                 self.last_grad_norm = torch.where(torch.isfinite(norm), self.last_grad_norm, norm)
-        if zero_grad:  # what zero_grad() does: only these parameters have gradients
-            for p in params:
-                p.grad = None
+        if zero_grad:  # zero_grad(set_to_none=True), without its profiler scope
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = None
         return True
 
     def _keep(
