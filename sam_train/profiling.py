@@ -49,6 +49,7 @@ class Allocations(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self.allocated = 0  # every new tensor's bytes, freed or not
+        self.largest = 0  # the largest single new tensor's bytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -65,6 +66,7 @@ class Allocations(TorchDispatchMode):
     def _count(self, tensor: torch.Tensor, nbytes: int) -> None:
         self.live += nbytes
         self.allocated += nbytes
+        self.largest = max(self.largest, nbytes)
         self.peak = max(self.peak, self.live)
         weakref.finalize(tensor, self._free, nbytes)
 

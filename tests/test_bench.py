@@ -77,6 +77,9 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     )
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["meta"]["machine"]["threads"] == 1 and saved["meta"]["reps"] == 2
+    sections = ["ratio", "trainer", "memory", "hot_path", "data"]
+    assert list(saved["meta"]["section_s"]) == sections  # where make bench's time goes
+    assert sum(saved["meta"]["section_s"].values()) <= saved["meta"]["wall_s"]
     (ratio,) = saved["ratio"]
     assert ratio["sam_over_base"] == pytest.approx(
         ratio["sam"]["median_s"] / ratio["base"]["median_s"]
@@ -99,6 +102,11 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     assert set(hot["host_reads_per_step"].values()) == {0}
     assert hot["param_bytes"] == hot["sam_backup_bytes"] == param_bytes
     assert 0 < hot["sam_temporary_bytes"] < param_bytes / 10  # the norms, nothing sized like w
+    params = list(model.parameters())
+    assert hot["param_tensors"] == len(params)
+    # the largest temporary is the per-tensor norms' vector, smaller than any weight matrix
+    assert 0 < hot["sam_largest_temporary_bytes"] <= 4 * len(params)
+    assert hot["sam_largest_temporary_bytes"] < max(p.numel() * p.element_size() for p in params)
     assert hot["mask_copy_bytes_foreach"] == 2 * param_bytes  # weights and momentum
     (data,) = saved["data"]
     assert data["dataset"] == "digits" and data["num_workers"] == 0
@@ -106,6 +114,7 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     assert data["reseeds_per_example"] == 0 and data["loader_over_bare_loop_cpu"] > 0
     table = (tmp_path / "bench.md").read_text()
     assert "| measure | workload | measured | target | met |" in table
+    assert " s in all (ratio " in table.splitlines()[0]
     for measure in (
         "SAM step / base step",
         "trainer efficiency",

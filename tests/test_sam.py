@@ -92,6 +92,22 @@ def test_restore_is_an_exact_copy_of_the_original_weights():
     assert torch.equal(w.detach(), original)  # bit-exact, unlike w + eps - eps
 
 
+def test_restore_follows_the_parameters_that_have_gradients_from_step_to_step():
+    """The backup's list is cached across steps: a parameter without a gradient on one step
+    (frozen, unused) must still be restored exactly on the next, and left alone meanwhile."""
+    torch.manual_seed(0)
+    a, b = torch.randn(5, requires_grad=True), torch.randn(3, requires_grad=True)
+    opt = SAM([a, b], torch.optim.SGD, rho=0.3, lr=0.0)
+    for used in ([a, b], [a], [b], [a, b]):
+        originals = [a.detach().clone(), b.detach().clone()]
+        sum(p.exp().sum() for p in used).backward()
+        opt.first_step(zero_grad=True)
+        for p, original in zip([a, b], originals, strict=True):
+            assert torch.equal(p.detach(), original) == all(p is not u for u in used)
+        opt.restore()
+        assert all(torch.equal(p.detach(), o) for p, o in zip([a, b], originals, strict=True))
+
+
 def test_weight_decay_stays_in_the_base_optimizer():
     a, w0 = _quadratic(2)
     rho, lr, wd = 0.1, 0.01, 0.1

@@ -36,8 +36,12 @@ class RunningStatsGuard:
     @torch.no_grad()
     def restore_where(self, flag: torch.Tensor) -> None:
         """Put the snapshot back where the 0-d bool ``flag`` is set, on the device (no read)."""
+        flags = {flag.device: flag}  # moved once per device, not once per buffer
         for buffer, saved in zip(self._buffers, self._saved, strict=True):
-            torch.where(flag.to(buffer.device), saved, buffer, out=buffer)
+            here = flags.get(buffer.device)
+            if here is None:
+                here = flags[buffer.device] = flag.to(buffer.device)
+            torch.where(here, saved, buffer, out=buffer)
 
     @contextmanager
     def frozen(self) -> Iterator[None]:

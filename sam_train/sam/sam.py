@@ -43,6 +43,7 @@ called as ``SAM`` is and checks them once, here.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -190,6 +191,8 @@ class SAM(Optimizer):
         self._steps = 0  # first_step calls so far: the clock of the periodic variants
         self._backup: dict[torch.Tensor, torch.Tensor] = {}
         self._first_grad: dict[torch.Tensor, torch.Tensor] = {}
+        # id(store) -> (store, the parameters, their buffers in store): see _kept
+        self._kept_lists: dict[int, tuple[dict, list[torch.Tensor], list[torch.Tensor]]] = {}
         self._perturbed: list[torch.Tensor] = []
         self._step_params: list[torch.Tensor] = []
         self._did_perturb = False
@@ -406,21 +409,44 @@ class SAM(Optimizer):
                 self.last_grad_norm = norm
             else:  # report a non-finite later gradient (fp16 overflow) so the step is skipped
                 self.last_grad_norm = torch.where(torch.isfinite(norm), self.last_grad_norm, norm)
-        if zero_grad:
-            self.zero_grad()
+        if zero_grad:  # zero_grad(set_to_none=True), without its profiler scope
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = None
         return True
 
-    @staticmethod
     def _keep(
+        self,
         store: dict[torch.Tensor, torch.Tensor],
         params: list[torch.Tensor],
         values: list[torch.Tensor],
     ) -> None:
         """Copy ``values`` into buffers kept across steps (allocated once per parameter)."""
-        for p, v in zip(params, values, strict=True):
+        copy_all(self._kept(store, params, values), values)
+
+    def _kept(
+        self,
+        store: dict[torch.Tensor, torch.Tensor],
+        params: list[torch.Tensor],
+        like: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """``[store[p] for p in params]``, allocating missing buffers like ``like``; the list
+        is cached while ``params`` stays the same tensors (the usual case: every step), as
+        hashing every parameter costs a measurable share of a large model's bookkeeping."""
+        cached = self._kept_lists.get(id(store))
+        if (
+            cached is not None
+            and cached[0] is store
+            and len(cached[1]) == len(params)
+            and all(map(operator.is_, cached[1], params))
+        ):
+            return cached[2]
+        for p, v in zip(params, like if like is not None else params, strict=True):
             if p not in store:
                 store[p] = torch.empty_like(v)
-        copy_all([store[p] for p in params], values)
+        buffers = [store[p] for p in params]
+        self._kept_lists[id(store)] = (store, list(params), buffers)  # store: ids stay unique
+        return buffers
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -430,7 +456,7 @@ class SAM(Optimizer):
         gradients (GSAM, LookSAM) do so here, once per ``first_step``.
         """
         if self._perturbed:
-            copy_all(self._perturbed, [self._backup[p] for p in self._perturbed])
+            copy_all(self._perturbed, self._kept(self._backup, self._perturbed))
         self._perturbed = []
         if self._pending_combine:
             self._pending_combine = False

@@ -31,9 +31,14 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
-    """``torch._foreach_copy_`` that also takes DTensors (copied shard by shard)."""
-    if targets:
-        torch._foreach_copy_([local(t) for t in targets], [local(s) for s in sources])
+    """``torch._foreach_copy_`` that also takes DTensors (copied shard by shard); plain lists
+    go straight through (a Python call per tensor is a measurable share of a large model's
+    bookkeeping on the CPU)."""
+    if not targets:
+        return
+    if any(isinstance(t, DTensor) for t in targets) or any(isinstance(s, DTensor) for s in sources):
+        targets, sources = [local(t) for t in targets], [local(s) for s in sources]
+    torch._foreach_copy_(targets, sources)
 
 
 def shaped_like(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

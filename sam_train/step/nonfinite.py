@@ -104,6 +104,7 @@ class NonFiniteGuard:
         self.max_bad_steps = max_bad_steps
         self.skipped = 0  # skipped steps counted by the checks so far
         self._counts: torch.Tensor | None = None  # streak, longest streak, skipped: unread
+        self._views: tuple[torch.Tensor, ...] = ()  # the three counts as 0-d views
         self._step = 0
 
     @property
@@ -117,10 +118,11 @@ class NonFiniteGuard:
         bad = found_inf.to(torch.int64)
         if self._counts is None:
             self._counts = torch.zeros(3, dtype=torch.int64, device=found_inf.device)
-        counts = self._counts
-        counts[0] = (counts[0] + 1) * bad  # the streak, reset by a finite step
-        counts[1] = torch.maximum(counts[1], counts[0])
-        counts[2] += bad
+            self._views = self._counts.unbind()  # made once: indexing is an op per use
+        streak, longest, skipped = self._views
+        streak.add_(1).mul_(bad)  # the streak, reset by a finite step
+        torch.maximum(longest, streak, out=longest)
+        skipped.add_(bad)
         self._step = step
 
     def check(self) -> int:

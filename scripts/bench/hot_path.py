@@ -3,8 +3,10 @@
 * host reads per step (``.item()``-class ops under a dispatch mode) of the default step, and
   of the same step under bf16 and with the base optimizer's foreach path (the masked copy);
 * the peak extra bytes of SAM's bookkeeping on its first step: the weight backup plus every
-  temporary, against the parameter bytes (recorded under a dispatch mode), and the bytes of
-  the non-finite mask's copy when the base optimizer is not fused;
+  temporary, against the parameter bytes (recorded under a dispatch mode), the largest
+  temporary (on the next step, once the backup exists: the per-tensor norms, one float per
+  parameter tensor, nothing sized like a parameter), and the bytes of the non-finite mask's
+  copy when the base optimizer is not fused;
 * the base optimizer's implementations, ``optimizer.fused`` against ``optimizer.foreach``,
   interleaved: SAM step time of each;
 * SAM's bookkeeping as a share of the step's CPU time: the ascent and restore, the norm-layer
@@ -60,14 +62,20 @@ def sam_peak_bytes(opts: Options, work: Workload) -> dict[str, Any]:
     torch.nn.functional.cross_entropy(model(images), targets).backward()
     with Allocations() as restore:
         optimizer.restore()
+    torch.nn.functional.cross_entropy(model(images), targets).backward()
+    with Allocations() as again:  # the backup exists now: whatever is new is a temporary
+        optimizer.first_step(zero_grad=True)
+    optimizer.restore()
     param_bytes = tensor_bytes(params)
     backup = tensor_bytes(list(optimizer._backup.values()))
     peak = max(ascent.peak, backup + restore.peak)
     return {
         "param_bytes": param_bytes,
+        "param_tensors": len(params),
         "sam_backup_bytes": backup,
         "sam_peak_extra_bytes": peak,
         "sam_temporary_bytes": peak - backup,
+        "sam_largest_temporary_bytes": max(again.largest, restore.largest),
         "sam_peak_extra_over_params": peak / param_bytes,
     }
 

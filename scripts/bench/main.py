@@ -132,9 +132,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ):
             root = write_cifar(Path(tmp) / "cifar", "cifar10", (opts.data_images, 1000))
             opts.cifar_root = str(root)
+        section_s = report["meta"]["section_s"] = {}
         for section in SECTIONS:
             if section in args.sections.split(","):
+                section_started = time.perf_counter()
                 report[section] = RUNNERS[section](opts)
+                section_s[section] = round(time.perf_counter() - section_started, 1)
     report["meta"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
