@@ -149,14 +149,14 @@ REQUIRES = {
 
 
 def _weight(item: pytest.Item) -> int:
-    """0: starts processes (``distributed``), 1: other ``slow`` tests, 2: the rest."""
+    """0: torchrun launches (``distributed``), 1: other ``slow`` tests, 2: the rest."""
     if item.get_closest_marker("distributed"):
         return 0
     return 1 if item.get_closest_marker("slow") else 2
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the files with process-starting tests first, then those with other slow ones, each
+    """Run the files with torchrun launches first, then those with other slow tests, each
     file's tests together (a stable sort: module fixtures run once per worker). Longest
     first balances workers: under ``make test``'s ``--dist worksteal`` the worker that runs
     out takes the quick tests off the end of the other's queue, so no long test starts last

@@ -1,6 +1,6 @@
-"""The suite's own schedule: the files that start processes run first (conftest's
-``pytest_collection_modifyitems``), so under ``--dist worksteal`` no long test is left to the
-end while the other worker idles; and ``make test`` asks for that distribution."""
+"""The suite's own schedule: the files with torchrun launches (``distributed``) run first
+(conftest's ``pytest_collection_modifyitems``), so under ``--dist worksteal`` no long test is
+left to the end while the other worker idles; and ``make test`` asks for that distribution."""
 
 from __future__ import annotations
 
