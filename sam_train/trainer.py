@@ -51,6 +51,11 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, state: RunState, is_best: bool) -> None:
         """After an epoch's evaluation; ``state`` holds its train and test metrics."""
 
+    def on_checkpoint(self, trainer: Trainer, state: RunState) -> None:
+        """A checkpoint of ``state`` is about to be written (sent by the checkpointing
+        callback, on every process): put on disk what it covers that is not there yet (a
+        logger's rows), so that a SIGKILL right after it loses nothing a resume will not redo."""
+
     def on_stop(self, trainer: Trainer, state: RunState) -> None:
         """A stop was requested (signal): the run ends after this, to be resumed."""
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sam_train.compose import compose_config
-from sam_train.config import register_configs
+from sam_train.config import ConfigError, register_configs, validate
 from sam_train.data.synthetic import write_cifar, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +36,16 @@ torch.set_num_threads(1)
 @pytest.fixture
 def compose_cfg():
     return compose_config
+
+
+def config_refusal(overrides: list[str]) -> str:
+    """The ConfigError that validating ``overrides`` raises; the test fails when none is
+    raised or when the message takes more than one line (a user error is one clear line)."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides))
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
 
 
 def build_cifar(root: Path, name: str = "cifar10", **options):

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sam_train.sam import SAM
+from sam_train.sam import MESA, SAM
+from sam_train.sam.trajectory import TrajectorySAM
 from sam_train.step import SAMStep
+from sam_train.step.trajectory import TrajectoryLoss
 
 CPU = torch.device("cpu")
 RHO, LR, MOMENTUM = 0.5, 0.1, 0.9
@@ -72,10 +74,16 @@ def sam_step(
 ) -> SAMStep:
     """The tests' one step builder: ``variant`` over momentum SGD on ``model`` (a DDP-wrapped
     one needs ``strategy=``); ``optimizer`` overrides rho, lr, momentum or adds the variant's
-    arguments; ``kwargs`` go to SAMStep."""
+    arguments; ``kwargs`` go to SAMStep. MESA's EMA follows the unwrapped model, and the
+    trajectory variants get their loss, as ``build.py`` gives them."""
     arguments = {"rho": RHO, "lr": LR, "momentum": MOMENTUM, **(optimizer or {})}
+    if variant is MESA:
+        arguments["model"] = getattr(model, "module", model)
     sam = variant(model.parameters(), torch.optim.SGD, **arguments)
-    return SAMStep(model, sam, nn.CrossEntropyLoss(), CPU, **kwargs)
+    loss = nn.CrossEntropyLoss()
+    if isinstance(sam, TrajectorySAM):
+        loss = TrajectoryLoss(loss, sam)
+    return SAMStep(model, sam, loss, CPU, **kwargs)
 
 
 def sgd_step(model: nn.Module, **kwargs) -> SAMStep:

@@ -13,16 +13,8 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from torch import nn
 
-from sam_train.analysis import (
-    ModelObjective,
-    Objective,
-    filter_normalized_direction,
-    hessian_trace,
-    landscape_1d,
-    landscape_2d,
-    sam_sharpness,
-    top_hessian_eigenvalue,
-)
+from sam_train import analysis
+from sam_train.analysis import ModelObjective, Objective
 from sam_train.analysis.cli import main
 from sam_train.checkpoint import save_checkpoint
 from sam_train.models import create_model
@@ -59,7 +51,7 @@ EIGENVALUES = np.r_[np.linspace(0.1, 4.0, 11), 7.5]
 def test_top_eigenvalue_is_the_largest_eigenvalue_of_the_quadratic():
     a = _spectrum_matrix(EIGENVALUES)
     objective, w = _quadratic(a, np.ones(len(EIGENVALUES)))
-    result = top_hessian_eigenvalue(objective, tolerance=1e-6)
+    result = analysis.top_hessian_eigenvalue(objective, tolerance=1e-6)
     assert result["converged"]
     assert result["eigenvalue"] == pytest.approx(7.5, rel=1e-4)
     assert torch.equal(w.detach(), torch.ones(len(EIGENVALUES), dtype=torch.float64))
@@ -67,9 +59,9 @@ def test_top_eigenvalue_is_the_largest_eigenvalue_of_the_quadratic():
 
 def test_hutchinson_trace_is_exact_for_a_diagonal_hessian_and_unbiased_otherwise():
     diagonal = np.diag(EIGENVALUES)
-    exact = hessian_trace(_quadratic(diagonal, np.zeros(len(EIGENVALUES)))[0], samples=3)
+    exact = analysis.hessian_trace(_quadratic(diagonal, np.zeros(len(EIGENVALUES)))[0], samples=3)
     assert exact["trace"] == pytest.approx(EIGENVALUES.sum(), rel=1e-12)
-    estimate = hessian_trace(
+    estimate = analysis.hessian_trace(
         _quadratic(_spectrum_matrix(EIGENVALUES), np.zeros(len(EIGENVALUES)))[0], samples=300
     )
     assert abs(estimate["trace"] - EIGENVALUES.sum()) < 4 * estimate["std_error"]
@@ -78,7 +70,7 @@ def test_hutchinson_trace_is_exact_for_a_diagonal_hessian_and_unbiased_otherwise
 @pytest.mark.parametrize("rho", [0.05, 0.5])
 def test_sharpness_at_a_minimum_is_half_rho_squared_times_the_top_eigenvalue(rho):
     objective, _ = _quadratic(_spectrum_matrix(EIGENVALUES), np.zeros(len(EIGENVALUES)))
-    result = sam_sharpness(objective, rho, steps=40)
+    result = analysis.sam_sharpness(objective, rho, steps=40)
     assert result["loss"] == 0.0
     assert result["sharpness"] == pytest.approx(0.5 * rho**2 * 7.5, rel=1e-3)
 
@@ -88,9 +80,9 @@ def test_sharpness_away_from_the_minimum_solves_the_trust_region_problem(rho):
     a = _spectrum_matrix(EIGENVALUES, seed=1)
     w0 = np.random.default_rng(2).normal(size=len(EIGENVALUES)) * 0.3
     objective, w = _quadratic(a, w0)
-    result = sam_sharpness(objective, rho, steps=20)
+    result = analysis.sam_sharpness(objective, rho, steps=20)
     assert result["sharpness"] == pytest.approx(_trust_region_max(a @ w0, a, rho), rel=1e-6)
-    one_step = sam_sharpness(objective, rho, steps=0)["sharpness"]
+    one_step = analysis.sam_sharpness(objective, rho, steps=0)["sharpness"]
     assert one_step < result["sharpness"]  # SAM's single step is only a lower bound
     np.testing.assert_array_equal(w.detach().numpy(), w0)
 
@@ -106,9 +98,9 @@ def test_landscapes_match_the_quadratic_along_the_given_directions():
     def loss(w):
         return 0.5 * w @ a @ w
 
-    got_1d = landscape_1d(objective, [torch.tensor(d1)], alphas)
+    got_1d = analysis.landscape_1d(objective, [torch.tensor(d1)], alphas)
     np.testing.assert_allclose(got_1d, [loss(w0 + x * d1) for x in alphas], rtol=1e-12)
-    got_2d = landscape_2d(objective, [torch.tensor(d1)], [torch.tensor(d2)], alphas, betas)
+    got_2d = analysis.landscape_2d(objective, [torch.tensor(d1)], [torch.tensor(d2)], alphas, betas)
     expected = [[loss(w0 + x * d1 + y * d2) for x in alphas] for y in betas]
     np.testing.assert_allclose(got_2d, expected, rtol=1e-12)
 
@@ -117,7 +109,7 @@ def test_filter_normalized_direction_matches_each_filter_norm_and_skips_1d_param
     torch.manual_seed(0)
     conv, linear, norm = nn.Conv2d(3, 5, 3), nn.Linear(7, 4), nn.BatchNorm2d(5)
     params = [conv.weight, conv.bias, linear.weight, norm.weight]
-    direction = filter_normalized_direction(params, torch.Generator().manual_seed(0))
+    direction = analysis.filter_normalized_direction(params, torch.Generator().manual_seed(0))
     for p, d in zip(params, direction, strict=True):
         assert d.shape == p.shape
         if p.dim() == 1:
@@ -126,7 +118,7 @@ def test_filter_normalized_direction_matches_each_filter_norm_and_skips_1d_param
             torch.testing.assert_close(
                 d.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1), rtol=1e-5, atol=0
             )
-    again = filter_normalized_direction(params, torch.Generator().manual_seed(0))
+    again = analysis.filter_normalized_direction(params, torch.Generator().manual_seed(0))
     assert all(torch.equal(x, y) for x, y in zip(direction, again, strict=True))
 
 
@@ -167,8 +159,8 @@ def test_model_objective_uses_batch_statistics_and_leaves_running_statistics_alo
     batches = [(torch.randn(8, 3), torch.randint(0, 2, (8,))) for _ in range(2)]
     buffers = [b.clone() for b in model.buffers()]
     objective = ModelObjective(model, batches, nn.CrossEntropyLoss())
-    top_hessian_eigenvalue(objective, iterations=3)
-    sam_sharpness(objective, 0.1, steps=2)
+    analysis.top_hessian_eigenvalue(objective, iterations=3)
+    analysis.sam_sharpness(objective, 0.1, steps=2)
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
     reference = copy.deepcopy(model).train()
     reference[2].eval()  # dropout off, batch norm on each batch's statistics

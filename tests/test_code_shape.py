@@ -1,9 +1,11 @@
 """The code stays readable: no function in the package or the scripts is longer than 60
-lines."""
+lines, and the README's layout names every module of the package, its packages and the scripts
+(and nothing that is gone)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +42,35 @@ def test_the_check_sees_a_long_function():
         f"probe.py:1 long ({MAX_LINES + 1} lines)"
     ]
     assert _long_functions(f"def short():\n{body[: body.rindex(chr(10))]}\n", "probe.py") == []
+
+
+def _layout() -> str:
+    """The README's "## Layout" section."""
+    return (REPO / "README.md").read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _layout_mismatches(layout: str) -> list[str]:
+    """What the layout leaves out (a top-level module, a package, a script), then the
+    ``sam_train/`` paths it names that do not exist."""
+    modules = [p.name for p in sorted(PACKAGE.glob("*.py")) if p.name != "__init__.py"]
+    packages = [f"{p.name}/" for p in sorted(PACKAGE.iterdir()) if (p / "__init__.py").exists()]
+    scripts = [p.name for p in sorted((REPO / "scripts").iterdir()) if not p.name.startswith("_")]
+    missing = [
+        f"not in the layout: {name}"
+        for name in [*modules, *packages, *scripts]
+        if not re.search(rf"(?<![\w.]){re.escape(name)}", layout.replace("sam_train/", " "))
+    ]
+    named = sorted(set(re.findall(r"\bsam_train/[\w/]*\w(?:\.\w+|/)?", layout)))
+    return missing + [f"gone: {path}" for path in named if not (REPO / path).exists()]
+
+
+def test_the_readme_layout_matches_the_code():
+    assert _layout_mismatches(_layout()) == []
+
+
+def test_the_layout_check_sees_a_missing_and_a_stale_entry():
+    layout = _layout().replace("sam_train/logfile.py", "sam_train/old_logfile.py")
+    assert _layout_mismatches(layout) == [
+        "not in the layout: logfile.py",
+        "gone: sam_train/old_logfile.py",
+    ]

@@ -8,7 +8,7 @@ from dataclasses import fields, is_dataclass
 from typing import get_type_hints
 
 import pytest
-from conftest import compose_config
+from conftest import compose_config, config_refusal
 from omegaconf import OmegaConf
 
 from sam_train.config import (
@@ -21,14 +21,6 @@ from sam_train.config import (
     adjust,
     validate,
 )
-
-
-def _refused(overrides: list[str]) -> str:
-    with pytest.raises(ConfigError) as err:
-        validate(compose_config(overrides))
-    message = str(err.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize(
@@ -82,19 +74,19 @@ def _refused(overrides: list[str]) -> str:
     ],
 )
 def test_bad_value_is_one_line_naming_the_key(overrides, message):
-    assert message in _refused(overrides)
+    assert message in config_refusal(overrides)
 
 
 def test_misspelt_key_added_with_plus_is_refused_with_the_closest_key():
-    assert _refused(["+trainer.batchsize=32"]) == (
+    assert config_refusal(["+trainer.batchsize=32"]) == (
         "unknown key trainer.batchsize; did you mean trainer.batch_size?"
     )
-    assert "did you mean sam.rho?" in _refused(["+sam.rhoo=0.1"])
-    assert "did you mean seed?" in _refused(["+sed=1"])
+    assert "did you mean sam.rho?" in config_refusal(["+sam.rhoo=0.1"])
+    assert "did you mean seed?" in config_refusal(["+sed=1"])
 
 
 def test_unknown_key_without_a_close_one_lists_the_group():
-    message = _refused(["+logger.comet=true"])
+    message = config_refusal(["+logger.comet=true"])
     assert message == "unknown key logger.comet; logger takes: tensorboard, csv, wandb, mlflow"
 
 
@@ -137,18 +129,18 @@ def test_every_declared_bound_is_enforced(key, meta):
     variant = (
         [f"sam.name={SAM_VARIANT_OPTIONS[key[4:]][0]}"] if key[4:] in SAM_VARIANT_OPTIONS else []
     )
-    assert _refused([*variant, f"{key}={_just_outside(meta)}"]).startswith(f"{key} must be ")
+    assert config_refusal([*variant, f"{key}={_just_outside(meta)}"]).startswith(f"{key} must be ")
 
 
 @pytest.mark.parametrize(("key", "choices"), CHOICES, ids=[k for k, _ in CHOICES])
 def test_every_declared_choice_list_is_enforced(key, choices):
     bogus = "bogus" if isinstance(choices[0], str) else "3"
-    assert key in _refused([f"{key}={bogus}"])
+    assert key in config_refusal([f"{key}={bogus}"])
 
 
 def test_nan_and_inf_are_outside_every_range():
-    assert "optimizer.lr must be > 0, got nan" in _refused(["optimizer.lr=nan"])
-    assert "sam.rho must be >= 0, got inf" in _refused(["sam.rho=inf"])
+    assert "optimizer.lr must be > 0, got nan" in config_refusal(["optimizer.lr=nan"])
+    assert "sam.rho must be >= 0, got inf" in config_refusal(["sam.rho=inf"])
     validate(compose_config(["sam.p=inf"]))  # a choice, not a range
 
 
@@ -160,7 +152,7 @@ def test_variant_options_are_declared_on_the_schema_fields():
         value = {"k": "2", "start_epoch": "2", "past_epochs": "2", "decouple": "true"}.get(
             option, "0.5"
         )
-        assert f"sam.{option} applies to sam={variants[0]}" in _refused(
+        assert f"sam.{option} applies to sam={variants[0]}" in config_refusal(
             [f"sam.name={other}", f"sam.{option}={value}"]
         )
 
@@ -187,7 +179,7 @@ def test_digits_split_bounds_agree_with_scikit_learn():
         validate(compose_config([f"dataset.test_fraction={fraction}"]))
         train_test_split(labels, test_size=fraction, random_state=0, stratify=labels)
     for fraction in (lowest * 0.99, highest + 1e-4, 0.9999):
-        assert "dataset.test_fraction" in _refused([f"dataset.test_fraction={fraction}"])
+        assert "dataset.test_fraction" in config_refusal([f"dataset.test_fraction={fraction}"])
         with pytest.raises(ValueError):
             train_test_split(labels, test_size=fraction, random_state=0, stratify=labels)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRES, compose_config
+from conftest import REQUIRES, compose_config, config_refusal
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from sam_train.cli import config_dir
-from sam_train.config import ConfigError, validate
+from sam_train.config import validate
 
 CONFIGS = Path(config_dir())
 GROUP_OPTIONS = [
@@ -90,10 +90,7 @@ def test_misspelt_keys_and_wrong_types_fail_at_composition(override):
     ],
 )
 def test_bad_values_raise_one_clear_config_error(override, message):
-    with pytest.raises(ConfigError) as err:
-        validate(compose_config([override]))
-    assert message in str(err.value)
-    assert "\n" not in str(err.value)
+    assert message in config_refusal([override])
 
 
 def test_linear_schedule_decays_the_lr_linearly_to_min_lr_after_the_warm_up():

@@ -1,8 +1,10 @@
 """Every logger's files after a SIGKILL and a resume hold exactly the rows an uninterrupted run
-writes, each once. The kill is simulated in this process: a callback copies the run folder at
-the step of the "kill" (the files as a SIGKILL leaves them: what the loggers flushed, not what
-they buffer), and the run goes on to the end as the uninterrupted reference. The copy is then
-resumed with ``resume=auto``.
+writes, each once. For the loggers that write from this process the kill is simulated: a
+callback copies the run folder at the step of the "kill" (the files as a SIGKILL leaves them:
+what the loggers flushed, not what they buffer), and the run goes on to the end as the
+uninterrupted reference. The copy is then resumed with ``resume=auto``. W&B writes from its own
+service process, so its test SIGKILLs a real process and the service
+(``tests/sigkill_worker.py``).
 
 Digits with SGD, 7 steps per epoch, 2 epochs; scalars every 3 steps (3, 6, 7, 10, 13, 14),
 checkpoints every 6 (6, 7, 12, 14): killed after step 13, the copy resumes from step 12, and
@@ -16,21 +18,24 @@ session only, so their values are not compared; the test metrics are).
 from __future__ import annotations
 
 import shutil
-import time
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import run_in_process
+from conftest import run_in_process, subprocess_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_outputs import BASE as OUTPUTS_BASE
 from test_outputs import _needs, _rows, finished_wandb_logs
 
 import sam_train.train as train_module
 from sam_train.callbacks import Callback
-from sam_train.callbacks.wandb_records import history
+from sam_train.callbacks.wandb_records import history, records
 
 KILLED_AT = 13
+SIGKILL_WORKER = Path(__file__).with_name("sigkill_worker.py")
 RESUMED_AT = 12
 BASE = [*OUTPUTS_BASE, "checkpoint.every_n_steps=6"]  # digits, SGD, 2 epochs, log every 3
 #: Values that are measured, not computed: they differ between two sessions.
@@ -38,17 +43,13 @@ TIMINGS = ("seconds", "images_per_sec", "eta")
 
 
 class CopyAtStep(Callback):
-    """What a SIGKILL after ``step`` leaves on disk: a copy of the run folder then, once
-    ``written()`` (a logger's own process has written what it was sent; bounded wait)."""
+    """What a SIGKILL after ``step`` leaves on disk: a copy of the run folder then."""
 
-    def __init__(self, step: int, run: Path, copy: Path, written=lambda run: True) -> None:
-        self.step, self.run, self.copy, self.written = step, run, copy, written
+    def __init__(self, step: int, run: Path, copy: Path) -> None:
+        self.step, self.run, self.copy = step, run, copy
 
     def on_train_step_end(self, trainer, state, output) -> None:
         if state.global_step == self.step:
-            deadline = time.monotonic() + 300
-            while not self.written(self.run) and time.monotonic() < deadline:
-                time.sleep(0.2)
             shutil.copytree(self.run, self.copy, ignore=shutil.ignore_patterns(".lock"))
 
 
@@ -79,12 +80,10 @@ def _tensorboard(run: Path) -> Counter:
 def killed_and_resumed(monkeypatch, tmp_path):
     """``run(loggers)``: (the uninterrupted run, the killed copy after its resume)."""
 
-    def run(
-        loggers: str, killed_at: int = KILLED_AT, written=lambda run: True
-    ) -> tuple[Path, Path]:
+    def run(loggers: str) -> tuple[Path, Path]:
         reference, copy = tmp_path / "reference", tmp_path / "killed"
         original = train_module.build_callbacks
-        killer = CopyAtStep(killed_at, reference, copy, written)
+        killer = CopyAtStep(KILLED_AT, reference, copy)
         with monkeypatch.context() as patch:
             patch.setattr(
                 train_module, "build_callbacks", lambda *a, **k: [*original(*a, **k), killer]
@@ -130,23 +129,49 @@ def test_mlflow_points_survive_a_kill_and_are_stored_once(killed_and_resumed):
     assert points(resumed) == expected
 
 
-@pytest.mark.slow  # two W&B sessions, each with its service process
-def test_wandb_offline_rows_survive_a_kill_and_are_written_once(killed_and_resumed, monkeypatch):
-    """Killed after step 14's scalars: W&B's service wrote step 13's row (a row is written when
-    the next step begins) past the checkpoint of step 12; the resumed session logs step 13
-    again, and must skip it."""
+@pytest.mark.slow  # a process SIGKILLed (12 s of imports, beside the reference) and 4 W&B sessions
+def test_wandb_offline_rows_survive_a_real_sigkill_and_are_written_once(monkeypatch, tmp_path):
+    """A process and wandb's service SIGKILLed right after the checkpoint of step 12: every row
+    up to it is in the dead session's offline log (wandb's service had written none of them:
+    it writes a row when the next step begins and its file every 15 s). Resumed from step 12,
+    or from the snapshot of step 7 (past which the dead session holds step 10, which the
+    resumed session must skip), the rows are the uninterrupted run's, each once."""
     _needs("wandb")
     for name, value in {"MODE": "offline", "SILENT": "true", "DISABLE_GIT": "true"}.items():
         monkeypatch.setenv(f"WANDB_{name}", value)
-
-    def holds_step_13(run: Path) -> bool:
-        logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-        return any(step == 13 for log in logs for step, _name, _value in history(log))
+    args = [*BASE, "logger=wandb", "checkpoint.keep_last=2"]
+    killed, reference, older = tmp_path / "killed", tmp_path / "reference", tmp_path / "older"
+    command = [sys.executable, str(SIGKILL_WORKER), str(RESUMED_AT), *args]
+    proc = subprocess.Popen(
+        [*command, f"hydra.run.dir={killed}"],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    code, err = run_in_process([*args, f"hydra.run.dir={reference}"])  # while it starts
+    assert code == 0, err
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
 
     def rows(logs: list[Path]) -> Counter:
         return Counter(_comparable(*row) for log in logs for row in history(log))
 
-    reference, resumed = killed_and_resumed("wandb", killed_at=14, written=holds_step_13)
+    def row_steps(logs: list[Path]) -> list[int]:
+        """The step of each W&B row (a step's scalars are one row, not one per event)."""
+        found = (r for log in logs for r in records(log))
+        return [r.history.step.num for r in found if r.WhichOneof("record_type") == "history"]
+
     expected = rows(finished_wandb_logs(reference))
-    assert max(expected.values()) == 1 and any(step == 13 for step, _n, _v in expected)
-    assert rows(finished_wandb_logs(resumed, sessions=2)) == expected
+    assert max(expected.values()) == 1 and any(step == 10 for step, _n, _v in expected)
+    assert row_steps(finished_wandb_logs(reference)) == [3, 6, 7, 10, 13, 14]
+    dead = sorted(killed.glob("wandb/offline-run-*/run-*.wandb"))
+    assert rows(dead) == Counter(row for row in expected if row[0] <= RESUMED_AT)
+    shutil.copytree(killed, older, ignore=shutil.ignore_patterns(".lock"))
+    (snapshot,) = (older / "checkpoints").glob("step_*7.pt")
+    for run, resume in ((killed, "auto"), (older, snapshot)):
+        code, err = run_in_process([*args, f"resume={resume}", f"hydra.run.dir={run}"])
+        assert code == 0, err
+        logs = finished_wandb_logs(run, sessions=2)
+        assert rows(logs) == expected, f"resume={resume}"
+        assert row_steps(logs) == [3, 6, 7, 10, 13, 14], f"resume={resume}"

@@ -179,6 +179,19 @@ def test_wandb_logger_writes_an_offline_run(tmp_path, monkeypatch):
     data = records.read_bytes()
     assert b"final/acc1" in data and json.dumps(results["final_acc1"]).encode() in data
     assert b"train/loss" in data and b"sam.name" in data
+    assert "W&B:" not in (tmp_path / "run" / "train.log").read_text()  # its checkpoint waited
+
+
+def test_a_disabled_wandb_run_writes_no_log_and_checkpoints_do_not_wait_for_one(
+    tmp_path, monkeypatch
+):
+    _needs("wandb")
+    import sam_train.callbacks.wandb_logger as wandb_logger
+
+    monkeypatch.setattr(wandb_logger, "WRITE_TIMEOUT", 0.0)  # a wait would give up and say so
+    _one_epoch(tmp_path / "run", "logger=wandb", "logger.wandb.mode=disabled")
+    assert "W&B:" not in (tmp_path / "run" / "train.log").read_text()
+    assert not list(tmp_path.glob("run/wandb/*/*.wandb"))
 
 
 @pytest.mark.slow  # MLflow builds its SQLite schema (alembic migrations): about 7 s

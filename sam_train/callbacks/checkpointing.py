@@ -112,6 +112,8 @@ class Checkpointing(Callback):
         self._saved_step = state.global_step
         if not (last or best or top):
             return
+        for callback in trainer.callbacks:
+            callback.on_checkpoint(trainer, state)
         payload = build_payload(trainer.run, state, trainer.callbacks, self.config)
         if self.writer is not None and payload is not None:
             snapshot = last and self.keep_last > 0

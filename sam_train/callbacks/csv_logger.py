@@ -4,7 +4,6 @@ scalars TensorBoard gets, for readers without it: ``pandas.read_csv(...).pivot(.
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_train.callbacks.loggers import MetricLogger
@@ -18,15 +17,8 @@ FIELDS = ("step", "name", "value")
 
 
 class CSVLogger(MetricLogger):
-    def __init__(
-        self,
-        run_dir: Path,
-        hparams: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
-        *,
-        filename: str = "scalars.csv",
-    ) -> None:
-        super().__init__(run_dir, hparams, config)
+    def __init__(self, *args: Any, filename: str = "scalars.csv", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.path = self.run_dir / filename
         self.file = None
 

@@ -5,8 +5,8 @@ to open, write, finish and close; it runs on rank 0 only.
 
 The trainer's callbacks put the loggers before checkpointing, and :meth:`MetricLogger.log`
 flushes every write: whatever a checkpoint covers is on disk before the checkpoint, so a
-SIGKILL loses no row a resume would not write again (but W&B's, which its own service writes
-when it chooses: see ``wandb_logger``). A resumed run drops or ignores only what
+SIGKILL loses no row a resume would not write again (W&B's service writes its file in its own
+time: its logger waits for it in ``on_checkpoint``). A resumed run drops or ignores only what
 came after its checkpoint (TensorBoard's ``purge_step``, the CSV files' truncation, the
 steps MLflow and W&B already hold). A name is written once per step (``best/acc1`` is in the
 last epoch's scalars and in the final ones).
@@ -89,7 +89,8 @@ def plain(value: Any) -> int | float | str | bool:
 
 class MetricLogger(Callback):
     """Rank 0 writes; ``hparams`` is the curated set (overridden keys first), ``config`` the
-    whole flattened config, for loggers that keep both."""
+    whole flattened config, for loggers that keep both. A logger's constructor takes
+    ``(self, *args, <its options, keyword-only>, **kwargs)`` and passes these three on."""
 
     def __init__(
         self,

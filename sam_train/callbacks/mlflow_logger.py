@@ -9,7 +9,6 @@ after the checkpoint (the same values: a resume is exact) and stores no point tw
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_train.callbacks.loggers import MetricLogger, plain
@@ -27,14 +26,12 @@ class MLflowLogger(MetricLogger):
 
     def __init__(
         self,
-        run_dir: Path,
-        hparams: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
-        *,
+        *args: Any,
         tracking_uri: str | None = None,
         experiment: str = "sam-train",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(run_dir, hparams, config)
+        super().__init__(*args, **kwargs)
         self.tracking_uri = tracking_uri or f"sqlite:///{(self.run_dir / STORE_NAME).resolve()}"
         self.experiment = experiment
         self.run_id: str | None = None

@@ -62,15 +62,8 @@ class TensorBoard(MetricLogger):
     """``SummaryWriter`` events; a resumed run purges what an interrupted session wrote after
     its checkpoint, so every step's scalars appear once."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        hparams: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
-        *,
-        log_hparams: bool = True,
-    ) -> None:
-        super().__init__(run_dir, hparams, config)
+    def __init__(self, *args: Any, log_hparams: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.log_hparams = log_hparams and bool(self.hparams)
         self.writer = None
 

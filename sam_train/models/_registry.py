@@ -93,8 +93,19 @@ class PooledLinearHead:
         raise NotImplementedError
 
     def init_head(
-        self, num_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0
+        self,
+        num_features: int,
+        *,
+        num_classes: int = 10,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        head_dropout: bool = True,
     ) -> None:
+        """The classifier; its keyword arguments are timm's options, which every network's
+        constructor takes as ``**head`` and passes on, so their defaults are these only.
+        ``head_dropout=False``: ``drop_rate`` is the network's own (WRN's, inside its blocks)."""
+        self.drop_rate = drop_rate
+        drop_rate = drop_rate if head_dropout else 0.0
         if not 0.0 <= drop_rate <= 1.0:  # nn.Dropout's check, made at build time
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {drop_rate}")
         self.num_features = num_features
@@ -126,7 +137,8 @@ class ThreeStageNet(PooledLinearHead, nn.Module):
     ``norm``, then the pooled linear head, initialised as the reference implementations are.
 
     A subclass builds its stem and stages (in that order: the random draws at initialisation
-    follow it), passes them here, and defines ``forward_features``.
+    follow it), passes them here with its ``**head`` (timm's ``num_classes``, ``global_pool``,
+    ``drop_rate``), and defines ``forward_features``.
     """
 
     def __init__(
@@ -134,20 +146,18 @@ class ThreeStageNet(PooledLinearHead, nn.Module):
         stem: nn.Module,
         stages: nn.Module,
         num_features: int,
-        head: dict[str, Any],
         norm: nn.Module | None = None,
         head_dropout: bool = True,
+        **head: Any,
     ) -> None:
-        """``head``: the constructor's ``num_classes``, ``global_pool`` and ``drop_rate``;
+        """``head``: the subclass constructor's ``**head``, passed to :meth:`init_head`;
         ``head_dropout=False`` for a network that drops out inside its blocks (WRN)."""
         super().__init__()
-        self.drop_rate = head["drop_rate"]
         self.stem = stem
         self.stages = stages
         if norm is not None:
             self.norm = norm
-        drop = self.drop_rate if head_dropout else 0.0
-        self.init_head(num_features, head["num_classes"], head["global_pool"], drop)
+        self.init_head(num_features, head_dropout=head_dropout, **head)
         init_weights(self)
 
 

@@ -45,13 +45,7 @@ class CifarResNet(ThreeStageNet):
     """ResNet-depth for 32x32 images with timm's classifier interface."""
 
     def __init__(
-        self,
-        depth: int = 32,
-        base_width: int = 16,
-        num_classes: int = 10,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        self, depth: int = 32, base_width: int = 16, in_chans: int = 3, **head: Any
     ) -> None:
         blocks = stage_blocks("CIFAR ResNet", depth, 2, 2)
         widths = (base_width, 2 * base_width, 4 * base_width)
@@ -61,8 +55,7 @@ class CifarResNet(ThreeStageNet):
             nn.ReLU(inplace=True),
         )
         stages = cifar_stages(BasicBlock, base_width, widths, blocks)
-        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
-        super().__init__(stem, stages, widths[-1], head)
+        super().__init__(stem, stages, widths[-1], **head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

@@ -63,10 +63,8 @@ class PyramidNet(ThreeStageNet):
         shake_drop: bool = False,
         shake_drop_final_drop: float = 0.5,
         width_rounding: str = "round",
-        num_classes: int = 10,
         in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **head: Any,
     ) -> None:
         blocks = stage_blocks("bottleneck PyramidNet", depth, 3, 2)
         if width_rounding not in ("round", "floor"):
@@ -85,9 +83,8 @@ class PyramidNet(ThreeStageNet):
                 layers.append(block)
                 in_chs = to_int(width) * PyramidBottleneck.expansion
             stages.append(nn.Sequential(*layers))
-        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
         norm = nn.BatchNorm2d(in_chs)
-        super().__init__(stem, nn.Sequential(*stages), in_chs, head, norm=norm)
+        super().__init__(stem, nn.Sequential(*stages), in_chs, norm=norm, **head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.norm(self.stages(self.stem(x))))

@@ -72,20 +72,13 @@ class ShakeShakeResNet(ThreeStageNet):
     """Shake-Shake ResNet-depth with widths base_width x (1, 2, 4); timm classifier interface."""
 
     def __init__(
-        self,
-        depth: int = 26,
-        base_width: int = 96,
-        num_classes: int = 10,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        self, depth: int = 26, base_width: int = 96, in_chans: int = 3, **head: Any
     ) -> None:
         blocks = stage_blocks("Shake-Shake", depth, 2, 2)
         widths = (base_width, 2 * base_width, 4 * base_width)
         stem = nn.Sequential(nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
         stages = cifar_stages(ShakeShakeBlock, 16, widths, blocks)
-        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
-        super().__init__(stem, stages, widths[-1], head)
+        super().__init__(stem, stages, widths[-1], **head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.stages(self.stem(x)))

@@ -22,23 +22,15 @@ def _conv_bn(in_chs: int, out_chs: int) -> nn.Sequential:
 class SmallCNN(PooledLinearHead, nn.Module):
     """Three conv-BN-ReLU stages, one 2x pooling, global average pool, dropout, linear."""
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_chans: int = 1,
-        width: int = 32,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
-    ) -> None:
+    def __init__(self, in_chans: int = 1, width: int = 32, **head: Any) -> None:
         super().__init__()
-        self.drop_rate = drop_rate
         self.features = nn.Sequential(
             _conv_bn(in_chans, width),
             _conv_bn(width, 2 * width),
             nn.MaxPool2d(2),
             _conv_bn(2 * width, 4 * width),
         )
-        self.init_head(4 * width, num_classes, global_pool, drop_rate)
+        self.init_head(4 * width, **head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

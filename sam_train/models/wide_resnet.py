@@ -50,20 +50,20 @@ class WideResNet(ThreeStageNet):
         self,
         depth: int = 28,
         widen_factor: int = 10,
-        num_classes: int = 10,
         in_chans: int = 3,
         drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **head: Any,
     ) -> None:
         blocks = stage_blocks("WRN", depth, 2, 4, least=0)
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         stem = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
         block = partial(_BasicBlock, drop_rate=drop_rate)
         stages = cifar_stages(block, widths[0], widths[1:], blocks)
-        head = {"num_classes": num_classes, "global_pool": global_pool, "drop_rate": drop_rate}
         # WRN's dropout sits between the convolutions of each block, not before the classifier.
         norm = nn.BatchNorm2d(widths[-1])
-        super().__init__(stem, stages, widths[-1], head, norm=norm, head_dropout=False)
+        super().__init__(
+            stem, stages, widths[-1], norm, head_dropout=False, drop_rate=drop_rate, **head
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.norm(self.stages(self.stem(x))))

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from sam_train.sam._options import within
-from sam_train.sam.sam import SAM, BaseOptimizer, Params, global_norm
+from sam_train.sam.sam import SAM, global_norm
 
 
 class AESAM(SAM):
@@ -38,8 +38,10 @@ class AESAM(SAM):
         ema_decay: delta, the forgetting rate of the running mean and variance, in [0, 1).
         threshold_start, threshold_end: lambda_1 and lambda_2 of the linear schedule of c_t.
         total_steps: T; None keeps c_t = ``threshold_start``.
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
+
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
 
     #: Whether a step ascends depends on ||g||^2 against its running statistics, read on the
     #: host (the test of the sync-free step holds every other variant to zero reads).
@@ -47,16 +49,14 @@ class AESAM(SAM):
 
     def __init__(
         self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
+        *args: Any,
         ema_decay: float = 0.9,
         threshold_start: float = -1.0,
         threshold_end: float = 1.0,
         total_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         within("AESAM", "[0, 1)", ema_decay=ema_decay)
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"AESAM needs total_steps >= 1, got {total_steps}")

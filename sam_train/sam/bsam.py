@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sam_train.sam.sam import SAM, BaseOptimizer, Params, global_norm
+from sam_train.sam.sam import SAM, global_norm
 from sam_train.sam.sharded import copy_all
 
 
@@ -43,16 +43,16 @@ class BayesianSAM(SAM):
         prior_precision: delta; damping: gamma; betas: (beta1, beta2).
         init_scale: s at the start.
         seed: seeds the noise (the same on every replica).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
+
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
 
     combines_gradients = True  # |g| of the first pass enters s: the same on every replica
 
     def __init__(
         self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
+        *args: Any,
         num_examples: int,
         prior_precision: float = 1e-4,
         damping: float = 0.1,
@@ -61,7 +61,7 @@ class BayesianSAM(SAM):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         if num_examples < 1 or init_scale <= 0 or prior_precision < 0 or damping < 0:
             raise ValueError("BayesianSAM needs N >= 1, init_scale > 0, delta and gamma >= 0")
         for group in self.param_groups:

@@ -1,18 +1,18 @@
 """ESAM (Du et al., ICLR 2022, "Efficient Sharpness-aware Minimization for Improved Training of
 Neural Networks"; official code dydjw9/Efficient_SAM) with both of its strategies:
 
-* stochastic weight perturbation, beta = ``perturb_fraction`` (the base class's option): each
-  coordinate of eps kept with probability beta and scaled by 1/beta. The official code draws
-  per parameter tensor and saves the first pass's weight gradients of the tensors it leaves
-  out (``requires_grad=False``); here the draw is per coordinate and every gradient is still
-  computed, so this strategy saves nothing yet;
+* stochastic weight perturbation, beta = ``perturb_fraction`` (the base class's option), as
+  the official code: each parameter tensor is perturbed with probability beta, eps = rho /
+  beta * g_S / ||g_S||, and the first backward does not compute the other tensors' weight
+  gradients (one process; computed and dropped under DDP and FSDP);
 * sharpness-sensitive data selection, gamma = ``select_fraction``: after the ascent, a forward
   without gradients ranks the batch's examples by how much their loss rose, and the second
   forward-backward runs on the top fraction only (``sam_train.step.selection``), as the
   official code does (including its strict cutoff: one example fewer than gamma * batch).
 
 Defaults beta = gamma = 0.5 (the official run.sh). Cost per step, counted: a forward-backward
-over the batch, a forward over the batch, and a forward-backward over about gamma of it.
+over the batch (its weight gradients for about beta of the tensors), a forward over the batch,
+and a forward-backward over about gamma of it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from sam_train.sam._options import one_ascent_step, within
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM
 
 
 class ESAM(SAM):
@@ -29,7 +29,7 @@ class ESAM(SAM):
     Args:
         select_fraction: gamma in (0, 1]; 1 turns the data selection off.
         perturb_fraction: beta, as :class:`SAM` (default here 0.5).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
     #: The selected examples (scores above a threshold) are a subset of data-dependent size,
@@ -37,15 +37,9 @@ class ESAM(SAM):
     host_reads_per_step = 1
 
     def __init__(
-        self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
-        select_fraction: float = 0.5,
-        perturb_fraction: float = 0.5,
-        **kwargs: Any,
+        self, *args: Any, select_fraction: float = 0.5, perturb_fraction: float = 0.5, **kwargs: Any
     ) -> None:
-        super().__init__(params, base_optimizer, perturb_fraction=perturb_fraction, **kwargs)
+        super().__init__(*args, perturb_fraction=perturb_fraction, **kwargs)
         within("ESAM", "(0, 1]", select_fraction=select_fraction)
         one_ascent_step("ESAM", self.inner_steps)
         self.select_fraction = float(select_fraction)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from sam_train.sam._options import one_ascent_step, within
-from sam_train.sam.sam import SAM, BaseOptimizer, Params, non_negative
+from sam_train.sam.sam import SAM, non_negative
 
 
 class FriendlySAM(SAM):
@@ -31,19 +31,15 @@ class FriendlySAM(SAM):
     Args:
         sigma: how much of the EMA to remove, >= 0 (0 is SAM).
         ema_decay: lambda in [0, 1), the EMA's decay.
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     def __init__(
-        self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
-        sigma: float = 1.0,
-        ema_decay: float = 0.9,
-        **kwargs: Any,
+        self, *args: Any, sigma: float = 1.0, ema_decay: float = 0.9, **kwargs: Any
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         non_negative("Friendly SAM", sigma=sigma)
         within("Friendly SAM", "[0, 1)", ema_decay=ema_decay)
         one_ascent_step("Friendly SAM", self.inner_steps)

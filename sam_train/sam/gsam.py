@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sam_train.sam.sam import _NORM_EPS, SAM, BaseOptimizer, Params, global_dot, non_negative
+from sam_train.sam.sam import _NORM_EPS, SAM, global_dot, non_negative
 
 
 class GSAM(SAM):
@@ -38,22 +38,22 @@ class GSAM(SAM):
             scheduled radius.
         rho_min: the radius at ``lr_min``; 0 <= rho_min <= rho.
         lr_min: the learning-rate schedule's floor (``scheduler.min_lr``).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
+
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
 
     combines_gradients = True
 
     def __init__(
         self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
+        *args: Any,
         alpha: float = 0.2,
         rho_min: float = 0.0,
         lr_min: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         non_negative("GSAM", alpha=alpha, lr_min=lr_min)
         for group in self.param_groups:
             if not 0.0 <= rho_min <= group["rho"]:

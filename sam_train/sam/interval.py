@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM
 
 
 class IntervalSAM(SAM):
@@ -20,13 +20,13 @@ class IntervalSAM(SAM):
 
     Args:
         k: SAM once every k steps (k = 1 is SAM).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
-    def __init__(
-        self, params: Params, base_optimizer: BaseOptimizer, *, k: int = 2, **kwargs: Any
-    ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
+    def __init__(self, *args: Any, k: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if int(k) != k or k < 1:
             raise ValueError(f"{type(self).__name__} needs an integer k >= 1, got {k}")
         self.k = int(k)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from sam_train.sam._options import one_ascent_step, within
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM
 
 
 class KSAM(SAM):
@@ -21,21 +21,14 @@ class KSAM(SAM):
 
     Args:
         select_fraction: k / batch, in (0, 1].
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
     selects_examples = True
     select_before_ascent = True
 
-    def __init__(
-        self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
-        select_fraction: float = 0.5,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+    def __init__(self, *args: Any, select_fraction: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         within("KSAM", "(0, 1]", select_fraction=select_fraction)
         one_ascent_step("KSAM", self.inner_steps)
         self.select_fraction = float(select_fraction)

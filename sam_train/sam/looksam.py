@@ -25,8 +25,6 @@ import torch
 from sam_train.sam.interval import IntervalSAM
 from sam_train.sam.sam import (
     _NORM_EPS,
-    BaseOptimizer,
-    Params,
     global_dot,
     global_norm,
     non_negative,
@@ -39,21 +37,13 @@ class LookSAM(IntervalSAM):
     Args:
         k: a SAM step every k steps (k = 1 is SAM).
         alpha: weight of the reused direction, >= 0.
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
     combines_gradients = True
 
-    def __init__(
-        self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
-        k: int = 5,
-        alpha: float = 0.7,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(params, base_optimizer, k=k, **kwargs)
+    def __init__(self, *args: Any, k: int = 5, alpha: float = 0.7, **kwargs: Any) -> None:
+        super().__init__(*args, k=k, **kwargs)
         non_negative("LookSAM", alpha=alpha)
         self.alpha = float(alpha)
         self._g_v: dict[torch.Tensor, torch.Tensor] = {}

@@ -31,7 +31,6 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 from sam_train.sam._options import within
-from sam_train.sam.sam import BaseOptimizer, Params
 from sam_train.sam.trajectory import TrajectorySAM
 
 
@@ -42,7 +41,7 @@ class MESA(TrajectorySAM):
         model: the (unwrapped) model whose weights the EMA follows.
         ema_decay: the EMA's decay per step, in [0, 1).
         start_step: the first step with the KL term.
-        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`
+        ``params``, ``base_optimizer`` and the other options as :class:`TrajectorySAM`
         (default lambda = 0.3, T = 5).
     """
 
@@ -50,15 +49,13 @@ class MESA(TrajectorySAM):
 
     def __init__(
         self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
+        *args: Any,
         model: nn.Module,
         ema_decay: float = 0.9998,
         start_step: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         within("MESA", "[0, 1)", ema_decay=ema_decay)
         self.model = model
         self.ema = ModelEmaV3(model, decay=ema_decay)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sam_train.sam.sam import _NORM_EPS, SAM, BaseOptimizer, Params, global_norm
+from sam_train.sam.sam import _NORM_EPS, SAM, global_norm
 
 #: The base optimizers' momentum buffers, in the order they are looked up.
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
@@ -54,9 +54,9 @@ class MomentumSAM(SAM):
 
     single_pass = True
 
-    def __init__(self, params: Params, base_optimizer: BaseOptimizer, **kwargs: Any) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
-        if kwargs.get("adaptive") or self.p != 2 or self.perturb_fraction < 1:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.defaults["adaptive"] or self.p != 2 or self.perturb_fraction < 1:
             raise ValueError("MomentumSAM takes rho only (not adaptive, p or perturb_fraction)")
         if self.inner_steps != 1 or self.include_weight_decay:
             raise ValueError("MomentumSAM has no ascent: no inner_steps or include_weight_decay")

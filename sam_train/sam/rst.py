@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sam_train.sam._options import within
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM
 
 
 class RandomizedSAM(SAM):
@@ -28,23 +28,17 @@ class RandomizedSAM(SAM):
     Args:
         probability: p, the chance that a step is a SAM step, in [0, 1].
         seed: seeds the trials' generator (the same on every replica).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
+
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
 
     #: The trial is drawn from a CPU generator and read on the host: no device sync on a GPU,
     #: but counted by the sync-free step's test, which holds other variants to zero.
     host_reads_per_step = 1
 
-    def __init__(
-        self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
-        probability: float = 0.5,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+    def __init__(self, *args: Any, probability: float = 0.5, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         within("RandomizedSAM", "[0, 1]", probability=probability)
         self.probability = float(probability)
         self._trials = torch.Generator().manual_seed(int(seed))

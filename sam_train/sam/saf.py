@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from sam_train.sam.sam import BaseOptimizer, Params
 from sam_train.sam.trajectory import TrajectorySAM
 
 
@@ -38,7 +37,7 @@ class SAF(TrajectorySAM):
         steps_per_epoch: turns the step counter into the epoch.
         start_epoch: the term after this epoch.
         past_epochs: how many epochs back the reference outputs are (Ẽ >= 1).
-        Other arguments (keyword-only after the base optimizer) as :class:`TrajectorySAM`
+        ``params``, ``base_optimizer`` and the other options as :class:`TrajectorySAM`
         (default lambda = 0.16, T = 5).
     """
 
@@ -46,16 +45,14 @@ class SAF(TrajectorySAM):
 
     def __init__(
         self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
+        *args: Any,
         num_examples: int,
         steps_per_epoch: int,
         start_epoch: int = 5,
         past_epochs: int = 3,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         if min(num_examples, steps_per_epoch, past_epochs) < 1:
             raise ValueError("SAF needs num_examples, steps_per_epoch and past_epochs >= 1")
         self.num_examples, self.steps_per_epoch = int(num_examples), int(steps_per_epoch)

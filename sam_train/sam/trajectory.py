@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM
 
 
 class TrajectorySAM(SAM):
@@ -18,8 +18,10 @@ class TrajectorySAM(SAM):
     Args:
         trajectory_weight: lambda, >= 0; None is the variant's ``default_weight``.
         temperature: T, > 0; None is the variant's ``default_temperature``.
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
+
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
 
     single_pass = True
     default_weight: float  # lambda as the variant's official code sets it
@@ -27,14 +29,12 @@ class TrajectorySAM(SAM):
 
     def __init__(
         self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
+        *args: Any,
         trajectory_weight: float | None = None,
         temperature: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         if trajectory_weight is None:
             trajectory_weight = self.default_weight
         if temperature is None:

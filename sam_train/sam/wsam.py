@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sam_train.sam._options import within
-from sam_train.sam.sam import SAM, BaseOptimizer, Params
+from sam_train.sam.sam import SAM
 
 
 class WeightedSAM(SAM):
@@ -34,21 +34,17 @@ class WeightedSAM(SAM):
         gamma: in [0, 1); the sharpness weight is gamma / (1 - gamma).
         decouple: apply the sharpness gradient after the base step (True), or mix it into
             the gradient the base optimizer applies (False).
-        Other arguments (keyword-only after the base optimizer) as :class:`SAM`.
+        ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
+
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
 
     combines_gradients = True
 
     def __init__(
-        self,
-        params: Params,
-        base_optimizer: BaseOptimizer,
-        *,
-        gamma: float = 0.9,
-        decouple: bool = True,
-        **kwargs: Any,
+        self, *args: Any, gamma: float = 0.9, decouple: bool = True, **kwargs: Any
     ) -> None:
-        super().__init__(params, base_optimizer, **kwargs)
+        super().__init__(*args, **kwargs)
         within("WeightedSAM", "[0, 1)", gamma=gamma)
         self.gamma = float(gamma)
         self.alpha = gamma / (1.0 - gamma)

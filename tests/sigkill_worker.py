@@ -1,0 +1,42 @@
+"""``python tests/sigkill_worker.py STEP ARGS...``: sam-train ARGS, SIGKILLed right after the
+callbacks of step STEP (a checkpoint written at that step included), with every child process
+(wandb's service): no handler, atexit or flush runs, as when a scheduler or the OOM killer ends
+the job."""
+
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import sam_train.train as train_module
+from sam_train import cli
+from sam_train.callbacks import Callback
+
+
+def _children() -> list[int]:
+    tasks = Path("/proc/self/task").iterdir()
+    return [int(pid) for task in tasks for pid in (task / "children").read_text().split()]
+
+
+class KillAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_step_end(self, trainer, state, output) -> None:
+        if state.global_step == self.step:
+            for pid in [*_children(), os.getpid()]:
+                with contextlib.suppress(ProcessLookupError):  # a child that just ended
+                    os.kill(pid, signal.SIGKILL)
+
+
+def main() -> None:
+    kill = KillAt(int(sys.argv[1]))
+    original = train_module.build_callbacks
+    train_module.build_callbacks = lambda *a, **k: [*original(*a, **k), kill]
+    sys.argv = ["sam-train", *sys.argv[2:]]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
