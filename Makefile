@@ -43,11 +43,13 @@ quickstart: install
 
 # One thread: the tests run processes side by side on shared cores (two threads each would
 # spin-wait), and resumed runs are compared bit for bit with a reference of the same threads.
+# --dist worksteal: a worker that runs out takes tests off the end of the other's queue, and
+# conftest.py puts the files that start processes first, so a long test never runs last alone.
 test: install
-	OMP_NUM_THREADS=1 $(PYTEST) -q -n $(TEST_WORKERS)
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install
-	OMP_NUM_THREADS=1 $(PYTEST) -q -n $(TEST_WORKERS) -m "not slow"
+	OMP_NUM_THREADS=1 $(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

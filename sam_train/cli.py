@@ -33,6 +33,7 @@ from sam_train.errors import (
     EXIT_USER_ERROR,
     RunFolderError,
     SamTrainError,
+    StopTraining,
 )
 from sam_train.launch import LAUNCHER_ENV, launch, split_nproc
 from sam_train.paths import quote_path_overrides
@@ -211,8 +212,6 @@ def _exit_code_of_stop(exit_code: int) -> int:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _run(cfg: DictConfig) -> float | None:
-    from sam_train.trainer import StopTraining
-
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return _train_job(cfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 EXIT_USER_ERROR = 2  # bad input, reported before any work
@@ -42,6 +43,24 @@ class RunFolderError(SamTrainError, RuntimeError):
 
 class RunFolderBusy(RunFolderError):
     """Another live sam-train process holds the run folder's lock."""
+
+
+@dataclass
+class StopRequest:
+    """Why the run stops early, and the exit code the entry point should use."""
+
+    reason: str
+    exit_code: int
+
+
+class StopTraining(Exception):
+    """Raised by ``Trainer.fit`` after a requested stop, once callbacks saved the run. Here,
+    not in the trainer, so the CLI can catch it without importing torch for a bad config."""
+
+    def __init__(self, request: StopRequest, global_step: int) -> None:
+        super().__init__(f"{request.reason} at step {global_step}")
+        self.request = request
+        self.global_step = global_step
 
 
 def exit_on_user_error(prog: str, command: Callable[[], object]) -> None:

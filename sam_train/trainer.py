@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from sam_train.errors import StopRequest, StopTraining
 from sam_train.run import Run
 from sam_train.state import RunState
 from sam_train.step import StepOutput, evaluate
 
 LOWER_IS_BETTER = ("loss",)
-
-
-@dataclass
-class StopRequest:
-    """Why the run stops early, and the exit code the entry point should use."""
-
-    reason: str
-    exit_code: int
-
-
-class StopTraining(Exception):
-    """Raised by :meth:`Trainer.fit` after a requested stop, once callbacks saved the run."""
-
-    def __init__(self, request: StopRequest, global_step: int) -> None:
-        super().__init__(f"{request.reason} at step {global_step}")
-        self.request = request
-        self.global_step = global_step
 
 
 class Callback:

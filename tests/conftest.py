@@ -156,3 +156,23 @@ REQUIRES = {
     ("augment", "autoaugment"): ["dataset=cifar10"],
     ("sam", "bsam"): ["optimizer.momentum=0", "optimizer.weight_decay=0"],  # its own update
 }
+
+
+def _weight(item: pytest.Item) -> int:
+    """0: torchrun launches (``distributed``), 1: other ``slow`` tests, 2: the rest."""
+    if item.get_closest_marker("distributed"):
+        return 0
+    return 1 if item.get_closest_marker("slow") else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files with torchrun launches first, then those with other slow tests, each
+    file's tests together (a stable sort: module fixtures run once per worker). Longest
+    first balances workers: under ``make test``'s ``--dist worksteal`` the worker that runs
+    out takes the quick tests off the end of the other's queue, so no long test starts last
+    while the other worker idles."""
+    rank: dict[str, int] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        rank[path] = min(rank.get(path, 2), _weight(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])

@@ -403,15 +403,26 @@ def test_hydra_flags_keep_working(cli_in_process, capsys):
     assert "label_noise: 0.4" in capsys.readouterr().out
 
 
-def test_typo_fails_in_a_real_process_before_torch_is_imported(cli, tmp_path):
-    """``python -m sam_train --epochs 3``: one line, exit 2, and torch never imported (Python's
-    own import log, ``PYTHONPROFILEIMPORTTIME``, lists every module the process loaded)."""
-    done = cli(["--epochs", "3"], tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--epochs", "3"], "--epochs is not an option of sam-train: write trainer.epochs=3"),
+        (["experiment=quickstart", "trainer.epochs=0"], "trainer.epochs must be > 0, got 0"),
+    ],
+    ids=["typo", "bad value"],
+)
+def test_user_error_fails_in_a_real_process_before_torch_is_imported(cli, tmp_path, args, expected):
+    """``python -m sam_train --epochs 3`` (the command-line check) or ``trainer.epochs=0``
+    (Hydra, then the validator): one line, exit 2, and torch never imported (Python's own
+    import log, ``PYTHONPROFILEIMPORTTIME``, lists every module the process loaded). Each
+    worker of a launch with a bad value saves the import of torchvision and timm too."""
+    args = [*args, f"hydra.run.dir={tmp_path / 'run'}"]
+    done = cli(args, tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
     lines = done.stderr.splitlines()
     imported = {
         line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")
     }
     assert done.returncode == 2, done.stderr[-1500:]
-    expected = "sam-train: error: --epochs is not an option of sam-train: write trainer.epochs=3"
+    expected = f"sam-train: error: {expected}"
     assert [line for line in lines if not line.startswith("import time:")] == [expected]
     assert "hydra" in imported and "torch" not in imported

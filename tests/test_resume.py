@@ -14,21 +14,25 @@ import pytest
 import torch
 from conftest import run_in_process, sam_train_command, subprocess_env, torchrun_command
 
-# Dropout and label noise make the run depend on every random draw being restored.
+# Dropout and label noise make the run depend on every random draw being restored. Two
+# epochs (a warm-up one, then the decay): a stop in the first, a kill in the second.
+EPOCHS = 2
 RUN = [
     "experiment=quickstart",
-    "trainer.epochs=3",
+    f"trainer.epochs={EPOCHS}",
+    "scheduler.warmup_epochs=1",
     "trainer.log_every=1",
     "checkpoint.every_n_steps=1",
     "model.kwargs.drop_rate=0.2",
     "dataset.label_noise=0.2",
 ]
 STEPS_PER_EPOCH = 21  # 1347 digits // 64
+KILL_AT = STEPS_PER_EPOCH + 9  # a step of the second epoch
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
-    assert state["global_step"] == 3 * STEPS_PER_EPOCH
+    assert state["global_step"] == EPOCHS * STEPS_PER_EPOCH
     return state["model"]
 
 
@@ -61,7 +65,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
 def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 300) -> str:
     """Read the progress lines until the run has taken ``global_step`` steps; return them."""
     epoch, step = divmod(global_step - 1, STEPS_PER_EPOCH)
-    marker = f"epoch {epoch + 1}/3  step {step + 1}/{STEPS_PER_EPOCH}"
+    marker = f"epoch {epoch + 1}/{EPOCHS}  step {step + 1}/{STEPS_PER_EPOCH}"
     deadline = time.monotonic() + timeout
     lines = []
     for line in proc.stdout:
@@ -89,7 +93,7 @@ def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     assert 10 <= stopped_at <= 11, "a signal is acted on at the next step"
 
     proc = _start([*args, "resume=auto"], tmp_path)
-    _wait_for_step(proc, 45)
+    _wait_for_step(proc, KILL_AT)
     proc.kill()
     proc.wait()
     code, err = run_in_process([*args, "resume=auto"])
@@ -158,10 +162,10 @@ def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(tmp_p
     assert "another process received a stop signal" in log and "signal None" not in log
     assert "resumed from" not in log, "torchrun must not restart a preempted group"
     stopped_at = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["global_step"]
-    assert stopped_at < 3 * STEPS_PER_EPOCH
+    assert stopped_at < EPOCHS * STEPS_PER_EPOCH
 
     proc = _torchrun([*RUN, "resume=auto", f"hydra.run.dir={run}"], tmp_path, restarts=1)
-    output = _wait_for_step(proc, 45)
+    output = _wait_for_step(proc, KILL_AT)
     os.kill(_worker_pids(proc)[-1], signal.SIGKILL)  # one rank dies; torchrun restarts
     output += proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, output[-5000:]
