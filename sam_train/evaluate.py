@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import run_entry_point
+from sam_train.errors import ArgumentParser, run_entry_point
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 from sam_train.run_files import EVAL_DIR
 from sam_train.run_folder import CHECKPOINTS_DIR
@@ -37,7 +37,7 @@ ANNOTATED = 20  # confusion matrices of at most this many classes get their coun
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sam-eval",
         description="Loss, top-1 and top-5 of sam-train checkpoints on their test sets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -1,9 +1,11 @@
 """Every path argument of every command and script says what it got and what it wants, in one
 line and exit code 2, before any work: a run folder where a checkpoint file is wanted, an
-existing file where an output folder is wanted, a folder where a file is to be written."""
+existing file where an output folder is wanted, a folder where a file is to be written. Their
+option mistakes (argparse's) are one line too."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -80,3 +82,30 @@ def test_the_scripts_answer_their_path_arguments(run_folder, tmp_path, capsys):
     assert err.splitlines() == [
         f"plot_runs: error: {tmp_path} is a folder, expected the PNG file to write (--out)"
     ]
+
+
+# Every command's and script's module with an argparse ``main(argv)`` (the scripts from
+# scripts/, on the path above).
+ENTRY_POINTS = [
+    "sam_train.evaluate",
+    "sam_train.analysis.cli",
+    "sam_train.compare",
+    "sam_train.export",
+    "sam_train.predict",
+    "plot_runs",
+    "paper_table",
+    "reproduce",
+    "efficiency",
+    "gpu_check",
+    "bench.main",
+]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_an_option_mistake_is_one_line_without_the_usage_block(module, capsys):
+    """argparse prints its usage before the error; every entry point says one line instead."""
+    main = importlib.import_module(module).main
+    code, err = _exit(main, ["--no-such-option"], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert ": error: " in line and line.endswith("(see --help)")  # a missing argument or this
