@@ -109,3 +109,15 @@ def test_an_option_mistake_is_one_line_without_the_usage_block(module, capsys):
     assert code == 2
     (line,) = err.splitlines()
     assert ": error: " in line and line.endswith("(see --help)")  # a missing argument or this
+
+
+@pytest.mark.parametrize("module", ["sam_train.evaluate", "sam_train.analysis.cli", "bench.main"])
+def test_a_device_torch_does_not_know_is_one_line_before_any_work(module, run_folder, capsys):
+    """``--device gpu``: one line naming the value (the checkpoint, damaged, is never read)."""
+    main = importlib.import_module(module).main
+    where = ["--out", str(run_folder / "bench")] if module == "bench.main" else []
+    checkpoint = [] if where else [str(run_folder / "checkpoints" / "last.pt")]
+    code, err = _exit(main, [*checkpoint, "--device", "gpu", *where], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.endswith("error: device 'gpu' is not one of auto, cpu, cuda or cuda:N")
