@@ -35,7 +35,7 @@ from sam_train.errors import (
     SamTrainError,
 )
 from sam_train.launch import LAUNCHER_ENV, launch, split_nproc
-from sam_train.paths import quote_path_overrides
+from sam_train.paths import expect_folder, quote_path_overrides
 from sam_train.run_folder import keep_sweep_record
 
 log = logging.getLogger("sam_train")
@@ -59,6 +59,8 @@ def fail(message: str) -> None:
 
 
 def _ensure_writable(folder: Path, key: str) -> None:
+    if (problem := expect_folder(folder, "a folder", exists=False)) is not None:
+        fail(f"{key}={problem}; choose another {key}")  # not "not writable (File exists)"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write_test.{os.getpid()}"  # one per rank: they run this at once

@@ -72,6 +72,19 @@ def test_sam_train_names_a_folder_given_for_a_checkpoint(key, run_folder, tmp_pa
     assert not (tmp_path / "new" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_sam_train_names_a_file_given_for_its_folder(key, tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("kept")
+    multirun = ["-m", "seed=1,2"] if key == "hydra.sweep.dir" else []
+    code, err = run_in_process([*QUICK, *multirun, f"{key}={a_file}"])
+    assert code == 2
+    assert err.splitlines() == [
+        f"sam-train: error: {key}={a_file} is a file, expected a folder; choose another {key}"
+    ]
+    assert a_file.read_text() == "kept"
+
+
 def test_the_scripts_answer_their_path_arguments(run_folder, tmp_path, capsys):
     a_file = run_folder / "checkpoints" / "last.pt"
     code, err = _exit(paper_table.main, [str(a_file)], capsys)
