@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
-from sam_train.config.overrides import check_command_line
+from sam_train.config.overrides import check_command_line, flags_first
 from sam_train.console import to_log_files
 from sam_train.errors import (
     EXIT_INTERRUPTED,
@@ -289,6 +289,7 @@ def main() -> None:
     leave through :func:`process_group.exit_worker`."""
     _escape_unencodable_output()
     nproc, args = split_nproc(sys.argv[1:])
+    args = flags_first(args)
     multirun = bool({"-m", "--multirun"} & set(args))
     quoted = quote_path_overrides(args, multirun=multirun)
     try:  # before Hydra and before any worker starts: one line for a typo
