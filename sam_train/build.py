@@ -278,8 +278,9 @@ def sam_kwargs(
     """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
 
     ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs; ``total_steps`` the
-    run's length (AE-SAM's threshold schedule); ``seed`` the run's seed (RST's trials, the same
-    on every replica); ``steps_per_epoch`` turns MESA's ``start_epoch`` into its first step.
+    run's length (AE-SAM's threshold schedule); ``seed`` the run's seed (RST's trials, ESAM's
+    perturbed tensors: the same on every replica); ``steps_per_epoch`` turns MESA's
+    ``start_epoch`` into its first step.
     """
     kwargs: dict[str, Any] = {
         key: cfg[key]
@@ -293,7 +294,7 @@ def sam_kwargs(
         kwargs["lr_min"] = lr_min
     if cfg.name == "aesam":
         kwargs["total_steps"] = total_steps
-    if cfg.name in SEEDED_VARIANTS:
+    if cfg.name in SEEDED_VARIANTS or cfg.perturb_fraction < 1:  # ESAM's draws too
         kwargs["seed"] = seed
     if cfg.name == "mesa" and "start_epoch" in kwargs:
         kwargs["start_step"] = kwargs.pop("start_epoch") * steps_per_epoch

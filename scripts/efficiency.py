@@ -19,7 +19,9 @@ finishes: a later session continues from the committed file without rerunning an
 processes share the work (each claims a run before starting it); ``PRIORITY`` orders it, most
 informative first. Costs: the step's CPU time (one thread, so a shared machine does not
 inflate it) over whole 10-step cycles, interleaved with SGD's in one process, on the chosen
-hyper-parameters; saved in the same JSON.
+hyper-parameters; saved in the same JSON. The frontier table's cost scales it to the passes
+the variant's reported runs counted (``run_cost``), so a variant whose first steps are not its
+run's mix (AE-SAM) is charged for the mix; the cost table shows the timed steps as measured.
 """
 
 from __future__ import annotations
@@ -297,8 +299,21 @@ def row(label: str, noise: float, store: dict[str, Any]) -> dict[str, Any]:
         "grid_runs": len(GRID[label]) * len(TUNE_SEEDS),
         "acc": acc,
         "passes": statistics.mean(passes) if passes else None,
-        "x_sgd": store["costs"].get(label, {}).get("x_sgd"),
+        "x_sgd": run_cost(store["costs"].get(label), statistics.mean(passes) if passes else None),
     }
+
+
+def run_cost(timed: dict[str, Any] | None, passes: float | None) -> float | None:
+    """× SGD CPU at a whole run's mix of steps: the timed cost (``costs``, from a run's start)
+    scaled to the passes the variant's runs counted, SGD's one pass costing 1. The timed steps
+    need not be a run's mix: AE-SAM's threshold c_t and its statistics start where every step
+    is a SAM step (2 passes timed), and its runs take the ascent on part of the steps only."""
+    if timed is None:
+        return None
+    x, timed_passes = timed["x_sgd"], timed.get("passes_per_step")
+    if passes is None or timed_passes is None or timed_passes <= 1.0:
+        return x  # one pass timed (MSAM, SAF): nothing to scale
+    return round(1 + (x - 1) * (passes - 1) / (timed_passes - 1), 3)
 
 
 def _cell(values: list[float]) -> str:

@@ -45,6 +45,8 @@ CASES = {
     "fsam": (VARIANTS["fsam"], {}),
     "p=inf": (SAM, {"p": float("inf")}),
     "inner_steps=2": (SAM, {"inner_steps": 2}),
+    # ESAM's tensors drawn alike on both ranks (the seed), their gradients computed and dropped
+    "perturb_fraction=0.5": (SAM, {"perturb_fraction": 0.5, "seed": 3}),
     "msam": (VARIANTS["msam"], {}),
     "rst": (VARIANTS["rst"], {"seed": 3}),
     "aesam": (VARIANTS["aesam"], {"threshold_start": 0.0, "threshold_end": 0.0}),

@@ -58,3 +58,31 @@ def test_the_work_order_holds_every_variant_at_every_noise_level_once():
         (label, noise) for label in efficiency.VARIANTS for noise in efficiency.NOISES
     )
     assert sorted(efficiency.PRIORITY) == expected
+
+
+def test_the_frontier_charges_a_variant_for_its_runs_mix_of_steps():
+    """AE-SAM is timed from a run's start, where every step ascends (2 passes, 2.0x); runs
+    that took the ascent on half of the steps (1.5 passes) cost 1.5x. SAM's timed steps are
+    its runs' mix: its cost is left as timed, and so is a one-pass variant's."""
+    runs = {}
+    for label, passes in (("AE-SAM", 1.5), ("SAM", 2.0), ("MSAM", 1.0)):
+        for seed in efficiency.REPORT_SEEDS:
+            point = efficiency.GRID[label][0]
+            runs[efficiency.run_key(label, 0.4, point, seed)] = {
+                "final_acc1": 90.0,
+                "passes_per_step": passes,
+            }
+        runs.update(_tuned(label, 0.4, [95.0, 90.0, 90.0]))
+    costs = {
+        "AE-SAM": {"x_sgd": 2.0, "passes_per_step": 2.0},
+        "SAM": {"x_sgd": 1.99, "passes_per_step": 2.0},
+        "MSAM": {"x_sgd": 1.01, "passes_per_step": 1.0},
+    }
+    store = {"runs": runs, "costs": costs}
+    assert efficiency.row("AE-SAM", 0.4, store)["x_sgd"] == 1.5
+    assert efficiency.row("SAM", 0.4, store)["x_sgd"] == 1.99
+    assert efficiency.row("MSAM", 0.4, store)["x_sgd"] == 1.01
+    assert efficiency.row("AE-SAM", 0.6, store)["x_sgd"] == 2.0  # no runs: as timed
+    assert "| AE-SAM | 2.00 | " in efficiency.cost_table(
+        {"costs": {k: {**v, "cpu_ms": 30.0} for k, v in costs.items()}}
+    )

@@ -17,6 +17,7 @@ from test_lifecycle import BASE, _Act, _assert_same_weights, _last, inject  # no
 from torch import nn
 
 from sam_train.config import ConfigError
+from sam_train.config.schema import WEIGHT_PERTURBATION_VARIANTS
 from sam_train.sam import (
     AESAM,
     ESAM,
@@ -32,6 +33,7 @@ from sam_train.sam import (
 )
 from sam_train.step import SAMStep
 from sam_train.step.trajectory import TrajectoryLoss
+from sam_train.strategy import SingleProcess
 
 A_DIM = 6
 
@@ -340,6 +342,86 @@ def test_esam_without_data_selection_is_sam_with_its_stochastic_perturbation():
     assert not step.optimizer.selects_examples and sizes == [16, 16]
 
 
+def _esam_swp_reference(data, rho, lr, beta, seed):
+    """ESAM's stochastic weight perturbation by hand (dydjw9/Efficient_SAM): each of the
+    tensors (w, b) in S with probability beta, drawn from ``seed``'s generator, eps = rho /
+    beta * g_S / ||g_S|| on S, SGD with the gradient at w + eps; the draws too."""
+    model = _softmax_regression()
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    gen, draws = torch.Generator().manual_seed(seed), []
+    for x, y in data:
+        keep = (torch.rand(2, generator=gen) < beta).tolist()
+        gw, gb = _grad_at(w, b, x, y)
+        pairs = list(zip((gw, gb), keep, strict=True))
+        norm = torch.cat([g.flatten() for g, k in pairs if k] or [torch.ones(1)]).norm()
+        ew, eb = (rho / beta * g / norm if k else 0 * g for g, k in pairs)
+        sw, sb = _grad_at(w + ew, b + eb, x, y)
+        w, b = w - lr * sw, b - lr * sb
+        draws.append(tuple(keep))
+    return w, b, draws
+
+
+class _GradientLog:
+    """Which parameters each backward computed a weight gradient for, pass by pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.passes: list[set[str]] = []
+        self.names = [name for name, _ in model.named_parameters()]
+        model.register_forward_pre_hook(self._new_pass)
+        for name, p in model.named_parameters():
+            p.register_post_accumulate_grad_hook(lambda _, name=name: self.passes[-1].add(name))
+
+    def _new_pass(self, module, args) -> None:
+        if torch.is_grad_enabled():
+            self.passes.append(set())
+
+
+@pytest.mark.parametrize("select_fraction", [1.0, 0.5])
+def test_esam_does_not_compute_the_first_gradients_of_the_tensors_it_does_not_perturb(
+    select_fraction,
+):
+    """The official code's saving: the tensors outside S stop requiring gradients for the
+    first backward (counted by gradient hooks); the second computes every one. The updates
+    equal the hand computation (no data selection) and, bit for bit, a step that computes
+    those gradients and drops them (what DDP and FSDP do)."""
+    data, beta, seed = _data(10), 0.5, 7
+
+    def run(freezes: bool) -> tuple[nn.Module, _GradientLog]:
+        model = _softmax_regression()
+        opt = ESAM(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, seed=seed,
+                   select_fraction=select_fraction, perturb_fraction=beta)  # fmt: skip
+        strategy = SingleProcess(device=CPU)
+        strategy.freezes_parameters = freezes  # False: as DDP's
+        step = SAMStep(model, opt, nn.CrossEntropyLoss(), CPU, strategy=strategy)
+        log = _GradientLog(model)
+        for x, y in data:
+            step(x, y)
+        return model, log
+
+    model, log = run(freezes=True)
+    want_w, want_b, draws = _esam_swp_reference(data, 0.3, 0.1, beta, seed)
+    every = set(log.names)
+    firsts = [{n for n, k in zip(log.names, keep, strict=True) if k} or every for keep in draws]
+    assert log.passes == [p for first in firsts for p in (first, every)]
+    assert {frozenset(f) for f in firsts} >= {frozenset({"weight"}), frozenset({"bias"})}
+    assert all(p.requires_grad for p in model.parameters())
+    if select_fraction == 1.0:
+        torch.testing.assert_close(model.weight.detach(), want_w)
+        torch.testing.assert_close(model.bias.detach(), want_b)
+    dropped_model, dropped_log = run(freezes=False)
+    assert dropped_log.passes == [every] * 2 * len(data)
+    assert torch.equal(model.weight, dropped_model.weight)
+    assert torch.equal(model.bias, dropped_model.bias)
+
+
+def test_perturb_fraction_is_refused_where_the_first_gradient_is_used_beyond_the_ascent():
+    for name in ("gsam", "looksam", "interval", "fsam", "rst", "aesam", "wsam"):
+        with pytest.raises(ValueError, match="perturb_fraction"):
+            VARIANTS[name](_mlp().parameters(), torch.optim.SGD, lr=0.1, perturb_fraction=0.5)
+    samplers = {name for name, cls in VARIANTS.items() if cls.samples_weights}
+    assert samplers - {"msam"} == set(WEIGHT_PERTURBATION_VARIANTS)  # MSAM: its own refusal
+
+
 # --------------------------------------------------------------------------- MESA
 def _mesa_reference(data, lr, decay, weight, t, start):
     """Du et al.'s MESA by hand: CE + weight T^2 KL(softmax(ema/T) || softmax(out/T)) from
@@ -635,10 +717,13 @@ def test_the_step_counts_the_passes_it_runs(name):
 
     def record(module, args, out):  # the first layer sees every example of every pass
         forwards.append(len(args[0]))
-        if out.requires_grad:
+
+    def record_backward(module, args, out):  # every backward starts at the last layer (ESAM's
+        if out.requires_grad:  # stochastic weight perturbation may stop it before the first)
             out.register_hook(lambda grad: backwards.append(len(grad)))
 
     model[0].register_forward_hook(record)
+    model[-1].register_forward_hook(record_backward)
     step = _step(name, model)
     model.train()
     for x, y in _data(8):
@@ -705,6 +790,11 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
             "sam.p does not apply",
         ),
         (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
+        (
+            ["sam=looksam", "sam.perturb_fraction=0.5"],
+            "sam.perturb_fraction (ESAM's stochastic weight perturbation) works with sam=sam, "
+            "sam=esam, sam=ksam, not sam=looksam",
+        ),
         (["sam=sam", "sam.probability=0.5"], "sam.probability applies to sam=rst"),
         (["sam=aesam", "sam.ema_decay=1"], "sam.ema_decay must be in [0, 1)"),
     ],
@@ -723,12 +813,14 @@ def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, me
         ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
         ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
         ["sam=bsam", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.5"],
+        ["sam=esam"],
     ],
     ids=lambda overrides: overrides[0],
 )
 def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path, variant):  # noqa: F811
     """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA, SAF's
-    stored outputs, filled through the loader's example indices, bSAM's noise and precision):
+    stored outputs, filled through the loader's example indices, bSAM's noise and precision,
+    ESAM's draws of the tensors it perturbs):
     a run that crashes after step 25 and resumes from its step-24 checkpoint ends with the
     uninterrupted run's weights and variant state (test_lifecycle's helpers)."""
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"

@@ -116,6 +116,9 @@ SAM_VARIANTS = (
 # Variants that perturb along a stored direction, not from a gradient: SAM's ascent options
 # (adaptive, p, perturb_fraction, inner_steps, include_weight_decay) do not apply.
 NO_ASCENT_VARIANTS = ("msam", "mesa", "saf", "bsam")
+# Variants that use the first gradient for the ascent only, so ESAM's stochastic weight
+# perturbation (sam.perturb_fraction) may leave out the other tensors' (SAM.samples_weights).
+WEIGHT_PERTURBATION_VARIANTS = ("sam", "esam", "ksam")
 # Variants not yet tested under trainer.strategy=fsdp (refused there in one line).
 FSDP_UNTESTED_VARIANTS = ("esam", "ksam", "mesa", "saf", "bsam")
 # Variants whose loss gains a trajectory term (sam_train/step/trajectory.py).

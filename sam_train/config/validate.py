@@ -32,6 +32,7 @@ from sam_train.config.schema import (
     SAM_VARIANT_OPTIONS,
     SELECTING_VARIANTS,
     TRAJECTORY_VARIANTS,
+    WEIGHT_PERTURBATION_VARIANTS,
     LoggerConfig,
     TrainConfig,
     transform_options,
@@ -312,6 +313,12 @@ def _efficient_variant_rules(cfg: Any) -> None:
                 f"sam={sam.name} has a perturbation of its own, not SAM's ascent: "
                 f"sam.{changed[0]} does not apply (leave it at its default)"
             )
+    elif sam.perturb_fraction != 1 and sam.name not in WEIGHT_PERTURBATION_VARIANTS:
+        raise ConfigError(
+            f"sam.perturb_fraction (ESAM's stochastic weight perturbation) works with sam="
+            f"{', sam='.join(WEIGHT_PERTURBATION_VARIANTS)}, not sam={sam.name}, which uses "
+            "every first-pass gradient"
+        )
     if sam.name == "msam":
         momentum = optimizer.betas[0] if optimizer.name == "adamw" else optimizer.momentum
         if momentum <= 0:

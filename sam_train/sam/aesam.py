@@ -41,6 +41,8 @@ class AESAM(SAM):
         ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     #: Whether a step ascends depends on ||g||^2 against its running statistics, read on the
     #: host (the test of the sync-free step holds every other variant to zero reads).
     host_reads_per_step = 1

@@ -46,6 +46,8 @@ class BayesianSAM(SAM):
         ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     combines_gradients = True  # |g| of the first pass enters s: the same on every replica
 
     def __init__(

@@ -1,18 +1,18 @@
 """ESAM (Du et al., ICLR 2022, "Efficient Sharpness-aware Minimization for Improved Training of
 Neural Networks"; official code dydjw9/Efficient_SAM) with both of its strategies:
 
-* stochastic weight perturbation, beta = ``perturb_fraction`` (the base class's option): each
-  coordinate of eps kept with probability beta and scaled by 1/beta. The official code draws
-  per parameter tensor and saves the first pass's weight gradients of the tensors it leaves
-  out (``requires_grad=False``); here the draw is per coordinate and every gradient is still
-  computed, so this strategy saves nothing yet;
+* stochastic weight perturbation, beta = ``perturb_fraction`` (the base class's option), as
+  the official code: each parameter tensor is perturbed with probability beta, eps = rho /
+  beta * g_S / ||g_S||, and the first backward does not compute the other tensors' weight
+  gradients (one process; computed and dropped under DDP and FSDP);
 * sharpness-sensitive data selection, gamma = ``select_fraction``: after the ascent, a forward
   without gradients ranks the batch's examples by how much their loss rose, and the second
   forward-backward runs on the top fraction only (``sam_train.step.selection``), as the
   official code does (including its strict cutoff: one example fewer than gamma * batch).
 
 Defaults beta = gamma = 0.5 (the official run.sh). Cost per step, counted: a forward-backward
-over the batch, a forward over the batch, and a forward-backward over about gamma of it.
+over the batch (its weight gradients for about beta of the tensors), a forward over the batch,
+and a forward-backward over about gamma of it.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ class FriendlySAM(SAM):
         ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     def __init__(
         self, *args: Any, sigma: float = 1.0, ema_decay: float = 0.9, **kwargs: Any
     ) -> None:

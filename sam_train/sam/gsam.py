@@ -41,6 +41,8 @@ class GSAM(SAM):
         ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     combines_gradients = True
 
     def __init__(

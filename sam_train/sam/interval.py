@@ -23,6 +23,8 @@ class IntervalSAM(SAM):
         ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     def __init__(self, *args: Any, k: int = 2, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if int(k) != k or k < 1:

@@ -31,6 +31,8 @@ class RandomizedSAM(SAM):
         ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     #: The trial is drawn from a CPU generator and read on the host: no device sync on a GPU,
     #: but counted by the sync-free step's test, which holds other variants to zero.
     host_reads_per_step = 1

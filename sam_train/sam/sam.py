@@ -18,10 +18,13 @@ Options every variant inherits (each defaults to the paper's SAM):
 
 * ``p=2`` or ``p=float("inf")``: the norm of the neighbourhood (the paper's Eq. 2 and its
   p-ablation): eps = rho * g / ||g||_2, or eps = rho * sign(g) for p = inf.
-* ``perturb_fraction=beta``: ESAM's stochastic weight perturbation (Du et al., ICLR 2022): each
-  coordinate of eps is kept with probability beta and scaled by 1/beta (an unbiased estimate);
-  one mask per step. ESAM's saving (no first-pass gradient for the other weights) is not
-  taken: the first pass here computes every gradient.
+* ``perturb_fraction=beta``: ESAM's stochastic weight perturbation (Du et al., ICLR 2022), as
+  its official code (dydjw9/Efficient_SAM, ``utils/Esam.py``) does it: each parameter tensor
+  is perturbed with probability beta, eps = rho / beta * g_S / ||g_S|| over the drawn set S,
+  and the others' first-pass weight gradients are not computed (``choose_perturbed`` stops
+  them requiring gradients until ``first_step``): that is the saving. The official code draws
+  S after each step for the next one (every tensor on the first step); here S is drawn
+  before each step's first pass, from a generator of its own (``seed``).
 * ``include_weight_decay=True``: the ascent gradient is g + wd * w, with each group's
   ``weight_decay``, as in the paper's JAX code where the L2 term is part of the loss; by default
   decay stays in the base optimizer only (the common PyTorch convention).
@@ -51,9 +54,7 @@ from sam_train.sam.sharded import (
     full,
     is_sharded,
     laid_out_like,
-    local_shape,
     replicated_value,
-    shaped_like,
 )
 
 _NORM_EPS = 1e-12
@@ -138,6 +139,11 @@ class SAM(Optimizer):
     selects_examples: bool = False
     select_before_ascent: bool = False  # rank the examples at w (K-SAM), or after eps (ESAM)
     select_fraction: float = 1.0
+    #: False for variants that use the first pass's gradient beyond the ascent (combine it,
+    #: apply it on the steps without ascent, average it): ESAM's stochastic weight
+    #: perturbation leaves out the gradients of the tensors it does not perturb, so it is
+    #: refused there (``sam_train.config.schema.WEIGHT_PERTURBATION_VARIANTS`` lists the rest).
+    samples_weights: bool = True
 
     def __init__(
         self,
@@ -152,6 +158,7 @@ class SAM(Optimizer):
         include_weight_decay: bool = False,
         inner_steps: int = 1,
         unscaled_params: Iterable[torch.Tensor] | None = None,
+        seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
         _check_arguments(rho, eta, p, perturb_fraction, inner_steps)
@@ -188,13 +195,24 @@ class SAM(Optimizer):
         self._did_perturb = False
         self._pending_combine = False
         self._kept_grads: list[tuple[torch.Tensor | None, int]] = []  # after a skipped ascent
-        # ESAM's masks come from a generator of their own: the engine rewinds the global one
-        # before the second pass (same dropout draws), which would rewind a mask drawn from it
-        # too, and in a model without random layers repeat the same mask every step.
-        self._mask_seed = (
-            int(torch.randint(0, 2**62, ()).item()) if self.perturb_fraction < 1.0 else 0
-        )
+        self._init_draws(seed)
+
+    def _init_draws(self, seed: int | None) -> None:
+        """ESAM's draws come from a generator of their own: the engine rewinds the global one
+        before the second pass (same dropout draws), which would rewind a draw from it too,
+        and in a model without random layers repeat the same draw every step. ``seed`` (the
+        run's, the same on every replica) makes FSDP's ranks perturb the same tensors."""
+        if self.perturb_fraction < 1.0 and not self.samples_weights:
+            raise ValueError(
+                f"{type(self).__name__} uses the first gradient beyond the ascent: "
+                "perturb_fraction (ESAM's stochastic weight perturbation) does not apply"
+            )
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item()) if self.perturb_fraction < 1.0 else 0
+        self._mask_seed = int(seed)
         self._mask_generators: dict[str, torch.Generator] = {}
+        self._drawn: set[torch.Tensor] | None = None  # this step's S, until first_step
+        self._frozen: list[torch.Tensor] = []  # S's complement, without gradients meanwhile
 
     @classmethod
     def wrap(cls, base_optimizer: Optimizer, **sam_kwargs: Any) -> SAM:
@@ -274,15 +292,38 @@ class SAM(Optimizer):
             self._mask_generators[key] = generator
         return self._mask_generators[key]
 
-    def _draw_masks(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Bernoulli(beta) / beta per coordinate: E[mask * eps] = eps."""
-        beta = self.perturb_fraction
-        masks = []
-        for p in params:
-            generator = self._mask_generator(p.device)
-            keep = torch.rand(local_shape(p), generator=generator, device=p.device)
-            masks.append(shaped_like(keep.lt_(beta).div_(beta).to(p.dtype), p))  # in place
-        return masks
+    def choose_perturbed(self, freeze: bool = False) -> None:
+        """ESAM's stochastic weight perturbation: draw the tensors the coming ascent moves,
+        each with probability beta (a CPU generator: no device sync). With ``freeze`` the
+        others stop requiring gradients until ``first_step``, so the first backward skips
+        their weight gradients; the caller freezes only where that pass is not all-reduced
+        (DDP's reducer expects every gradient there) and the parameters are not sharded."""
+        if self.perturb_fraction >= 1.0:
+            return
+        params = self._all_params()
+        draws = torch.rand(len(params), generator=self._mask_generator(torch.device("cpu")))
+        self._drawn = {
+            p for p, u in zip(params, draws.tolist(), strict=True) if u < self.perturb_fraction
+        }
+        if freeze and self._drawn:  # none drawn: eps = 0, and the pass needs some gradient
+            self._frozen = [p for p in params if p not in self._drawn and p.requires_grad]
+            for p in self._frozen:
+                p.requires_grad_(False)
+
+    def _take_drawn(self) -> None:
+        """Unfreeze; drop the first-pass gradients of the tensors outside this step's S (drawn
+        now if the caller did not call ``choose_perturbed``)."""
+        for p in self._frozen:
+            p.requires_grad_(True)
+        self._frozen = []
+        if self.perturb_fraction >= 1.0:
+            return
+        if self._drawn is None:
+            self.choose_perturbed()
+        drawn, self._drawn = self._drawn, None
+        for p in self._all_params():
+            if p not in drawn:
+                p.grad = None
 
     def _adaptive_scale(self, group: dict[str, Any], params: list[torch.Tensor]) -> list:
         """ASAM's T = |w| + eta, and 1 for the parameters it leaves unscaled."""
@@ -294,7 +335,7 @@ class SAM(Optimizer):
                     t.fill_(1.0)
         return scale
 
-    def _ascent_step(self, groups: Groups, inner_step: int, masks: dict | None) -> torch.Tensor:
+    def _ascent_step(self, groups: Groups, inner_step: int) -> torch.Tensor:
         """Move the weights by one ascent step of length rho / inner_steps; return its norm.
 
         The step is computed in the storage of the ascent gradients (``.grad``, zeroed or
@@ -315,10 +356,9 @@ class SAM(Optimizer):
                 torch._foreach_sign_(step)  # sign(T g) = sign(g): T > 0
             if scale is not None:
                 torch._foreach_mul_(step, scale)  # T^2 g, or T sign(g)
-            radius = self._group_rho(group) / self.inner_steps
+            # ESAM's 1/beta: S carries about beta of the gradient (1 otherwise, exactly)
+            radius = self._group_rho(group) / self.inner_steps / self.perturb_fraction
             torch._foreach_mul_(step, radius / (norm + _NORM_EPS) if self.p == 2 else radius)
-            if masks is not None:
-                torch._foreach_mul_(step, [masks[p] for p in params])
             torch._foreach_add_(params, step)
         return norm
 
@@ -333,6 +373,7 @@ class SAM(Optimizer):
         is then ignored). ``ascent_closure`` recomputes the gradient at the current weights
         (the gradients are zeroed before each call); only ``inner_steps > 1`` needs it.
         """
+        self._take_drawn()
         groups = self._groups_with_grads()
         perturb = self.will_perturb()
         self._steps += 1
@@ -351,9 +392,6 @@ class SAM(Optimizer):
         self._keep(self._backup, params, params)
         if self.combines_gradients:
             self._keep(self._first_grad, params, [p.grad for p in params])
-        masks = None
-        if self.perturb_fraction < 1.0:
-            masks = dict(zip(params, self._draw_masks(params), strict=True))
         self._perturbed = params
         for inner_step in range(self.inner_steps):
             if inner_step:
@@ -361,7 +399,7 @@ class SAM(Optimizer):
                 with torch.enable_grad():
                     ascent_closure()
             kept = None if zero_grad else [p.grad.clone() for p in params]
-            norm = self._ascent_step(groups, inner_step, masks)
+            norm = self._ascent_step(groups, inner_step)
             if kept is not None:  # the caller keeps the gradient: put it back
                 copy_all([p.grad for p in params], kept)
             if inner_step == 0:

@@ -21,6 +21,8 @@ class TrajectorySAM(SAM):
         ``params``, ``base_optimizer`` and the other options as :class:`SAM`.
     """
 
+    samples_weights = False  # uses the first gradient beyond the ascent (SAM.samples_weights)
+
     single_pass = True
     default_weight: float  # lambda as the variant's official code sets it
     default_temperature = 5.0  # T, the same (5) in SAF's and MESA's official code

@@ -197,6 +197,7 @@ class SAMStep:
         chunks = list(zip(images.split(chunk), targets.split(chunk), strict=True))
         params = [p for group in self.param_groups for p in group["params"]]
         sync_first = self.sync_perturbation or self.optimizer.needs_synced_first_pass()
+        self.optimizer.choose_perturbed(freeze=self.strategy.freezes_parameters)  # ESAM's SWP
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         carried: list[torch.Tensor | None] | None = None

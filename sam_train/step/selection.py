@@ -83,6 +83,7 @@ def selected_passes(
     optimizer, batch = step.optimizer, len(targets)
     sync_first = step.sync_perturbation or optimizer.needs_synced_first_pass()
     rng = torch.get_rng_state()
+    optimizer.choose_perturbed(freeze=step.strategy.freezes_parameters)  # ESAM's SWP
     if optimizer.select_before_ascent:  # K-SAM: rank by loss at w, both passes on the top k
         losses, logits = example_losses(step, images, targets, backward=False, sync=False)
         keep = top_examples(losses, int(optimizer.select_fraction * batch))

@@ -40,6 +40,10 @@ class Strategy:
     world_size: int = _from_info("world_size")
     is_main: bool = _from_info("is_main")
     distributed: bool = _from_info("enabled")
+    #: May a pass run with some parameters not requiring gradients (ESAM's skipped weight
+    #: gradients, ``SAM.choose_perturbed``)? Not under DDP and FSDP, where the reducer and the
+    #: sharded parameters expect every gradient: they compute those and drop them.
+    freezes_parameters: bool = True
 
     # --------------------------------------------------------------- the model
     def shard(self, model: nn.Module, precision: Precision | None = None) -> nn.Module:

@@ -33,6 +33,8 @@ class DDPStrategy(Strategy):
     first bucket, then 25 MiB); ``scripts/bench`` uses it to count buckets on tiny models.
     """
 
+    freezes_parameters = False  # the reducer expects every gradient (Strategy)
+
     def __init__(
         self,
         info: DistInfo | None = None,
