@@ -27,6 +27,7 @@ from sam_train import callbacks as cb
 from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved_config
 from sam_train.config import SAM_VARIANT_OPTIONS
 from sam_train.config.schema import (
+    DEVICE_PATTERN,
     INDEXED_VARIANTS,
     SEEDED_VARIANTS,
     SIZED_VARIANTS,
@@ -55,10 +56,15 @@ log = logging.getLogger("sam_train")
 
 # ---------------------------------------------------------------------------- device, processes
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit CUDA request without a GPU is an error."""
+    """``auto`` picks CUDA when present; a name torch does not know, or an explicit CUDA request
+    without a GPU, is a ConfigError (sam-eval's, sam-analyze's and the benchmarks' ``--device``
+    reach here unchecked by the config's validator)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device {name!r} is not one of {DEVICE_PATTERN[1]}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.device={name} but CUDA is not available; use trainer.device=cpu"

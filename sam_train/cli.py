@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sam_train.config import adjust, register_configs, validate
-from sam_train.config.overrides import check_command_line
+from sam_train.config.overrides import check_command_line, flags_first
 from sam_train.console import to_log_files
 from sam_train.errors import (
     EXIT_INTERRUPTED,
@@ -36,7 +36,7 @@ from sam_train.errors import (
     StopTraining,
 )
 from sam_train.launch import LAUNCHER_ENV, launch, split_nproc
-from sam_train.paths import quote_path_overrides
+from sam_train.paths import expect_folder, quote_path_overrides
 from sam_train.run_folder import keep_sweep_record
 
 log = logging.getLogger("sam_train")
@@ -60,6 +60,8 @@ def fail(message: str) -> None:
 
 
 def _ensure_writable(folder: Path, key: str) -> None:
+    if (problem := expect_folder(folder, "a folder", exists=False)) is not None:
+        fail(f"{key}={problem}; choose another {key}")  # not "not writable (File exists)"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write_test.{os.getpid()}"  # one per rank: they run this at once
@@ -286,6 +288,7 @@ def main() -> None:
     leave through :func:`process_group.exit_worker`."""
     _escape_unencodable_output()
     nproc, args = split_nproc(sys.argv[1:])
+    args = flags_first(args)
     multirun = bool({"-m", "--multirun"} & set(args))
     quoted = quote_path_overrides(args, multirun=multirun)
     try:  # before Hydra and before any worker starts: one line for a typo

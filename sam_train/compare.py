@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from sam_train.errors import ArgumentParser
 from sam_train.paths import exit_on_problems, expect_folder, expect_new_file
 from sam_train.run_files import METRICS_NAME, RESULTS_NAME
 from sam_train.run_folder import CHECKPOINTS_DIR, LOCK_NAME
@@ -280,7 +281,7 @@ def tensorboard_view(rows: list[dict[str, Any]], out: Path) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sam-compare",
         description="A table of sam-train runs side by side (a sweep folder: all its jobs).",
     )

@@ -6,10 +6,11 @@ The entry points print any ``SamTrainError`` as one line on stderr and exit with
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USER_ERROR = 2  # bad input, reported before any work
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (SIGTERM, SIGUSR1): requeue and continue with resume=auto
@@ -61,6 +62,15 @@ class StopTraining(Exception):
         super().__init__(f"{request.reason} at step {global_step}")
         self.request = request
         self.global_step = global_step
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser for every command and script, whose mistakes (an unknown option, a
+    missing argument, a bad choice or number) are one line and exit code 2, as every other bad
+    input is, instead of argparse's usage block before the line; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def exit_on_user_error(prog: str, command: Callable[[], object]) -> None:

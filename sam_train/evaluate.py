@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import run_entry_point
+from sam_train.errors import ArgumentParser, run_entry_point
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 from sam_train.run_files import EVAL_DIR
 from sam_train.run_folder import CHECKPOINTS_DIR
@@ -37,7 +37,7 @@ ANNOTATED = 20  # confusion matrices of at most this many classes get their coun
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sam-eval",
         description="Loss, top-1 and top-5 of sam-train checkpoints on their test sets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -58,13 +58,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_intermixed_args(argv)
-    args.overrides = [item for item in args.items if "=" in item and not Path(item).exists()]
+    args.overrides = [item for item in args.items if _is_override(item)]
     args.checkpoints = [Path(item) for item in args.items if item not in args.overrides]
     if not args.checkpoints:
         parser.error("give at least one checkpoint")
     out = [expect_folder(args.out, "a folder for the results", exists=False)] if args.out else []
     exit_on_problems(parser.prog, [*map(expect_file, args.checkpoints), *out])
     return args
+
+
+def _is_override(item: str) -> bool:
+    """``key=value``, unless it is a path: one that exists, one whose ``=`` comes after a
+    folder (``sweep/sam=sam,seed=1/checkpoints/last.pt``, a sweep job's) or a ``.pt`` file, so
+    that a mistyped checkpoint is answered as a missing file, not as a bad override."""
+    key = item.split("=", 1)[0]
+    return "=" in item and "/" not in key and not item.endswith(".pt") and not Path(item).exists()
 
 
 def run_folder_of(checkpoint: Path) -> Path:

@@ -26,7 +26,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import CheckpointError, exit_on_user_error
+from sam_train.errors import ArgumentParser, CheckpointError, exit_on_user_error
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 WEIGHTS_NAME = "model.safetensors"  # timm's HF_SAFE_WEIGHTS_NAME
@@ -89,7 +89,7 @@ def out_problem(out: Path) -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sam-export",
         description="A sam-train checkpoint as safetensors weights and timm's config.json.",
     )

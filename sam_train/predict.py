@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import CheckpointError, exit_on_user_error
+from sam_train.errors import ArgumentParser, CheckpointError, exit_on_user_error
 from sam_train.paths import exit_on_problems, expect_file, expect_new_file
 
 BATCH = 64
@@ -106,7 +106,7 @@ def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sam-predict",
         description="Top-k classes of image files by a sam-train checkpoint, into a CSV.",
     )

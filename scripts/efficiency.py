@@ -26,7 +26,6 @@ run's mix (AE-SAM) is charged for the mix; the cost table shows the timed steps 
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
@@ -39,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sam_train.errors import ArgumentParser
 from sam_train.paths import exit_on_problems, expect_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,7 +393,7 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("run", "costs", "table"))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "efficiency")
     parser.add_argument("--budget-min", type=float, default=1e9, help="start no run after it")

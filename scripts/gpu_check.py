@@ -23,7 +23,6 @@ reported "skip" with the reason; any failure makes the exit status 1.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import subprocess
@@ -45,6 +44,7 @@ import bench  # noqa: E402  (the benchmarks, scripts/bench/)
 from sam_train import build  # noqa: E402
 from sam_train.config import adjust, register_configs, validate  # noqa: E402
 from sam_train.data.synthetic import write_cifar, write_image_folder  # noqa: E402
+from sam_train.errors import ArgumentParser  # noqa: E402
 
 #: ordinary steps after the checked one (fewer in the CPU dry run: CPU fp16 is slow)
 STEPS = {"cuda": 3, "cpu": 2}
@@ -235,7 +235,7 @@ def checks(device: str, with_compile: bool) -> dict[str, Callable[[dict], str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--compile", action="store_true", help="also torch.compile on the CPU")
     parser.add_argument("--only", default=None, help="comma-separated path names (substrings)")

@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from sam_train.config import register_resolvers  # noqa: E402
+from sam_train.errors import ArgumentParser  # noqa: E402
 from sam_train.paper import TABLE_TITLES, Setting, describe, optimizer_family, optimizer_label  # noqa: E402
 from sam_train.paths import exit_on_problems, expect_folder  # noqa: E402
 
@@ -140,7 +141,7 @@ def render(runs: list[Run], *, seeds: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sam_train.errors import ArgumentParser  # noqa: E402
 from sam_train.paths import exit_on_problems, expect_folder, expect_new_file  # noqa: E402
 from sam_train.run_curves import Curve, collect, plot, read_curve  # noqa: E402
 
@@ -26,7 +27,7 @@ __all__ = ["Curve", "collect", "main", "plot", "read_curve"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")

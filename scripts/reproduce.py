@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sam_train.errors import ArgumentParser
 from sam_train.paths import exit_on_problems, expect_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def build_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="tables: " + "; ".join(f"{k} ({g.description})" for k, g in TABLES.items()),

@@ -403,6 +403,22 @@ def test_hydra_flags_keep_working(cli_in_process, capsys):
     assert "label_noise: 0.4" in capsys.readouterr().out
 
 
+def test_hydra_flags_may_follow_the_overrides(cli_in_process, tmp_path):
+    """``sam-train experiment=quickstart -m seed=1,2`` sweeps (argparse refused it with
+    Hydra's usage block); a flag with a value among the overrides is one line."""
+    sweep = tmp_path / "sweep"
+    args = ["experiment=quickstart", "trainer.epochs=0", "-m", "seed=1,2"]
+    code, err = cli_in_process([*args, f"hydra.sweep.dir={sweep}"])
+    assert code == 1, err  # the sweep ran: validation refused both jobs
+    assert "sam-train: 2 job(s) of the sweep failed:" in err.splitlines()
+    code, err = cli_in_process(["seed=1", "--cfg", "job", "sam=sam"])
+    assert code == 2
+    assert err.splitlines() == [
+        "sam-train: error: unrecognized arguments: sam=sam: write Hydra's flags "
+        "(-m, --cfg job, ...) before key=value"
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -55,8 +55,11 @@ def test_a_sweep_folder_expands_to_its_runs_and_the_rows_are_their_results(sweep
         assert row["best_acc1"] == results["best_acc1"]
         assert row["best_epoch"] == results["best_epoch"]
         assert row["ema_acc1"] == results.get("ema_final_acc1")
+        assert row["passes_per_step"] == results["passes_per_step"]
         assert row["images_per_sec"] == results["images_per_sec"]
         assert row["train_seconds"] == results["train_seconds"]
+    assert by_label["sam=sam"]["passes_per_step"] == 2.0  # SAM: two passes, SGD: one
+    assert by_label["sam=none ema.decay=0.9"]["passes_per_step"] == 1.0
     assert by_label["sam=sam"]["ema_acc1"] is None  # no EMA in that run
     assert by_label["sam=none ema.decay=0.9"]["ema_acc1"] is not None
 

@@ -136,7 +136,18 @@ def test_per_class_accuracy_and_confusion_are_the_checkpoints_predictions(
 
 
 @pytest.mark.parametrize(
-    "kind", ["missing", "garbage", "truncated", "state_dict", "override", "folder", "out_is_file"]
+    "kind",
+    [
+        "missing",
+        "missing_job",  # a sweep job's checkpoint, mistyped: a path with '=', not an override
+        "missing_job_relative",
+        "garbage",
+        "truncated",
+        "state_dict",
+        "override",
+        "folder",
+        "out_is_file",
+    ],
 )
 def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, kind):
     best = trained / "checkpoints" / "best.pt"
@@ -148,6 +159,10 @@ def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, ki
         path.write_bytes(best.read_bytes()[:4000])
     elif kind == "state_dict":
         torch.save(load_checkpoint(best)["model"], path)
+    elif kind == "missing_job":
+        args = [str(tmp_path / "sweep" / "sam=sam,seed=1" / "checkpoints" / "lats.pt")]
+    elif kind == "missing_job_relative":
+        args = ["sam=sam,seed=1/checkpoints/lats.pt"]
     elif kind == "override":
         args = [str(best), "--out", str(tmp_path), "dataset.nmae=3"]
     elif kind == "folder":
@@ -160,6 +175,8 @@ def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, ki
     assert "Traceback" not in err and not out
     expected = {
         "missing": "does not exist",
+        "missing_job": "lats.pt does not exist, expected a checkpoint file",
+        "missing_job_relative": "lats.pt does not exist, expected a checkpoint file",
         "garbage": "corrupt or not a torch file",
         "truncated": "corrupt or not a torch file",
         "state_dict": "is not a sam-train checkpoint",

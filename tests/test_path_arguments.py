@@ -1,9 +1,11 @@
 """Every path argument of every command and script says what it got and what it wants, in one
 line and exit code 2, before any work: a run folder where a checkpoint file is wanted, an
-existing file where an output folder is wanted, a folder where a file is to be written."""
+existing file where an output folder is wanted, a folder where a file is to be written. Their
+option mistakes (argparse's) are one line too."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +72,19 @@ def test_sam_train_names_a_folder_given_for_a_checkpoint(key, run_folder, tmp_pa
     assert not (tmp_path / "new" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_sam_train_names_a_file_given_for_its_folder(key, tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("kept")
+    multirun = ["-m", "seed=1,2"] if key == "hydra.sweep.dir" else []
+    code, err = run_in_process([*QUICK, *multirun, f"{key}={a_file}"])
+    assert code == 2
+    assert err.splitlines() == [
+        f"sam-train: error: {key}={a_file} is a file, expected a folder; choose another {key}"
+    ]
+    assert a_file.read_text() == "kept"
+
+
 def test_the_scripts_answer_their_path_arguments(run_folder, tmp_path, capsys):
     a_file = run_folder / "checkpoints" / "last.pt"
     code, err = _exit(paper_table.main, [str(a_file)], capsys)
@@ -80,3 +95,42 @@ def test_the_scripts_answer_their_path_arguments(run_folder, tmp_path, capsys):
     assert err.splitlines() == [
         f"plot_runs: error: {tmp_path} is a folder, expected the PNG file to write (--out)"
     ]
+
+
+# Every command's and script's module with an argparse ``main(argv)`` (the scripts from
+# scripts/, on the path above).
+ENTRY_POINTS = [
+    "sam_train.evaluate",
+    "sam_train.analysis.cli",
+    "sam_train.compare",
+    "sam_train.export",
+    "sam_train.predict",
+    "plot_runs",
+    "paper_table",
+    "reproduce",
+    "efficiency",
+    "gpu_check",
+    "bench.main",
+]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_an_option_mistake_is_one_line_without_the_usage_block(module, capsys):
+    """argparse prints its usage before the error; every entry point says one line instead."""
+    main = importlib.import_module(module).main
+    code, err = _exit(main, ["--no-such-option"], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert ": error: " in line and line.endswith("(see --help)")  # a missing argument or this
+
+
+@pytest.mark.parametrize("module", ["sam_train.evaluate", "sam_train.analysis.cli", "bench.main"])
+def test_a_device_torch_does_not_know_is_one_line_before_any_work(module, run_folder, capsys):
+    """``--device gpu``: one line naming the value (the checkpoint, damaged, is never read)."""
+    main = importlib.import_module(module).main
+    where = ["--out", str(run_folder / "bench")] if module == "bench.main" else []
+    checkpoint = [] if where else [str(run_folder / "checkpoints" / "last.pt")]
+    code, err = _exit(main, [*checkpoint, "--device", "gpu", *where], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.endswith("error: device 'gpu' is not one of auto, cpu, cuda or cuda:N")

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sam_train.errors import run_entry_point
+from sam_train.errors import ArgumentParser, run_entry_point
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sam-analyze",
         description="Flatness of trained sam-train checkpoints: SAM sharpness, top Hessian "
         "eigenvalue, Hessian trace, 1-D and 2-D loss landscapes (filter-normalised).",

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -31,11 +31,25 @@ from sam_train.errors import ConfigError
 MAX_LISTED = 12  # options named when none is close
 
 
+def flags_first(argv: list[str]) -> list[str]:
+    """Hydra's flags that take no value (``-m``, ``--multirun``, ``--resolve``, ...) moved
+    before the overrides: argparse refuses overrides on both sides of one
+    (``sam-train experiment=quickstart -m seed=1,2`` printed Hydra's usage block)."""
+    parser = get_args_parser()
+    bare = {o for a in parser._actions if a.nargs == 0 for o in a.option_strings}
+    return [a for a in argv if a in bare] + [a for a in argv if a not in bare]
+
+
+def _refuse(message: str) -> NoReturn:
+    raise ConfigError(f"{message}: write Hydra's flags (-m, --cfg job, ...) before key=value")
+
+
 def check_command_line(argv: list[str], config_dir: str | Path) -> None:
     """Raise :class:`ConfigError` (one line) for the first bad argument of ``sam-train ARGV``;
     ``--help``, ``--hydra-help`` and shell completion are left to Hydra unchecked."""
     parser = get_args_parser()
     _check_flags(argv, parser)
+    parser.error = _refuse  # argparse's usage block and exit, as one line
     args = parser.parse_args(argv)
     if args.help or args.hydra_help or args.shell_completion:
         return

@@ -17,6 +17,7 @@ import torch
 from sam_train import build
 from sam_train.config import register_configs
 from sam_train.data.synthetic import write_cifar
+from sam_train.errors import ArgumentParser, SamTrainError
 from sam_train.paths import exit_on_problems, expect_folder
 
 from .compile import bench_compile
@@ -33,7 +34,7 @@ from .workloads import compose, workloads
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="sam-train benchmarks (see the module docstring for what each measures)"
     )
     parser.add_argument("--quick", action="store_true", help="the `make bench` preset")
@@ -105,7 +106,10 @@ RUNNERS: dict[str, Callable[[Options], list[dict[str, Any]]]] = {
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    opts = make_options(args)
+    try:
+        opts = make_options(args)
+    except SamTrainError as err:  # --device
+        exit_on_problems("bench", [str(err)])
     register_configs()
     cfg = compose(opts.overrides)
     shown = argv if argv is not None else sys.argv[1:]
