@@ -29,6 +29,7 @@ from sam_train.config import SAM_VARIANT_OPTIONS
 from sam_train.config.schema import (
     DEVICE_PATTERN,
     INDEXED_VARIANTS,
+    RUN_LENGTH_VARIANTS,
     SEEDED_VARIANTS,
     SIZED_VARIANTS,
     TRAJECTORY_VARIANTS,
@@ -278,9 +279,9 @@ def sam_kwargs(
     """Arguments of the ``sam.name`` variant's class; unset variant options keep its defaults.
 
     ``lr_min`` is the schedule's floor, which GSAM's rho schedule needs; ``total_steps`` the
-    run's length (AE-SAM's threshold schedule); ``seed`` the run's seed (RST's trials, ESAM's
-    perturbed tensors: the same on every replica); ``steps_per_epoch`` turns MESA's
-    ``start_epoch`` into its first step.
+    run's length in optimizer steps (AE-SAM's threshold schedule, RST's p_t); ``seed`` the
+    run's seed (RST's trials, ESAM's perturbed tensors: the same on every replica);
+    ``steps_per_epoch`` turns MESA's ``start_epoch`` into its first step.
     """
     kwargs: dict[str, Any] = {
         key: cfg[key]
@@ -292,7 +293,7 @@ def sam_kwargs(
             kwargs[key] = cfg[key]
     if cfg.name == "gsam":
         kwargs["lr_min"] = lr_min
-    if cfg.name == "aesam":
+    if cfg.name in RUN_LENGTH_VARIANTS:
         kwargs["total_steps"] = total_steps
     if cfg.name in SEEDED_VARIANTS or cfg.perturb_fraction < 1:  # ESAM's draws too
         kwargs["seed"] = seed

@@ -149,9 +149,13 @@ def test_variant_options_are_declared_on_the_schema_fields():
     assert set(SAM_VARIANT_OPTIONS) == declared
     for option, variants in SAM_VARIANT_OPTIONS.items():
         other = next(v for v in ("sam", "gsam", "fsam") if v not in variants)
-        value = {"k": "2", "start_epoch": "2", "past_epochs": "2", "decouple": "true"}.get(
-            option, "0.5"
-        )
+        value = {
+            "k": "2",
+            "start_epoch": "2",
+            "past_epochs": "2",
+            "decouple": "true",
+            "probability_schedule": "linear",
+        }.get(option, "0.5")
         assert f"sam.{option} applies to sam={variants[0]}" in config_refusal(
             [f"sam.name={other}", f"sam.{option}={value}"]
         )

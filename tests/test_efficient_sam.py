@@ -17,7 +17,7 @@ from test_lifecycle import BASE, _Act, _assert_same_weights, _last, inject  # no
 from torch import nn
 
 from sam_train.config import ConfigError
-from sam_train.config.schema import WEIGHT_PERTURBATION_VARIANTS
+from sam_train.config.schema import RST_SCHEDULES, WEIGHT_PERTURBATION_VARIANTS
 from sam_train.sam import (
     AESAM,
     ESAM,
@@ -31,6 +31,7 @@ from sam_train.sam import (
     RandomizedSAM,
     WeightedSAM,
 )
+from sam_train.sam.rst import SCHEDULE_SHAPES
 from sam_train.step import SAMStep
 from sam_train.step.trajectory import TrajectoryLoss
 from sam_train.strategy import SingleProcess
@@ -156,6 +157,122 @@ def test_rst_with_p_0_is_the_base_optimizer_and_with_p_1_is_sam(p, sam_steps):
         lambda q: RandomizedSAM(q, torch.optim.SGD, rho=0.2, lr=0.02, probability=p), a, w0, 5
     )
     assert calls == 5 + sam_steps
+
+
+#: p_t by hand, 0.2 -> 0.8 over T = 4 steps, at t = 0..5 (held at p_end past T); cosine's
+#: shape (1 - cos(pi x)) / 2 is 0.1464466 at x = 1/4 and 0.8535534 at x = 3/4.
+RST_SCHEDULE_VALUES = {
+    "constant": [0.2, 0.2, 0.2, 0.2, 0.2, 0.2],
+    "linear": [0.2, 0.35, 0.5, 0.65, 0.8, 0.8],
+    "cosine": [0.2, 0.2878679656, 0.5, 0.7121320344, 0.8, 0.8],
+    "step": [0.2, 0.2, 0.8, 0.8, 0.8, 0.8],
+}
+
+
+def test_rst_schedules_are_the_config_choices():
+    assert tuple(SCHEDULE_SHAPES) == RST_SCHEDULES
+
+
+@pytest.mark.parametrize("schedule", list(RST_SCHEDULE_VALUES))
+def test_rst_schedule_moves_p_from_start_to_end_over_the_run(schedule):
+    opt = RandomizedSAM(
+        [torch.zeros(2, requires_grad=True)],
+        torch.optim.SGD,
+        lr=0.1,
+        probability=0.2,
+        probability_end=0.8,
+        probability_schedule=schedule,
+        total_steps=4,
+    )
+    got = [opt.probability_at(t) for t in range(6)]
+    np.testing.assert_allclose(got, RST_SCHEDULE_VALUES[schedule], rtol=0, atol=1e-9)
+
+
+def test_rst_takes_as_many_sam_steps_as_its_trials_under_a_schedule_about_the_mean_of_p():
+    """Linear from 0 to 1 over T steps: p_t = t / T. The SAM steps are exactly the seeded
+    trials below p_t, and their fraction is within 3 binomial standard deviations of the mean
+    of p_t, (T - 1) / (2 T)."""
+    a, w0 = _quadratic()
+    total, seed = 400, 11
+    _, calls, opt = _quadratic_steps(
+        lambda q: RandomizedSAM(
+            q,
+            torch.optim.SGD,
+            rho=0.01,
+            lr=0.002,
+            probability=0.0,
+            probability_end=1.0,
+            probability_schedule="linear",
+            total_steps=total,
+            seed=seed,
+        ),
+        a,
+        w0,
+        total,
+    )
+    sam_steps = calls - total
+    trials = torch.Generator().manual_seed(seed)
+    expected = sum(torch.rand((), generator=trials).item() < t / total for t in range(total))
+    assert sam_steps == expected
+    p = np.arange(total) / total
+    assert abs(sam_steps - p.sum()) <= 3 * np.sqrt((p * (1 - p)).sum())
+    assert p.mean() == (total - 1) / (2 * total)
+    assert opt.state_dict()["sam"]["steps"] == total
+
+
+def test_build_gives_rst_the_runs_optimizer_steps_for_its_schedule():
+    from sam_train.build import sam_kwargs
+
+    cfg = compose_config(
+        ["sam=rst", "sam.probability_schedule=step", "sam.probability_end=0.1"]
+    ).sam
+    kwargs = sam_kwargs(cfg, total_steps=120, seed=9)
+    assert kwargs["total_steps"] == 120 and kwargs["seed"] == 9
+    assert (kwargs["probability_schedule"], kwargs["probability_end"]) == ("step", 0.1)
+    opt = VARIANTS["rst"]([torch.zeros(2, requires_grad=True)], torch.optim.SGD, lr=0.1, **kwargs)
+    assert (opt.probability_at(59), opt.probability_at(60)) == pytest.approx((0.5, 0.1))
+
+
+def test_rst_resumes_mid_schedule_from_its_step_counter_and_trials():
+    """Crash at step 4 of a cosine 1 -> 0 schedule over 8 steps, reload the optimizer's
+    state: the last 4 steps equal the uninterrupted run's; without the saved step counter
+    (the schedule restarted at t = 0) they do not."""
+    a = torch.tensor(_quadratic()[0])
+
+    def run(w, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            (0.5 * w @ a @ w).backward()
+            opt.step(lambda: (0.5 * w @ a @ w).backward())
+
+    def make(w):
+        return RandomizedSAM(
+            [w],
+            torch.optim.SGD,
+            rho=0.2,
+            lr=0.02,
+            momentum=0.9,
+            probability=1.0,
+            probability_end=0.0,
+            probability_schedule="cosine",
+            total_steps=8,
+            seed=5,
+        )
+
+    w = torch.tensor(_quadratic()[1], requires_grad=True)
+    opt = make(w)
+    run(w, opt, 4)
+    saved, w_saved = copy.deepcopy(opt.state_dict()), w.detach().clone()
+    run(w, opt, 4)
+    finals = []
+    for state in (saved, {**saved, "sam": {**saved["sam"], "steps": 0, "decided": None}}):
+        w2 = w_saved.clone().requires_grad_(True)
+        opt2 = make(w2)
+        opt2.load_state_dict(copy.deepcopy(state))
+        run(w2, opt2, 4)
+        finals.append(w2.detach())
+    assert torch.equal(finals[0], w.detach())
+    assert not torch.equal(finals[1], w.detach()), "the step counter must matter"
 
 
 # --------------------------------------------------------------------------- AE-SAM
@@ -790,6 +907,20 @@ def test_msam_runs_one_forward_and_one_backward_per_step():
             "sam.p does not apply",
         ),
         (["sam=rst", "sam.probability=1.5"], "sam.probability must be in [0, 1]"),
+        (["sam=rst", "sam.probability_end=-0.1"], "sam.probability_end must be in [0, 1]"),
+        (
+            ["sam=rst", "sam.probability_schedule=exp"],
+            "sam.probability_schedule='exp' is not one of: constant, linear, cosine, step",
+        ),
+        (
+            ["sam=rst", "sam.probability_schedule=cosine"],
+            "sam.probability_schedule=cosine needs sam.probability_end",
+        ),
+        (
+            ["sam=rst", "sam.probability_end=0.1"],
+            "sam.probability_end applies to a schedule: set sam.probability_schedule=linear",
+        ),
+        (["sam=sam", "sam.probability_schedule=step"], "sam.probability_schedule applies to"),
         (
             ["sam=looksam", "sam.perturb_fraction=0.5"],
             "sam.perturb_fraction (ESAM's stochastic weight perturbation) works with sam=sam, "
@@ -809,13 +940,20 @@ def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, me
     "variant",
     [
         ["sam=rst"],
+        # mid-schedule: the crash comes at step 25 of p_t falling from 1 to 0.2
+        [
+            "sam=rst",
+            "sam.probability=1",
+            "sam.probability_end=0.2",
+            "sam.probability_schedule=linear",
+        ],
         ["sam=aesam"],
         ["sam=mesa", "sam.start_epoch=1", "sam.ema_decay=0.9"],
         ["sam=saf", "sam.start_epoch=0", "sam.past_epochs=1"],
         ["sam=bsam", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.5"],
         ["sam=esam"],
     ],
-    ids=lambda overrides: overrides[0],
+    ids=" ".join,
 )
 def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path, variant):  # noqa: F811
     """The trainer's own checkpoint (RST's trials, AE-SAM's statistics, MESA's EMA, SAF's

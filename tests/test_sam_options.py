@@ -44,5 +44,11 @@ def test_the_variants_refuse_through_the_shared_checks():
         ESAM(_w(), torch.optim.SGD, lr=0.1, select_fraction=0.0)
     with pytest.raises(ValueError, match=r"RandomizedSAM needs probability in \[0, 1\]"):
         RandomizedSAM(_w(), torch.optim.SGD, lr=0.1, probability=1.5)
+    with pytest.raises(ValueError, match=r"RandomizedSAM needs probability_end in \[0, 1\]"):
+        RandomizedSAM(_w(), torch.optim.SGD, lr=0.1, probability_end=-0.5)
+    with pytest.raises(ValueError, match="RandomizedSAM needs probability_schedule in constant"):
+        RandomizedSAM(_w(), torch.optim.SGD, lr=0.1, probability_schedule="exp")
+    with pytest.raises(ValueError, match="linear schedule needs total_steps >= 1, got None"):
+        RandomizedSAM(_w(), torch.optim.SGD, lr=0.1, probability_schedule="linear")
     with pytest.raises(ValueError, match=r"Friendly SAM takes one ascent step"):
         FriendlySAM(_w(), torch.optim.SGD, lr=0.1, inner_steps=2)

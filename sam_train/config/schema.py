@@ -129,6 +129,11 @@ INDEXED_VARIANTS = ("saf",)
 SIZED_VARIANTS = ("saf", "bsam")
 # Variants whose random draws are seeded by the run's seed (the same on every replica).
 SEEDED_VARIANTS = ("rst", "bsam")
+# Variants whose schedule spans the run's optimizer steps (build passes total_steps).
+RUN_LENGTH_VARIANTS = ("aesam", "rst")
+# RST's shapes of p_t from sam.probability to sam.probability_end over the run (the keys of
+# sam_train/sam/rst.py's SCHEDULE_SHAPES; a test holds the two equal).
+RST_SCHEDULES = ("constant", "linear", "cosine", "step")
 # Variants whose passes run on part of the batch (sam_train/step/selection.py).
 SELECTING_VARIANTS = ("esam", "ksam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).
@@ -239,7 +244,11 @@ class SAMConfig:
     # fsam: the gradient EMA's lambda; aesam: delta, the forgetting rate of ||g||^2's statistics
     # mesa: the EMA model's decay per step
     ema_decay: float | None = checked(None, ge=0, lt=1, variants=("fsam", "aesam", "mesa"))
-    probability: float | None = checked(None, ge=0, le=1, variants=("rst",))  # of a SAM step
+    # rst: p_t, the chance of a SAM step, from probability (p_start) to probability_end
+    # (p_end) over the run's optimizer steps, in the shape probability_schedule
+    probability: float | None = checked(None, ge=0, le=1, variants=("rst",))
+    probability_end: float | None = checked(None, ge=0, le=1, variants=("rst",))
+    probability_schedule: str | None = checked(None, choices=RST_SCHEDULES, variants=("rst",))
     # aesam: SAM when ||g||^2 >= mean + c_t * std, c_t linear from start to end over the run
     threshold_start: float | None = checked(None, variants=("aesam",))
     threshold_end: float | None = checked(None, variants=("aesam",))

@@ -29,6 +29,7 @@ from sam_train.config.schema import (
     INDEXED_VARIANTS,
     LOGGER_PACKAGES,
     NO_ASCENT_VARIANTS,
+    RST_SCHEDULES,
     SAM_VARIANT_OPTIONS,
     SELECTING_VARIANTS,
     TRAJECTORY_VARIANTS,
@@ -328,6 +329,8 @@ def _efficient_variant_rules(cfg: Any) -> None:
         raise ConfigError(f"sam={sam.name} needs unscaled gradients: use trainer.amp=bf16")
     if sam.name in SELECTING_VARIANTS:
         _selection_rules(cfg)
+    if sam.name == "rst":
+        _rst_schedule_rules(sam)
     if sam.name == "bsam" and (
         optimizer.name != "sgd" or optimizer.momentum or optimizer.weight_decay
     ):
@@ -346,6 +349,22 @@ def _efficient_variant_rules(cfg: Any) -> None:
         raise ConfigError(
             f"sam={sam.name} is not tested under trainer.strategy=fsdp yet: use "
             "trainer.strategy=ddp"
+        )
+
+
+def _rst_schedule_rules(sam: Any) -> None:
+    """RST's p_t moves from sam.probability to sam.probability_end, so a schedule needs both
+    ends, and an end without a schedule would be silently ignored."""
+    schedule = sam.probability_schedule or "constant"
+    if schedule != "constant" and sam.probability_end is None:
+        raise ConfigError(
+            f"sam.probability_schedule={schedule} needs sam.probability_end, p at the run's end"
+        )
+    if schedule == "constant" and sam.probability_end is not None:
+        shapes = " or ".join(name for name in RST_SCHEDULES if name != "constant")
+        raise ConfigError(
+            f"sam.probability_end applies to a schedule: set sam.probability_schedule={shapes} "
+            "(or drop sam.probability_end)"
         )
 
 
