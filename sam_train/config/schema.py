@@ -419,16 +419,23 @@ SAM_VARIANT_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+SCHEMA_NAME = "train_schema"  # configs/train.yaml names it first in its defaults
+
+
 def register_configs() -> None:
     """Register the schema under the name ``configs/train.yaml`` puts first in its defaults.
 
     ``model.kwargs`` is left open (not struct) so any keyword of any timm model can be set as
-    ``model.kwargs.drop_rate=0.1``, without Hydra's ``+`` prefix for new keys.
+    ``model.kwargs.drop_rate=0.1``, without Hydra's ``+`` prefix for new keys. Built once per
+    process (Hydra deep-copies what it loads from the store): building it took 0.07 s, a
+    quarter of each ``compose_config`` call, which the tests make hundreds of times.
     """
     register_resolvers()
+    if f"{SCHEMA_NAME}.yaml" in ConfigStore.instance().repo:
+        return
     schema = OmegaConf.structured(TrainConfig)
     OmegaConf.set_struct(schema.model.kwargs, False)
-    ConfigStore.instance().store(name="train_schema", node=schema)
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=schema)
 
 
 def register_resolvers() -> None:
