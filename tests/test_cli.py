@@ -24,16 +24,16 @@ def _tags(run_dir: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_quickstart_in_a_real_process_reaches_95_percent_and_writes_every_output(cli, tmp_path):
-    """The quickstart cut to 5 of its 30 epochs (it passes 95% by the third)."""
+    """The quickstart cut to 3 of its 30 epochs: 98.0% at the third, measured in process."""
     run = tmp_path / "run"
     result = cli(
-        ["experiment=quickstart", "trainer.epochs=5", f"hydra.run.dir={run}"], cwd=tmp_path
+        ["experiment=quickstart", "trainer.epochs=3", f"hydra.run.dir={run}"], cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["final_acc1"] >= 95.0
-    assert results["test_images"] == 450 and results["epochs_run"] == 5
+    assert results["test_images"] == 450 and results["epochs_run"] == 3
     for key in ("best_acc1", "best_acc5", "final_acc5", "final_train_loss", "images_per_sec"):
         assert results[key] is not None, key
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
