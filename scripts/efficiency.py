@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -203,7 +204,13 @@ def claim(out: Path, key: str) -> bool:
     return True
 
 
-def train(label: str, noise: float, point: list[str], seed: int, out: Path) -> dict | None:
+#: What every run's process gets: one thread (two runners share 2 cores), this checkout's code.
+RUN_ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def train(
+    label: str, noise: float, point: list[str], seed: int, out: Path, fork: bool = True
+) -> dict | None:
     """One ``sam-train`` run (resumed if interrupted); its summary, or None if it failed."""
     run_dir = out / run_key(label, noise, point, seed)
     command = [
@@ -212,12 +219,64 @@ def train(label: str, noise: float, point: list[str], seed: int, out: Path) -> d
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     print("$", " ".join(command), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    if subprocess.call(command, env=env, cwd=REPO):
+    if (run_forked if fork else run_subprocess)(command[3:]):
         return None
     results = json.loads((run_dir / "results.json").read_text())
     keys = ("final_acc1", "passes_per_step", "ascent_fraction", "train_seconds")
     return {key: results.get(key) for key in keys}
+
+
+def run_subprocess(args: list[str]) -> int:
+    """``python -m sam_train ARGS`` in a new interpreter: pays the imports (about 9 s) again."""
+    command = [sys.executable, "-m", "sam_train", *args]
+    return subprocess.call(command, env={**os.environ, **RUN_ENV}, cwd=REPO)
+
+
+def import_once() -> bool:
+    """Import what a run imports, once, in this process (which then only forks): True when
+    this process's ``sam_train`` is this checkout's, the code a subprocess would run.
+
+    ``OMP_NUM_THREADS`` first: torch sizes its thread pool from it on import, and a process
+    that forks must not have started one (no thread runs here, so no lock is held in a child).
+    """
+    os.environ.update(RUN_ENV)
+    import sklearn.datasets  # the preset's data set (digits): scipy, pandas
+    import sklearn.model_selection  # noqa: F401
+
+    import sam_train
+    import sam_train.cli
+    import sam_train.train  # torch, torchvision, timm: most of the cost
+
+    return Path(sam_train.__file__).resolve().parents[1] == REPO
+
+
+def run_forked(args: list[str]) -> int:
+    """``sam-train ARGS`` in a forked child of this process: its own process (global RNGs,
+    Hydra's state, torch's threads, logging handlers), exit code and signals as a subprocess
+    would have, without importing torch again; a crash or kill of the run is its exit code."""
+    if not import_once():
+        return run_subprocess(args)
+    sys.stdout.flush()
+    sys.stderr.flush()  # or the child's exit would write this process's buffers again
+    child = multiprocessing.get_context("fork").Process(target=_sam_train_main, args=(args,))
+    child.start()
+    child.join()
+    return child.exitcode
+
+
+def _sam_train_main(args: list[str]) -> None:
+    """The child: ``python -m sam_train ARGS`` from here on (its SystemExit is the exit code)."""
+    import atexit
+
+    from sam_train import cli
+
+    os.environ.update(RUN_ENV)
+    os.chdir(REPO)
+    sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *args]
+    try:
+        cli.main()
+    finally:
+        atexit._run_exitfuncs()  # an interpreter's exit runs them; a forked child's does not
 
 
 def next_job(out: Path, skip: set[str]) -> tuple[str, float, list[str], int] | None:
@@ -229,16 +288,17 @@ def next_job(out: Path, skip: set[str]) -> tuple[str, float, list[str], int] | N
     return None
 
 
-def run_all(out: Path, budget_s: float, tries: int = 2) -> int:
+def run_all(out: Path, budget_s: float, tries: int = 2, fork: bool = True) -> int:
     """Train pending runs until none is left or the budget is spent (a failed run is tried
-    ``tries`` times in all, resuming); 1 if one failed for good."""
+    ``tries`` times in all, resuming); 1 if one failed for good. ``fork``: each run in a
+    forked child of this process (imports paid once), else in a new interpreter."""
     started, failures = time.monotonic(), {}
     while time.monotonic() - started < budget_s:
         job = next_job(out, {key for key, n in failures.items() if n >= tries})
         if job is None:
             break
         key = run_key(*job)
-        summary = train(*job, out)
+        summary = train(*job, out, fork=fork)
         (out / key / ".claim").unlink(missing_ok=True)
         if summary is None:
             failures[key] = failures.get(key, 0) + 1
@@ -398,11 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "efficiency")
     parser.add_argument("--budget-min", type=float, default=1e9, help="start no run after it")
     parser.add_argument("--reps", type=int, default=9, help="timing repetitions (costs)")
+    parser.add_argument(
+        "--no-fork", action="store_true", help="each run in a new interpreter (run)"
+    )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args(argv)
     exit_on_problems("efficiency", [expect_folder(args.out, "a folder for runs", exists=False)])
     if args.action == "run":
-        return run_all(args.out, 60 * args.budget_min)
+        return run_all(args.out, 60 * args.budget_min, fork=not args.no_fork)
     if args.action == "costs":
         costs = measure_costs(args.variants, args.reps)  # each interleaved with SGD's
         with locked_store() as store:
