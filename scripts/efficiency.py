@@ -12,9 +12,11 @@ below (before any run: it is part of the code's history), by the best mean clean
 that point is frozen and reported on seeds 0-4 (mean and sample standard deviation). A
 variant whose grid has one point skips the tuning. Nothing is retuned on seeds 0-4.
 
-Each run is its own ``sam-train`` process under ``runs/efficiency/`` (``resume=auto``), and
-its summary (clean top-1, the measured ``passes_per_step`` and ``ascent_fraction`` from its
-results.json) is merged into ``docs/efficiency_runs.json`` under a file lock as soon as it
+Each run is its own ``sam-train`` process under ``runs/efficiency/`` (``resume=auto``): a forked
+child of this one, which imports torch, timm and sam_train once (``--no-fork``: a new
+interpreter, which pays those imports again, 7.7 s of CPU per run measured here). Its summary
+(clean top-1, the measured ``passes_per_step`` and ``ascent_fraction`` from its results.json)
+is merged into ``docs/efficiency_runs.json`` under a file lock as soon as it
 finishes: a later session continues from the committed file without rerunning anything. Two
 processes share the work (each claims a run before starting it); ``PRIORITY`` orders it, most
 informative first. Costs: the step's CPU time (one thread, so a shared machine does not
@@ -227,7 +229,7 @@ def train(
 
 
 def run_subprocess(args: list[str]) -> int:
-    """``python -m sam_train ARGS`` in a new interpreter: pays the imports (about 9 s) again."""
+    """``python -m sam_train ARGS`` in a new interpreter, which pays the imports again."""
     command = [sys.executable, "-m", "sam_train", *args]
     return subprocess.call(command, env={**os.environ, **RUN_ENV}, cwd=REPO)
 
