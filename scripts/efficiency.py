@@ -267,8 +267,12 @@ def run_forked(args: list[str]) -> int:
 
 
 def _sam_train_main(args: list[str]) -> None:
-    """The child: ``python -m sam_train ARGS`` from here on (its SystemExit is the exit code)."""
-    import atexit
+    """The child: ``python -m sam_train ARGS`` from here on (its SystemExit is the exit code).
+
+    It leaves without the exit handlers it inherited: they hold this process's resources
+    (the imports register two ``TemporaryDirectory.cleanup``); a run registers none itself.
+    """
+    import logging
 
     from sam_train import cli
 
@@ -278,7 +282,7 @@ def _sam_train_main(args: list[str]) -> None:
     try:
         cli.main()
     finally:
-        atexit._run_exitfuncs()  # an interpreter's exit runs them; a forked child's does not
+        logging.shutdown()  # the one exit handler that is the run's: flush and close its log
 
 
 def next_job(out: Path, skip: set[str]) -> tuple[str, float, list[str], int] | None:

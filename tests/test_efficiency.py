@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -139,7 +140,18 @@ def test_a_forked_run_computes_what_a_new_interpreter_computes(tmp_path):
 def test_a_failed_or_killed_run_is_the_childs_exit_code_and_the_runner_goes_on(
     tmp_path, monkeypatch
 ):
-    assert efficiency.run_forked([*TINY, "trainer.epochs=-1"]) == EXIT_USER_ERROR
+    runner, trace = os.getpid(), tmp_path / "exit_handler_ran_in_a_child"
+
+    def runners_exit_handler() -> None:  # e.g. removing a temporary folder the runner made
+        if os.getpid() != runner:
+            trace.touch()
+
+    atexit.register(runners_exit_handler)
+    try:
+        assert efficiency.run_forked([*TINY, "trainer.epochs=-1"]) == EXIT_USER_ERROR
+    finally:
+        atexit.unregister(runners_exit_handler)
+    assert not trace.exists()
     assert efficiency.train("SAM", 0.4, ["trainer.epochs=oops"], 0, tmp_path) is None
 
     from sam_train import cli
