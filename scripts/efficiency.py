@@ -208,6 +208,7 @@ def claim(out: Path, key: str) -> bool:
 
 #: What every run's process gets: one thread (two runners share 2 cores), this checkout's code.
 RUN_ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+SAM_TRAIN = [sys.executable, "-m", "sam_train"]  # the command printed for each run (users copy it)
 
 
 def train(
@@ -215,13 +216,12 @@ def train(
 ) -> dict | None:
     """One ``sam-train`` run (resumed if interrupted); its summary, or None if it failed."""
     run_dir = out / run_key(label, noise, point, seed)
-    command = [
-        sys.executable, "-m", "sam_train", PRESET, *VARIANTS[label], *point,
-        f"dataset.label_noise={noise}", f"seed={seed}", "logger=none", "resume=auto",
-        f"hydra.run.dir={run_dir}",
+    args = [
+        PRESET, *VARIANTS[label], *point, f"dataset.label_noise={noise}", f"seed={seed}",
+        "logger=none", "resume=auto", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    print("$", " ".join(command), flush=True)
-    if (run_forked if fork else run_subprocess)(command[3:]):
+    print("$", " ".join([*SAM_TRAIN, *args]), flush=True)
+    if (run_forked if fork else run_subprocess)(args):
         return None
     results = json.loads((run_dir / "results.json").read_text())
     keys = ("final_acc1", "passes_per_step", "ascent_fraction", "train_seconds")
@@ -230,20 +230,24 @@ def train(
 
 def run_subprocess(args: list[str]) -> int:
     """``python -m sam_train ARGS`` in a new interpreter, which pays the imports again."""
-    command = [sys.executable, "-m", "sam_train", *args]
-    return subprocess.call(command, env={**os.environ, **RUN_ENV}, cwd=REPO)
+    return subprocess.call([*SAM_TRAIN, *args], env={**os.environ, **RUN_ENV}, cwd=REPO)
 
 
 def import_once() -> bool:
     """Import what a run imports, once, in this process (which then only forks): True when
     this process's ``sam_train`` is this checkout's, the code a subprocess would run.
 
-    ``OMP_NUM_THREADS`` first: torch sizes its thread pool from it on import, and a process
-    that forks must not have started one (no thread runs here, so no lock is held in a child).
+    A process that forks must run no other thread (a lock it holds would never be released
+    in the child): ``OMP_NUM_THREADS`` before torch sizes its pool from it, and no jemalloc
+    purging thread for pyarrow, which scikit-learn imports through pandas. After this, the
+    process has one thread (``/proc/self/task``, measured here).
     """
+    from unittest import mock
+
     os.environ.update(RUN_ENV)
-    import sklearn.datasets  # the preset's data set (digits): scipy, pandas
-    import sklearn.model_selection  # noqa: F401
+    with mock.patch.dict(os.environ, {"JE_ARROW_MALLOC_CONF": "background_thread:false"}):
+        import sklearn.datasets  # the preset's data set (digits): scipy, pandas, pyarrow
+        import sklearn.model_selection  # noqa: F401
 
     import sam_train
     import sam_train.cli
