@@ -14,7 +14,7 @@ variant whose grid has one point skips the tuning. Nothing is retuned on seeds 0
 
 Each run is its own ``sam-train`` process under ``runs/efficiency/`` (``resume=auto``): a forked
 child of this one, which imports torch, timm and sam_train once (``--no-fork``: a new
-interpreter, which pays those imports again, 7.7 s of CPU per run measured here). Its summary
+interpreter, which pays those imports again, 7.8 s of CPU per run measured here). Its summary
 (clean top-1, the measured ``passes_per_step`` and ``ascent_fraction`` from its results.json)
 is merged into ``docs/efficiency_runs.json`` under a file lock as soon as it
 finishes: a later session continues from the committed file without rerunning anything. Two
