@@ -861,6 +861,8 @@ def test_the_step_counts_the_passes_it_runs(name):
     expected = (sum(forwards) + 2 * sum(backwards)) / (3 * 8 * 16)
     assert summary["passes_per_step"] == round(expected, 4)
     assert summary["ascent_fraction"] == round(counts.ascent_steps / 8, 4)
+    if name != "esam":  # every weight gradient in every backward (ESAM's: tested below)
+        assert summary["weight_grad_fraction_per_step"] == round(sum(backwards) / (8 * 16), 4)
 
 
 def test_msam_runs_one_forward_and_one_backward_per_step():
