@@ -12,9 +12,11 @@ below (before any run: it is part of the code's history), by the best mean clean
 that point is frozen and reported on seeds 0-4 (mean and sample standard deviation). A
 variant whose grid has one point skips the tuning. Nothing is retuned on seeds 0-4.
 
-Each run is its own ``sam-train`` process under ``runs/efficiency/`` (``resume=auto``), and
-its summary (clean top-1, the measured ``passes_per_step`` and ``ascent_fraction`` from its
-results.json) is merged into ``docs/efficiency_runs.json`` under a file lock as soon as it
+Each run is its own ``sam-train`` process under ``runs/efficiency/`` (``resume=auto``): a forked
+child of this one, which imports torch, timm and sam_train once (``--no-fork``: a new
+interpreter, which pays those imports again, 7.8 s of CPU per run measured here). Its summary
+(clean top-1, the measured ``passes_per_step`` and ``ascent_fraction`` from its results.json)
+is merged into ``docs/efficiency_runs.json`` under a file lock as soon as it
 finishes: a later session continues from the committed file without rerunning anything. Two
 processes share the work (each claims a run before starting it); ``PRIORITY`` orders it, most
 informative first. Costs: the step's CPU time (one thread, so a shared machine does not
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -203,21 +206,87 @@ def claim(out: Path, key: str) -> bool:
     return True
 
 
-def train(label: str, noise: float, point: list[str], seed: int, out: Path) -> dict | None:
+#: What every run's process gets: one thread (two runners share 2 cores), this checkout's code.
+RUN_ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+SAM_TRAIN = [sys.executable, "-m", "sam_train"]  # the command printed for each run (users copy it)
+
+
+def train(
+    label: str, noise: float, point: list[str], seed: int, out: Path, fork: bool = True
+) -> dict | None:
     """One ``sam-train`` run (resumed if interrupted); its summary, or None if it failed."""
     run_dir = out / run_key(label, noise, point, seed)
-    command = [
-        sys.executable, "-m", "sam_train", PRESET, *VARIANTS[label], *point,
-        f"dataset.label_noise={noise}", f"seed={seed}", "logger=none", "resume=auto",
-        f"hydra.run.dir={run_dir}",
+    args = [
+        PRESET, *VARIANTS[label], *point, f"dataset.label_noise={noise}", f"seed={seed}",
+        "logger=none", "resume=auto", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    print("$", " ".join(command), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    if subprocess.call(command, env=env, cwd=REPO):
+    print("$", " ".join([*SAM_TRAIN, *args]), flush=True)
+    if (run_forked if fork else run_subprocess)(args):
         return None
     results = json.loads((run_dir / "results.json").read_text())
     keys = ("final_acc1", "passes_per_step", "ascent_fraction", "train_seconds")
     return {key: results.get(key) for key in keys}
+
+
+def run_subprocess(args: list[str]) -> int:
+    """``python -m sam_train ARGS`` in a new interpreter, which pays the imports again."""
+    return subprocess.call([*SAM_TRAIN, *args], env={**os.environ, **RUN_ENV}, cwd=REPO)
+
+
+def import_once() -> bool:
+    """Import what a run imports, once, in this process (which then only forks): True when
+    this process's ``sam_train`` is this checkout's, the code a subprocess would run.
+
+    A process that forks must run no other thread (a lock it holds would never be released
+    in the child): ``OMP_NUM_THREADS`` before torch sizes its pool from it, and no jemalloc
+    purging thread for pyarrow, which scikit-learn imports through pandas. After this, the
+    process has one thread (``/proc/self/task``, measured here).
+    """
+    from unittest import mock
+
+    os.environ.update(RUN_ENV)
+    with mock.patch.dict(os.environ, {"JE_ARROW_MALLOC_CONF": "background_thread:false"}):
+        import sklearn.datasets  # the preset's data set (digits): scipy, pandas, pyarrow
+        import sklearn.model_selection  # noqa: F401
+
+    import sam_train
+    import sam_train.cli
+    import sam_train.train  # torch, torchvision, timm: most of the cost
+
+    return Path(sam_train.__file__).resolve().parents[1] == REPO
+
+
+def run_forked(args: list[str]) -> int:
+    """``sam-train ARGS`` in a forked child of this process: its own process (global RNGs,
+    Hydra's state, torch's threads, logging handlers), exit code and signals as a subprocess
+    would have, without importing torch again; a crash or kill of the run is its exit code."""
+    if not import_once():
+        return run_subprocess(args)
+    sys.stdout.flush()
+    sys.stderr.flush()  # or the child's exit would write this process's buffers again
+    child = multiprocessing.get_context("fork").Process(target=_sam_train_main, args=(args,))
+    child.start()
+    child.join()
+    return child.exitcode
+
+
+def _sam_train_main(args: list[str]) -> None:
+    """The child: ``python -m sam_train ARGS`` from here on (its SystemExit is the exit code).
+
+    It leaves without the exit handlers it inherited: they hold this process's resources
+    (the imports register two ``TemporaryDirectory.cleanup``); a run registers none itself.
+    """
+    import logging
+
+    from sam_train import cli
+
+    os.environ.update(RUN_ENV)
+    os.chdir(REPO)
+    sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *args]
+    try:
+        cli.main()
+    finally:
+        logging.shutdown()  # the one exit handler that is the run's: flush and close its log
 
 
 def next_job(out: Path, skip: set[str]) -> tuple[str, float, list[str], int] | None:
@@ -229,16 +298,17 @@ def next_job(out: Path, skip: set[str]) -> tuple[str, float, list[str], int] | N
     return None
 
 
-def run_all(out: Path, budget_s: float, tries: int = 2) -> int:
+def run_all(out: Path, budget_s: float, tries: int = 2, fork: bool = True) -> int:
     """Train pending runs until none is left or the budget is spent (a failed run is tried
-    ``tries`` times in all, resuming); 1 if one failed for good."""
+    ``tries`` times in all, resuming); 1 if one failed for good. ``fork``: each run in a
+    forked child of this process (imports paid once), else in a new interpreter."""
     started, failures = time.monotonic(), {}
     while time.monotonic() - started < budget_s:
         job = next_job(out, {key for key, n in failures.items() if n >= tries})
         if job is None:
             break
         key = run_key(*job)
-        summary = train(*job, out)
+        summary = train(*job, out, fork=fork)
         (out / key / ".claim").unlink(missing_ok=True)
         if summary is None:
             failures[key] = failures.get(key, 0) + 1
@@ -398,11 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "efficiency")
     parser.add_argument("--budget-min", type=float, default=1e9, help="start no run after it")
     parser.add_argument("--reps", type=int, default=9, help="timing repetitions (costs)")
+    parser.add_argument(
+        "--no-fork", action="store_true", help="each run in a new interpreter (run)"
+    )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args(argv)
     exit_on_problems("efficiency", [expect_folder(args.out, "a folder for runs", exists=False)])
     if args.action == "run":
-        return run_all(args.out, 60 * args.budget_min)
+        return run_all(args.out, 60 * args.budget_min, fork=not args.no_fork)
     if args.action == "costs":
         costs = measure_costs(args.variants, args.reps)  # each interleaved with SGD's
         with locked_store() as store:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+import signal
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+
+from sam_train.checkpoint import MODEL, OPTIMIZER, load_checkpoint
+from sam_train.errors import EXIT_USER_ERROR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import efficiency
@@ -86,3 +96,67 @@ def test_the_frontier_charges_a_variant_for_its_runs_mix_of_steps():
     assert "| AE-SAM | 2.00 | " in efficiency.cost_table(
         {"costs": {k: {**v, "cpu_ms": 30.0} for k, v in costs.items()}}
     )
+
+
+# One epoch of the preset's SAM at a quarter of its width: seconds (the run's own options).
+TINY = ["trainer.epochs=1", "scheduler.warmup_epochs=0", "+model.kwargs.width=4"]
+TIMINGS = {"train_seconds", "images_per_sec", "wall_time_s"}  # results.json's clock readings
+
+
+def _run_folder(out: Path) -> Path:
+    return out / efficiency.run_key("SAM", 0.4, TINY, 0)
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_a_forked_run_computes_what_a_new_interpreter_computes(tmp_path):
+    """The runner's forked child and ``python -m sam_train`` (which pays the imports again):
+    the same results, bit for bit, the same weights and optimizer state, the same files."""
+    forked = efficiency.train("SAM", 0.4, TINY, 0, tmp_path / "fork")
+    spawned = efficiency.train("SAM", 0.4, TINY, 0, tmp_path / "spawn", fork=False)
+    assert forked is not None and spawned is not None
+    fork_dir, spawn_dir = _run_folder(tmp_path / "fork"), _run_folder(tmp_path / "spawn")
+    results = [json.loads((d / "results.json").read_text()) for d in (fork_dir, spawn_dir)]
+    assert results[0]["epochs_run"] == 1 and results[0]["passes_per_step"] == 2.0
+    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in results] == [
+        {k: v for k, v in results[1].items() if k not in TIMINGS}
+    ] * 2
+    assert _files(fork_dir) == _files(spawn_dir)
+    assert (fork_dir / ".hydra/config.yaml").read_text() == (
+        spawn_dir / ".hydra/config.yaml"
+    ).read_text()
+    checkpoints = [load_checkpoint(d / "checkpoints/last.pt") for d in (fork_dir, spawn_dir)]
+    for name, tensor in checkpoints[1][MODEL].items():
+        assert torch.equal(checkpoints[0][MODEL][name], tensor), name
+    momentum = [c[OPTIMIZER]["state"] for c in checkpoints]
+    assert momentum[0].keys() == momentum[1].keys() and momentum[0]
+    for key, state in momentum[1].items():
+        assert torch.equal(momentum[0][key]["momentum_buffer"], state["momentum_buffer"])
+
+
+def test_a_failed_or_killed_run_is_the_childs_exit_code_and_the_runner_goes_on(
+    tmp_path, monkeypatch
+):
+    runner, trace = os.getpid(), tmp_path / "exit_handler_ran_in_a_child"
+
+    def runners_exit_handler() -> None:  # e.g. removing a temporary folder the runner made
+        if os.getpid() != runner:
+            trace.touch()
+
+    atexit.register(runners_exit_handler)
+    try:
+        assert efficiency.run_forked([*TINY, "trainer.epochs=-1"]) == EXIT_USER_ERROR
+    finally:
+        atexit.unregister(runners_exit_handler)
+    assert not trace.exists()
+    assert efficiency.train("SAM", 0.4, ["trainer.epochs=oops"], 0, tmp_path) is None
+
+    from sam_train import cli
+
+    monkeypatch.setattr(cli, "main", lambda: os.kill(os.getpid(), signal.SIGKILL))
+    assert efficiency.run_forked(TINY) == -signal.SIGKILL
+    assert efficiency.train("SAM", 0.4, TINY, 0, tmp_path) is None
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # and this process is still here

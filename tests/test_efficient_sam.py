@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config, config_refusal
-from sam_reference import CPU, sam_step
+from sam_reference import CPU, sam_step, sgd_step, train
 from test_lifecycle import BASE, _Act, _assert_same_weights, _last, inject  # noqa: F401
 from torch import nn
 
@@ -861,6 +861,8 @@ def test_the_step_counts_the_passes_it_runs(name):
     expected = (sum(forwards) + 2 * sum(backwards)) / (3 * 8 * 16)
     assert summary["passes_per_step"] == round(expected, 4)
     assert summary["ascent_fraction"] == round(counts.ascent_steps / 8, 4)
+    if name != "esam":  # every weight gradient in every backward (ESAM's: tested below)
+        assert summary["weight_grad_fraction_per_step"] == round(sum(backwards) / (8 * 16), 4)
 
 
 def test_msam_runs_one_forward_and_one_backward_per_step():
@@ -978,3 +980,61 @@ def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path,
     _assert_same_weights(_last(crashed)["model"], _last(whole)["model"])
     ours, theirs = _last(crashed)["optimizer"]["sam"], _last(whole)["optimizer"]["sam"]
     assert str(ours) == str(theirs)  # counters, statistics, generator states, EMA
+
+
+def test_weight_grad_fraction_is_one_for_sgd_and_two_for_sam():
+    """Every backward computes every weight gradient: SGD's one pass, SAM's two."""
+    for step, want in ((sgd_step(_model()), 1.0), (sam_step(_model()), 2.0)):
+        train(step, _data(3))
+        assert step.counts.summary()["weight_grad_fraction_per_step"] == want
+
+
+def _esam_weight_grad_fraction(model: nn.Module, seed: int, beta: float, steps: int) -> float:
+    """ESAM's first backwards by hand: each tensor drawn with probability beta from ``seed``'s
+    generator (all of them when none is drawn); the share of their elements, plus 1 for the
+    second backward, averaged over the steps (the whole batch in both passes)."""
+    sizes = [p.numel() for p in model.parameters()]
+    gen, total = torch.Generator().manual_seed(seed), 0.0
+    for _ in range(steps):
+        draws = torch.rand(len(sizes), generator=gen)
+        picked = [n for n, u in zip(sizes, draws, strict=True) if u < beta]
+        total += sum(picked or sizes) / sum(sizes) + 1
+    return total / steps
+
+
+@pytest.mark.parametrize("freezes", [True, False], ids=["one process", "computed and dropped"])
+def test_esam_weight_grad_fraction_counts_the_perturbed_tensors_elements(freezes):
+    """ESAM with beta 0.5 freezes the tensors it does not perturb for the first backward: the
+    fraction is the drawn tensors' share of the elements plus the second backward's 1. Where
+    they are computed and dropped (DDP, FSDP) it is what was computed: 2."""
+    model, seed, steps = _model(), 7, 8
+    strategy = SingleProcess(device=CPU)
+    strategy.freezes_parameters = freezes  # False: as DDP's and FSDP's
+    options = {"seed": seed, "select_fraction": 1.0, "perturb_fraction": 0.5}
+    step = sam_step(model, ESAM, options, strategy=strategy)
+    log = _GradientLog(model)
+    train(step, _data(steps))
+    got = step.counts.summary()["weight_grad_fraction_per_step"]
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    logged = sum(sum(sizes[n] for n in names) for names in log.passes) / sum(sizes.values())
+    assert got == round(logged / steps, 4)  # what the gradient hooks saw computed
+    if freezes:
+        assert got == round(_esam_weight_grad_fraction(model, seed, 0.5, steps), 4)
+        assert 1.0 < got < 2.0
+    else:
+        assert got == 2.0
+    assert step.counts.summary()["passes_per_step"] == 2.0  # blind to the skipped gradients
+
+
+def test_esam_data_selection_counts_the_second_backwards_examples():
+    """With data selection the second backward computes every weight gradient on part of the
+    batch: it counts by its examples, as ``backward_examples_per_step`` does."""
+    model, seed, steps = _model(), 7, 6
+    options = {"seed": seed, "select_fraction": 0.5, "perturb_fraction": 0.5}
+    step = sam_step(model, ESAM, options)
+    train(step, _data(steps))
+    counts, batch = step.counts, 16
+    second = (counts.backward_examples - steps * batch) / (steps * batch)
+    first = _esam_weight_grad_fraction(model, seed, 0.5, steps) - 1
+    assert 0 < second < 1
+    assert counts.summary()["weight_grad_fraction_per_step"] == round(first + second, 4)

@@ -464,6 +464,19 @@ def test_every_variant_trains_the_quickstart(overrides, tmp_path):
     else:
         expected = 1 + cfg.sam.inner_steps * ascents
         assert results["passes_per_step"] == pytest.approx(expected, abs=1e-3), results
+    # weight gradients computed: every backward's, less the unperturbed tensors' in ESAM's first
+    grads, backwards = (
+        results["weight_grad_fraction_per_step"],
+        results["backward_examples_per_step"],
+    )
+    if cfg.sam.name == "esam":  # a whole-batch pass, a forward over it, a pass on part of it
+        full = backwards / (results["forward_examples_per_step"] - backwards)
+    else:
+        full = 1.0 if cfg.sam.name in ("saf", "mesa") else 1 + cfg.sam.inner_steps * ascents
+    if cfg.sam.perturb_fraction < 1:
+        assert full - 1 < grads < full, results
+    elif cfg.sam.name != "ksam":  # (K-SAM's parts of the batch: tested in test_efficient_sam)
+        assert grads == pytest.approx(full, abs=1e-3), results
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     if cfg.optimizer.momentum:
         assert state["optimizer"]["state"], "the base optimizer's momentum must be checkpointed"

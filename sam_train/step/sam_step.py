@@ -33,7 +33,7 @@ from torch.optim import Optimizer
 from sam_train.sam import SAM, RunningStatsGuard
 from sam_train.sam.sam import global_norm
 from sam_train.sam.sharded import replicated_value
-from sam_train.step.counts import PassCounts
+from sam_train.step.counts import PassCounts, grad_share
 from sam_train.step.nonfinite import MaskedUpdate, NonFiniteGuard
 from sam_train.step.precision import Precision
 from sam_train.step.selection import selected_passes
@@ -246,6 +246,13 @@ class SAMStep:
         return loss_sum, correct, self.precision.unscaled_norm(self.optimizer.last_grad_norm)
 
     # ------------------------------------------------------------------ passes
+    def count_pass(self, examples: int, backward: bool = True) -> None:
+        """Count a pass just run in ``counts``, with the share of weight gradients its backward
+        computed (ESAM's frozen tensors are left out; gradients dropped later are not)."""
+        params = (p for group in self.param_groups for p in group["params"])
+        share = grad_share(params) if backward else 0.0
+        self.counts.add_pass(examples, backward=backward, grad_share=share)
+
     def _to_device(self, images: torch.Tensor, targets: torch.Tensor) -> Batch:
         images = images.to(self.device, non_blocking=True)
         if self.channels_last and images.dim() == 4:
@@ -287,7 +294,7 @@ class SAMStep:
                 if factor is not None:
                     weighted = weighted * factor
                 self.precision.scale(weighted).backward()
-            self.counts.add_pass(len(targets))
+            self.count_pass(len(targets))
             if track:
                 loss_sum.add_(loss.detach().float(), alpha=len(targets))
                 labels = targets.argmax(dim=1) if targets.dim() > 1 else targets

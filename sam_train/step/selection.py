@@ -38,6 +38,8 @@ class SAMStep(Protocol):
     sync_perturbation: bool
     _stats_guard: Any
 
+    def count_pass(self, examples: int, backward: bool = True) -> None: ...
+
 
 Losses = tuple[torch.Tensor, torch.Tensor]  # (per-example losses, logits), detached
 
@@ -58,7 +60,7 @@ def example_losses(
         )
         if backward:
             step.precision.scale(losses.mean()).backward()
-    step.counts.add_pass(len(targets), backward=backward)
+    step.count_pass(len(targets), backward=backward)
     return losses.detach(), logits.detach()
 
 
