@@ -61,6 +61,7 @@ format: install
 
 bench: install
 	$(VENV)/bin/python -m scripts.bench --quick
+	$(VENV)/bin/python -m scripts.bench --quick --sections hot_path --workloads resnet50 --out outputs/bench/resnet50  # SAM's bookkeeping share
 
 clean:
 	rm -rf $(VENV) $(UV_BOOTSTRAP) outputs multirun .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ import torch
 
 from sam_train.compose import compose_config
 from sam_train.config import ConfigError, register_configs, validate
+from sam_train.config.schema import VARIANT_OVERRIDES
 from sam_train.data.synthetic import write_cifar, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def cli_in_process():
 REQUIRES = {
     ("augment", "cutout"): ["dataset=cifar10"],
     ("augment", "autoaugment"): ["dataset=cifar10"],
-    ("sam", "bsam"): ["optimizer.momentum=0", "optimizer.weight_decay=0"],  # its own update
+    **{("sam", name): list(needs) for name, needs in VARIANT_OVERRIDES.items()},
 }
 
 

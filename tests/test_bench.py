@@ -207,3 +207,16 @@ def test_data_section_reads_what_build_data_returns(bench, tmp_path, monkeypatch
     (data,) = report["data"]
     assert data["train_images"] == 200  # the loaders timed read build_data's set
     assert calls == ["digits", "digits"]  # the loaders' data, and the training run's
+
+
+@pytest.mark.slow
+def test_graph_counts_build_every_variant_with_what_it_needs_and_none_breaks(bench):
+    """The compile section builds every SAM variant from its own config group (bSAM with the
+    base optimizer it needs: it failed there) and dynamo traces each without a graph break."""
+    from sam_train.config.schema import SAM_VARIANTS
+
+    cli = sys.modules["bench.main"]  # the package's ``main`` is the function
+    opts = cli.make_options(cli.parse_args(["--quick", "--workloads", "tiny"]))
+    rows = sys.modules["bench.compile"].graph_counts(opts, "tiny", steps=2)
+    assert [row["variant"] for row in rows] == list(SAM_VARIANTS)
+    assert {row["variant"]: row["graph_breaks"] for row in rows} == dict.fromkeys(SAM_VARIANTS, 0)

@@ -134,6 +134,11 @@ RUN_LENGTH_VARIANTS = ("aesam", "rst")
 # RST's shapes of p_t from sam.probability to sam.probability_end over the run (the keys of
 # sam_train/sam/rst.py's SCHEDULE_SHAPES; a test holds the two equal).
 RST_SCHEDULES = ("constant", "linear", "cosine", "step")
+# What a variant needs of the rest of the config (the validator refuses it otherwise), as the
+# overrides that give it: for whoever composes every variant (the benchmark, the tests).
+VARIANT_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "bsam": ("optimizer=sgd", "optimizer.momentum=0", "optimizer.weight_decay=0"),
+}
 # Variants whose passes run on part of the batch (sam_train/step/selection.py).
 SELECTING_VARIANTS = ("esam", "ksam")
 # ASAM's scaled parameters: every one (davda54/sam), or those named *weight* (official ASAM).

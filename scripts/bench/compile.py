@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sam_train.config.schema import VARIANT_OVERRIDES
 from sam_train.sam import VARIANTS
 
 from .options import Options
@@ -28,7 +29,8 @@ def graph_counts(opts: Options, key: str, steps: int = 4) -> list[dict[str, Any]
     for variant in ("none", *VARIANTS):
         torch._dynamo.reset()
         counters.clear()
-        run = bench_run(compose([*opts.run_overrides(work), f"sam.name={variant}"]))
+        needs = VARIANT_OVERRIDES.get(variant, ())  # e.g. bSAM: SGD without momentum or decay
+        run = bench_run(compose([*opts.run_overrides(work), f"sam={variant}", *needs]))
         run.step.model = torch.compile(run.train_model, backend="eager")
         # SAF keeps outputs per example: its loader hands the step their indices
         with_indices = getattr(run.loaders.train.dataset, "dataset", None)

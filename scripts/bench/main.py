@@ -142,15 +142,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 section_started = time.perf_counter()
                 report[section] = RUNNERS[section](opts)
                 section_s[section] = round(time.perf_counter() - section_started, 1)
+                write_json(report, args.out)  # a later section's failure keeps this one's
     report["meta"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.out)
     table = markdown(report)
     (args.out / "bench.md").write_text(table)
     log(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     print(table)
     return report
+
+
+def write_json(report: dict[str, Any], out: Path) -> None:
+    """``bench.json`` as measured so far (replaced whole, so a reader never sees half)."""
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "bench.json.partial"
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(out / "bench.json")
 
 
 if __name__ == "__main__":
