@@ -52,6 +52,7 @@ from torch.optim import Optimizer
 
 from sam_train.sam.sharded import (
     copy_all,
+    drop_grads,
     full,
     is_sharded,
     laid_out_like,
@@ -409,10 +410,8 @@ class SAM(Optimizer):
                 self.last_grad_norm = norm
             else:  # report a non-finite later gradient (fp16 overflow) so the step is skipped
                 self.last_grad_norm = torch.where(torch.isfinite(norm), self.last_grad_norm, norm)
-        if zero_grad:  # zero_grad(set_to_none=True), without its profiler scope
-            for group in self.param_groups:
-                for p in group["params"]:
-                    p.grad = None
+        if zero_grad:
+            drop_grads(p for group in self.param_groups for p in group["params"])
         return True
 
     def _keep(

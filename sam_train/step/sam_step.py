@@ -32,7 +32,7 @@ from torch.optim import Optimizer
 
 from sam_train.sam import SAM, RunningStatsGuard
 from sam_train.sam.sam import global_norm
-from sam_train.sam.sharded import replicated_value
+from sam_train.sam.sharded import drop_grads, replicated_value
 from sam_train.step.counts import PassCounts, grad_share
 from sam_train.step.nonfinite import MaskedUpdate, NonFiniteGuard
 from sam_train.step.precision import Precision
@@ -241,8 +241,7 @@ class SAMStep:
             self.optimizer.restore()
             if not last_chunk:
                 carried = [p.grad for p in params]
-                for p in params:
-                    p.grad = None
+                drop_grads(params)
         return loss_sum, correct, self.precision.unscaled_norm(self.optimizer.last_grad_norm)
 
     # ------------------------------------------------------------------ passes
@@ -325,6 +324,5 @@ class SAMStep:
             self._update.step(found_inf)
         if scaler is not None:
             scaler.update()  # halves the scale after an overflow that unscale_ recorded
-        for p in params:  # base.zero_grad(set_to_none=True), without its profiler scope
-            p.grad = None
+        drop_grads(params)
         return found_inf
