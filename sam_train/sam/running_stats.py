@@ -16,12 +16,33 @@ import torch
 from torch import nn
 
 
+def _flat_views(
+    tensors: list[torch.Tensor],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One flat tensor per (device, dtype) of ``tensors``, and a view of it shaped like each.
+
+    A model has a few buffers per norm layer (three for BatchNorm, of two dtypes): an
+    operation on the flat tensors costs one kernel per dtype instead of one per buffer."""
+    groups: dict[tuple[torch.device, torch.dtype], int] = {}
+    for t in tensors:
+        groups[t.device, t.dtype] = groups.get((t.device, t.dtype), 0) + t.numel()
+    flats = {key: torch.empty(size, dtype=key[1], device=key[0]) for key, size in groups.items()}
+    offsets = dict.fromkeys(flats, 0)
+    views = []
+    for t in tensors:
+        key, start = (t.device, t.dtype), offsets[t.device, t.dtype]
+        views.append(flats[key][start : start + t.numel()].view(t.shape))
+        offsets[key] = start + t.numel()
+    return list(flats.values()), views
+
+
 class RunningStatsGuard:
     """Snapshot the model's buffers and put them back after a pass that must not update them."""
 
     def __init__(self, model: nn.Module) -> None:
         self._buffers = [b for b in model.buffers() if b is not None]
-        self._saved = [torch.empty_like(b) for b in self._buffers]
+        self._flat_saved, self._saved = _flat_views(self._buffers)
+        self._scratch: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     @torch.no_grad()
     def save(self) -> None:
@@ -35,13 +56,20 @@ class RunningStatsGuard:
 
     @torch.no_grad()
     def restore_where(self, flag: torch.Tensor) -> None:
-        """Put the snapshot back where the 0-d bool ``flag`` is set, on the device (no read)."""
-        flags = {flag.device: flag}  # moved once per device, not once per buffer
-        for buffer, saved in zip(self._buffers, self._saved, strict=True):
-            here = flags.get(buffer.device)
-            if here is None:
-                here = flags[buffer.device] = flag.to(buffer.device)
-            torch.where(here, saved, buffer, out=buffer)
+        """Put the snapshot back where the 0-d bool ``flag`` is set, on the device (no read).
+
+        The buffers are gathered into flat tensors, selected there, and copied back: four
+        kernels for BatchNorm's buffers however many layers there are, not one per buffer."""
+        if not self._buffers:
+            return
+        if self._scratch is None:  # allocated on first use: only the step's guard needs it
+            self._scratch = _flat_views(self._buffers)
+        flat_current, current = self._scratch
+        torch._foreach_copy_(current, self._buffers)
+        for saved, now in zip(self._flat_saved, flat_current, strict=True):
+            here = flag if flag.device == now.device else flag.to(now.device)
+            torch.where(here, saved, now, out=now)
+        torch._foreach_copy_(self._buffers, current)
 
     @contextmanager
     def frozen(self) -> Iterator[None]:

@@ -17,6 +17,12 @@ from sam_train.errors import NonFiniteError
 from sam_train.sam.sharded import is_sharded, local
 
 
+def non_finite(value: torch.Tensor) -> torch.Tensor:
+    """``~torch.isfinite(value)`` in two kernels instead of five: ``0 * value`` is NaN
+    exactly where ``value`` is infinite or NaN."""
+    return value.mul(0).isnan()
+
+
 def supports_found_inf(optimizer: Optimizer) -> bool:
     """torch's fused optimizers skip their own update where ``optimizer.found_inf`` is set
     (the attribute GradScaler hands them); the flag then costs nothing. Asked at every step:
@@ -115,7 +121,7 @@ class NonFiniteGuard:
     @torch.no_grad()
     def record(self, found_inf: torch.Tensor, step: int) -> None:
         """Count one step, skipped where ``found_inf``: on the device, nothing is read."""
-        bad = found_inf.to(torch.int64)
+        bad = found_inf  # a bool: added to and multiplied into the int64 counts as 0 or 1
         if self._counts is None:
             self._counts = torch.zeros(3, dtype=torch.int64, device=found_inf.device)
             self._views = self._counts.unbind()  # made once: indexing is an op per use

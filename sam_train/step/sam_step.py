@@ -34,7 +34,8 @@ from sam_train.sam import SAM, RunningStatsGuard
 from sam_train.sam.sam import global_norm
 from sam_train.sam.sharded import drop_grads, replicated_value
 from sam_train.step.counts import PassCounts, grad_share
-from sam_train.step.nonfinite import MaskedUpdate, NonFiniteGuard
+from sam_train.step.nonfinite import MaskedUpdate, NonFiniteGuard, non_finite
+from sam_train.step.params import ParamList
 from sam_train.step.precision import Precision
 from sam_train.step.selection import selected_passes
 from sam_train.strategy.base import SingleProcess, Strategy
@@ -51,8 +52,29 @@ class StepOutput:
     loss_sum: torch.Tensor  # summed over the batch's examples
     correct: torch.Tensor  # top-1 hits
     count: int
-    finite: bool | torch.Tensor = True  # a 0-d bool tensor when checked; False: skipped
+    found_inf: torch.Tensor | None = None  # a 0-d bool tensor when checked; True: skipped
     grad_norm: torch.Tensor | None = None  # SAM's first-pass gradient norm, unscaled
+
+    @property
+    def finite(self) -> bool | torch.Tensor:
+        """Whether the step was taken: True, or a 0-d bool tensor on the device (reading it
+        syncs; computed when asked, as the trainer reads the skipped-step counts instead)."""
+        return True if self.found_inf is None else ~self.found_inf
+
+
+def _pieces(images: torch.Tensor, targets: torch.Tensor, pieces: int) -> list[Batch]:
+    """The batch cut into ``pieces`` parts (never an empty one); itself, uncut, for one part
+    (the usual case: no accumulation, no m-sharpness), without a slicing op per tensor."""
+    pieces = min(pieces, len(targets))
+    if pieces <= 1:
+        return [(images, targets)]
+    return list(zip(images.tensor_split(pieces), targets.tensor_split(pieces), strict=True))
+
+
+def _add(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """``total + value`` in place, or ``value`` itself for the first term (no zeros to fill:
+    the terms are fresh tensors of the step)."""
+    return value if total is None else total.add_(value)
 
 
 class _RngSnapshot:
@@ -129,6 +151,7 @@ class SAMStep:
         self.steps_taken = 0
         self._update = MaskedUpdate(self.base_optimizer)
         self.counts = PassCounts()  # what the steps computed (results.json)
+        self._params = ParamList()  # the base optimizer's parameters, as a list
         self._stats_guard = RunningStatsGuard(model)  # the second pass's frozen statistics
         self._step_stats = RunningStatsGuard(model)  # put back when a step is skipped
 
@@ -169,7 +192,7 @@ class SAMStep:
             if self.uses_sam:
                 self.counts.ascent_steps += self.optimizer.perturb_before_pass(images, indices)
                 self.counts.add_pass(self.optimizer.reference_forwards(), backward=False)
-            micro = self._micro_batches(images, targets, self.accum_steps)
+            micro = _pieces(images, targets, self.accum_steps)
             loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))
             if self.uses_sam:
                 self.optimizer.restore()
@@ -178,14 +201,12 @@ class SAMStep:
         self.steps_taken += 1
         self.counts.steps += 1
         self.counts.examples += len(targets)
-        finite: bool | torch.Tensor = True
         if found_inf is not None:
             self._step_stats.restore_where(found_inf)
             self.nonfinite.record(found_inf, self.steps_taken)
-            finite = ~found_inf
             if self.check_every and self.steps_taken % self.check_every == 0:
                 self.nonfinite.check()
-        return StepOutput(loss_sum, correct, len(targets), finite, grad_norm)
+        return StepOutput(loss_sum, correct, len(targets), found_inf, grad_norm)
 
     def _sam_passes(self, images: torch.Tensor, targets: torch.Tensor):
         """Steps 1-4 of the module docstring for every chunk; the gradient is left in ``.grad``."""
@@ -194,28 +215,26 @@ class SAMStep:
         if batch % chunk:
             raise ValueError(f"sam_chunk={chunk} does not divide the per-device batch {batch}")
         micro_size = -(-batch // self.accum_steps)  # the memory budget of one forward
-        chunks = list(zip(images.split(chunk), targets.split(chunk), strict=True))
-        params = [p for group in self.param_groups for p in group["params"]]
+        chunks = _pieces(images, targets, batch // chunk)
+        params = self._params(self.param_groups)
         sync_first = self.sync_perturbation or self.optimizer.needs_synced_first_pass()
         self.optimizer.choose_perturbed(freeze=self.strategy.freezes_parameters)  # ESAM's SWP
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss_sum = correct = None
         carried: list[torch.Tensor | None] | None = None
         for index, (chunk_images, chunk_targets) in enumerate(chunks):
             last_chunk = index == len(chunks) - 1
-            micro = self._micro_batches(chunk_images, chunk_targets, -(-chunk // micro_size))
+            micro = _pieces(chunk_images, chunk_targets, -(-chunk // micro_size))
             rng = _RngSnapshot(self.device)
             chunk_loss, chunk_correct = self._forward_backward(
                 micro, sync=sync_first, denominator=chunk
             )
-            loss_sum += chunk_loss
-            correct += chunk_correct
+            loss_sum, correct = _add(loss_sum, chunk_loss), _add(correct, chunk_correct)
 
             def ascent_pass(micro: list[Batch] = micro, rng: _RngSnapshot = rng) -> None:
                 """An extra pass of multi-step ascent, run like the second pass."""
                 rng.restore()
                 with self._stats_guard.frozen():
-                    self._forward_backward(micro, sync=sync_first, denominator=chunk)
+                    self._forward_backward(micro, sync=sync_first, denominator=chunk, track=False)
 
             perturbed = self.optimizer.first_step(zero_grad=True, ascent_closure=ascent_pass)
             self.counts.ascent_steps += bool(perturbed) and index == 0
@@ -248,8 +267,7 @@ class SAMStep:
     def count_pass(self, examples: int, backward: bool = True) -> None:
         """Count a pass just run in ``counts``, with the share of weight gradients its backward
         computed (ESAM's frozen tensors are left out; gradients dropped later are not)."""
-        params = (p for group in self.param_groups for p in group["params"])
-        share = grad_share(params) if backward else 0.0
+        share = grad_share(self._params(self.param_groups)) if backward else 0.0
         self.counts.add_pass(examples, backward=backward, grad_share=share)
 
     def _to_device(self, images: torch.Tensor, targets: torch.Tensor) -> Batch:
@@ -257,11 +275,6 @@ class SAMStep:
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets.to(self.device, non_blocking=True)
-
-    @staticmethod
-    def _micro_batches(images: torch.Tensor, targets: torch.Tensor, pieces: int) -> list[Batch]:
-        pieces = min(pieces, len(targets))  # never an empty micro-batch
-        return list(zip(images.tensor_split(pieces), targets.tensor_split(pieces), strict=True))
 
     def _forward_backward(
         self,
@@ -271,16 +284,15 @@ class SAMStep:
         denominator: int,
         factor: torch.Tensor | None = None,
         track: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Accumulate the gradient of (summed loss / ``denominator``) over the micro-batches.
 
         Gradients are averaged over processes on the last micro-batch only, and only if
         ``sync``. ``factor`` multiplies the loss (a NaN there makes every gradient NaN).
-        Returns the summed loss and the number of correct top-1 predictions, detached (left at
-        zero unless ``track``: SAM's second pass does not need them).
+        Returns the summed loss and the number of correct top-1 predictions, detached (None
+        unless ``track``: SAM's second pass does not need them).
         """
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss_sum = correct = None
         for index, (images, targets) in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with self.strategy.no_sync(self.model, skip_sync=not (sync and last)):
@@ -295,9 +307,10 @@ class SAMStep:
                 self.precision.scale(weighted).backward()
             self.count_pass(len(targets))
             if track:
-                loss_sum.add_(loss.detach().float(), alpha=len(targets))
+                summed = loss.detach().float() * len(targets)
                 labels = targets.argmax(dim=1) if targets.dim() > 1 else targets
-                correct += (logits.detach().argmax(dim=1) == labels).sum()
+                hits = (logits.detach().argmax(dim=1) == labels).sum()
+                loss_sum, correct = _add(loss_sum, summed), _add(correct, hits)
         return loss_sum, correct
 
     def _apply_gradients(self) -> torch.Tensor | None:
@@ -308,7 +321,7 @@ class SAMStep:
         masked by it on the device (:class:`MaskedUpdate`), nothing is read back here.
         """
         base, scaler = self.base_optimizer, self.scaler
-        params = [p for g in base.param_groups for p in g["params"] if p.grad is not None]
+        params = [p for p in self._params(base.param_groups) if p.grad is not None]
         if scaler is not None:
             scaler.unscale_(base)
         norm = None
@@ -320,7 +333,7 @@ class SAMStep:
         elif params:
             if norm is None:
                 norm = global_norm([p.grad for p in params])
-            found_inf = ~torch.isfinite(replicated_value(norm))
+            found_inf = non_finite(replicated_value(norm))
             self._update.step(found_inf)
         if scaler is not None:
             scaler.update()  # halves the scale after an overflow that unscale_ recorded
