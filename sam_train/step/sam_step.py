@@ -31,10 +31,9 @@ from torch import nn
 from torch.optim import Optimizer
 
 from sam_train.sam import SAM, RunningStatsGuard
-from sam_train.sam.sam import global_norm
-from sam_train.sam.sharded import drop_grads, replicated_value
+from sam_train.sam.sharded import drop_grads
 from sam_train.step.counts import PassCounts, grad_share
-from sam_train.step.nonfinite import MaskedUpdate, NonFiniteGuard, non_finite
+from sam_train.step.nonfinite import GradientCheck, MaskedUpdate, NonFiniteGuard
 from sam_train.step.params import ParamList
 from sam_train.step.precision import Precision
 from sam_train.step.selection import selected_passes
@@ -65,9 +64,9 @@ class StepOutput:
 def _pieces(images: torch.Tensor, targets: torch.Tensor, pieces: int) -> list[Batch]:
     """The batch cut into ``pieces`` parts (never an empty one); itself, uncut, for one part
     (the usual case: no accumulation, no m-sharpness), without a slicing op per tensor."""
-    pieces = min(pieces, len(targets))
     if pieces <= 1:
         return [(images, targets)]
+    pieces = min(pieces, targets.shape[0])
     return list(zip(images.tensor_split(pieces), targets.tensor_split(pieces), strict=True))
 
 
@@ -150,6 +149,7 @@ class SAMStep:
         self.check_every = check_every
         self.steps_taken = 0
         self._update = MaskedUpdate(self.base_optimizer)
+        self._check = GradientCheck()
         self.counts = PassCounts()  # what the steps computed (results.json)
         self._params = ParamList()  # the base optimizer's parameters, as a list
         self._stats_guard = RunningStatsGuard(model)  # the second pass's frozen statistics
@@ -181,6 +181,7 @@ class SAMStep:
         images, targets = self._to_device(images, targets)
         if self.mix is not None:
             images, targets = self.mix(images, targets)
+        batch = targets.shape[0]
         if self.scaler is not None or self.skip_nonfinite:
             self._step_stats.save()
         if self.uses_sam and self.optimizer.selects_examples:  # K-SAM, ESAM's selection
@@ -193,24 +194,24 @@ class SAMStep:
                 self.counts.ascent_steps += self.optimizer.perturb_before_pass(images, indices)
                 self.counts.add_pass(self.optimizer.reference_forwards(), backward=False)
             micro = _pieces(images, targets, self.accum_steps)
-            loss_sum, correct = self._forward_backward(micro, sync=True, denominator=len(targets))
+            loss_sum, correct = self._forward_backward(micro, sync=True, denominator=batch)
             if self.uses_sam:
                 self.optimizer.restore()
             grad_norm = None
         found_inf = self._apply_gradients()
         self.steps_taken += 1
         self.counts.steps += 1
-        self.counts.examples += len(targets)
+        self.counts.examples += batch
         if found_inf is not None:
             self._step_stats.restore_where(found_inf)
             self.nonfinite.record(found_inf, self.steps_taken)
             if self.check_every and self.steps_taken % self.check_every == 0:
                 self.nonfinite.check()
-        return StepOutput(loss_sum, correct, len(targets), found_inf, grad_norm)
+        return StepOutput(loss_sum, correct, batch, found_inf, grad_norm)
 
     def _sam_passes(self, images: torch.Tensor, targets: torch.Tensor):
         """Steps 1-4 of the module docstring for every chunk; the gradient is left in ``.grad``."""
-        batch = len(targets)
+        batch = targets.shape[0]
         chunk = self.sam_chunk or batch
         if batch % chunk:
             raise ValueError(f"sam_chunk={chunk} does not divide the per-device batch {batch}")
@@ -295,19 +296,18 @@ class SAMStep:
         loss_sum = correct = None
         for index, (images, targets) in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
+            size = targets.shape[0]
             with self.strategy.no_sync(self.model, skip_sync=not (sync and last)):
                 with self.precision.autocast():
                     logits = self.model(images)
                     loss = self.criterion(logits, targets)
-                weighted = (
-                    loss if len(targets) == denominator else loss * (len(targets) / denominator)
-                )
+                weighted = loss if size == denominator else loss * (size / denominator)
                 if factor is not None:
                     weighted = weighted * factor
                 self.precision.scale(weighted).backward()
-            self.count_pass(len(targets))
+            self.count_pass(size)
             if track:
-                summed = loss.detach().float() * len(targets)
+                summed = loss.detach().float() * size
                 labels = targets.argmax(dim=1) if targets.dim() > 1 else targets
                 hits = (logits.detach().argmax(dim=1) == labels).sum()
                 loss_sum, correct = _add(loss_sum, summed), _add(correct, hits)
@@ -331,10 +331,8 @@ class SAMStep:
         if scaler is None and not self.skip_nonfinite:
             base.step()
         elif params:
-            if norm is None:
-                norm = global_norm([p.grad for p in params])
-            found_inf = non_finite(replicated_value(norm))
-            self._update.step(found_inf)
+            found_inf, as_float = self._check([p.grad for p in params], norm)
+            self._update.step(found_inf, as_float)
         if scaler is not None:
             scaler.update()  # halves the scale after an overflow that unscale_ recorded
         drop_grads(params)

@@ -10,7 +10,7 @@
 * the base optimizer's implementations, ``optimizer.fused`` against ``optimizer.foreach``,
   interleaved: SAM step time of each;
 * SAM's bookkeeping as a share of the step's CPU time: the ascent and restore, the norm-layer
-  statistics' snapshots and the finiteness norm (not the passes, not the base step).
+  statistics' snapshots and the finiteness check (not the passes, not the base step).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-import sam_train.step.sam_step as sam_step_module
 from sam_train.profiling import Allocations, HostReads, tensor_bytes
 from sam_train.sam import RunningStatsGuard
+from sam_train.step.nonfinite import GradientCheck
 
 from .options import Options
 from .timing import head_to_head, log
@@ -112,7 +112,7 @@ def bookkeeping_share(opts: Options, work: Workload, steps: int = 3) -> float:
             (RunningStatsGuard, "save"),
             (RunningStatsGuard, "restore"),
             (RunningStatsGuard, "restore_where"),
-            (sam_step_module, "global_norm"),
+            (GradientCheck, "__call__"),
         ]:
             stack.enter_context(_timed(owner, name, total))
         start = time.process_time()
