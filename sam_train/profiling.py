@@ -1,4 +1,5 @@
-"""Counting what a step does, on the CPU: host reads and the bytes it allocates.
+"""Counting what a step does, on the CPU: host reads, the ops it dispatches and the bytes it
+allocates.
 
 On a GPU these cost time (a read stalls the host until the queue drains) and memory; on the
 CPU they can be counted exactly under a ``TorchDispatchMode``, which sees every aten op.
@@ -8,6 +9,8 @@ The tests guard with them and ``scripts/bench`` reports them; neither times anyt
 from __future__ import annotations
 
 import weakref
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,6 +32,31 @@ class HostReads(TorchDispatchMode):
         if func in HOST_READ_OPS:
             self.reads.append(str(func))
         return func(*args, **(kwargs or {}))
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Counts the ops dispatched inside the mode, by name. On a small model each op costs
+    microseconds of dispatch whatever its size, so their number is the step's overhead,
+    counted rather than timed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+def dispatched_ops(call: Callable[[], Any]) -> Counter[str]:
+    """The ops one ``call()`` dispatches, by name."""
+    with DispatchedOps() as mode:
+        call()
+    return mode.ops
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

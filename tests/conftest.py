@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -37,6 +38,16 @@ torch.set_num_threads(1)
 @pytest.fixture
 def compose_cfg():
     return compose_config
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The ``scripts/bench`` package, imported as ``scripts/efficiency.py`` imports it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return importlib.import_module("bench")
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
 
 
 def config_refusal(overrides: list[str]) -> str:

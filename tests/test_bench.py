@@ -3,7 +3,6 @@ that what it times is built by sam_train.build as training builds it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import sys
@@ -12,23 +11,12 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import REPO
 from torch import nn
 from torch.utils.data import Subset
 
 import sam_train.build
 from sam_train.data.datasets import DatasetPair
 from sam_train.strategy import DDPStrategy
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """The ``scripts/bench`` package, imported as ``scripts/efficiency.py`` imports it."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        return importlib.import_module("bench")
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
 
 
 def test_interleaving_rotates_the_order_and_calibrates_the_calls(bench, monkeypatch):

@@ -6,7 +6,8 @@ reported as medians over repetitions:
 
 1. ``ratio``    SAM step time / base-optimizer step time, same model and batch (floor ~2.0);
 2. ``trainer``  a minimal two-pass SAM loop written here / sam-train's training step
-                (``SAMStep`` and the schedule's update; 1.0 means the trainer adds nothing);
+                (``SAMStep`` and the schedule's update; 1.0 means the trainer adds nothing),
+                and the ops each dispatches per step (a small model's overhead, counted);
 3. ``memory``   bytes the SAM optimizer holds beyond the base optimizer's state, against the
                 parameter bytes (found by walking the optimizer's references; on CUDA also the
                 allocator's count);
@@ -41,10 +42,19 @@ ratio is also given from CPU time, which other processes do not inflate.
 from .ddp import DDP_MODES, ddp_measure, instrument_ddp
 from .main import main
 from .timing import Timings, median_ratio, time_interleaved
-from .workloads import bench_run, compose, make_batch, run_overrides, train_step, workloads
+from .workloads import (
+    MinimalSAMLoop,
+    bench_run,
+    compose,
+    make_batch,
+    run_overrides,
+    train_step,
+    workloads,
+)
 
 __all__ = [
     "DDP_MODES",
+    "MinimalSAMLoop",
     "Timings",
     "bench_run",
     "compose",

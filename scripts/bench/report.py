@@ -244,7 +244,12 @@ def _ratio_table(report: dict) -> list[str]:
 
 def _trainer_table(report: dict) -> list[str]:
     columns = ["workload", "minimal loop ms/step", "SAMStep ms/step"]
-    rows = [[r["workload"], _ms(r["minimal"]), _ms(r["trainer"])] for r in report["trainer"]]
+    columns += ["minimal loop ops/step", "SAMStep ops/step"]
+    rows = [
+        [r["workload"], _ms(r["minimal"]), _ms(r["trainer"])]
+        + [str(r[name].get("ops_per_step", "")) for name in ("minimal", "trainer")]
+        for r in report["trainer"]
+    ]
     return _table(columns, rows)
 
 
