@@ -91,8 +91,9 @@ def test_quick_run_writes_consistent_json_and_markdown(bench, tmp_path):
     assert memory["sam_other_tensors"] == ["float32[]"]
     assert memory["base_state_bytes"] == param_bytes  # SGD momentum
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    # SAMStep's two copies: the second pass's frozen statistics, and a skipped step's restore.
-    assert memory["running_stats_snapshot_bytes"] == 2 * buffer_bytes
+    # SAMStep's copies: the second pass's frozen statistics, and for a skipped step's restore
+    # a snapshot and the buffers gathered to select on them.
+    assert memory["running_stats_snapshot_bytes"] == 3 * buffer_bytes
     (hot,) = saved["hot_path"]
     assert set(hot["host_reads_per_step"].values()) == {0}
     assert hot["param_bytes"] == hot["sam_backup_bytes"] == param_bytes

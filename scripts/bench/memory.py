@@ -88,14 +88,10 @@ def bench_memory(opts: Options) -> list[dict[str, Any]]:
         for _ in range(2):
             step(images, targets)
         held = sam_extra_bytes(run.optimizer, model)
-        # What the step itself holds: everything it references but the built objects.
-        built = (model, run.train_model, run.optimizer, step.base_optimizer, step.criterion)
-        step_held = tensors_held(step, skip=built)
-        # Not the step's own: the model's buffers, the first-pass gradient norm it reports,
-        # which is SAM's tensor (counted in SAM's extra memory), and the skipped-step counts.
-        not_step = tensors_held(
-            [*model.buffers(), run.optimizer.last_grad_norm, step.nonfinite._counts]
-        )
+        # The step's copies of the norm-layer statistics (not the model's buffers themselves)
+        guards = tensors_held([step._stats_guard, step._step_stats])
+        buffers = tensors_held(list(model.buffers()))
+        snapshots = {key: t for key, t in guards.items() if key not in buffers}
         row = {
             "workload": work.label,
             "key": key,
@@ -103,11 +99,9 @@ def bench_memory(opts: Options) -> list[dict[str, Any]]:
             **held,
             "sam_extra_over_params": held["sam_extra_bytes"] / param_bytes,
             "sam_weight_copies_over_params": held["sam_weight_copy_bytes"] / param_bytes,
-            # The step's copies of the norm-layer statistics: frozen for the second pass, and
-            # put back when a step is skipped (non-finite gradient).
-            "running_stats_snapshot_bytes": _nbytes(
-                {k: t for k, t in step_held.items() if k not in not_step}
-            ),
+            # frozen for the second pass, and put back when a step is skipped (non-finite
+            # gradient): a snapshot, and the buffers gathered to select on them
+            "running_stats_snapshot_bytes": _nbytes(snapshots),
         }
         if opts.device.type == "cuda":
             row.update(_cuda_memory(opts, work, images, targets))
