@@ -10,7 +10,6 @@ flags and ``hydra.*`` overrides pass through untouched. Torch-free and cheap (no
 
 from __future__ import annotations
 
-import difflib
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
@@ -18,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
+import yaml
 from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sam_train.config.schema import TrainConfig
-from sam_train.errors import ConfigError
+from sam_train.errors import ConfigError, closest, closest_flag
 
 MAX_LISTED = 12  # options named when none is close
 
@@ -68,10 +68,47 @@ def check_command_line(argv: list[str], config_dir: str | Path) -> None:
             _check_key(override, groups)
 
 
-def closest(word: str, candidates: Iterable[str]) -> str | None:
-    """The candidate nearest to ``word`` (difflib, as Python's own "did you mean"), if any."""
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
+def checkpoint_overrides_problem(
+    overrides: Iterable[str], config_dir: str | Path, prog: str
+) -> str | None:
+    """Why ``key=value`` overrides of a checkpoint's config (sam-eval, sam-export, sam-predict)
+    cannot apply, in one line (None: they can): the same answers as sam-train's for a misspelt
+    key, a group option or a value the key's type refuses. The checkpoint's config is rebuilt
+    as it was trained, so a group is not chosen again and nothing is added (``+``) or removed."""
+    groups = config_groups(Path(config_dir))
+    try:
+        for text in overrides:
+            given, _, value = text.partition("=")
+            key = given.lstrip("+~")
+            if key in groups:
+                return _group_choice(prog, key, value, groups[key])
+            _check_field(key, value, _dotlist_values(f"{key}={value}", key), groups)
+            if given.startswith("~"):
+                return f"{text}: {prog} cannot remove a key of the checkpoint's config"
+            if given != key:
+                return f"{text}: the checkpoint's config has {key}: write {key}={value} (no +)"
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def _dotlist_values(text: str, key: str) -> Iterator[Any]:
+    """The value of ``key=value`` as the checkpoint commands read it (``OmegaConf.from_dotlist``,
+    YAML), only once the key is known."""
+    try:
+        yield OmegaConf.select(OmegaConf.from_dotlist([text]), key)
+    except (yaml.YAMLError, OmegaConfBaseException) as err:
+        raise _unparsable(text, err) from err
+
+
+def _group_choice(prog: str, group: str, option: str, options: tuple[str, ...]) -> str:
+    """A group option (``dataset=cifar10``, ``experiment=...``) given to a checkpoint command."""
+    near = "" if option in options else f" ({_option_hint(group, option, options)})"
+    example = f"{group}.KEY=VALUE" if group in schema_keys() else "KEY=VALUE"
+    return (
+        f"{group}={option}{near}: {prog} rebuilds the checkpoint's config as it was trained, "
+        f"without choosing config groups or presets again; override single keys ({example})"
+    )
 
 
 def _check_flags(argv: list[str], parser: Any) -> None:
@@ -88,7 +125,9 @@ def _check_flags(argv: list[str], parser: Any) -> None:
         else:
             value = "..."
         name = flag.lstrip("-").replace("-", "_")
-        raise ConfigError(f"{arg} is not an option of sam-train: {_flag_hint(name, value)}")
+        near = closest_flag(flag, known)
+        hint = f"did you mean {near}?" if near else flag_hint(name, value)
+        raise ConfigError(f"{arg} is not an option of sam-train: {hint}")
 
 
 def _is_known_flag(flag: str, known: set[str]) -> bool:
@@ -99,8 +138,11 @@ def _is_known_flag(flag: str, known: set[str]) -> bool:
     return flag.startswith("--") and len(longer) == 1
 
 
-def _flag_hint(name: str, value: str) -> str:
-    keys = schema_keys()
+def flag_hint(name: str, value: str) -> str:
+    """What to write for a flag ``--name value`` that no command has: ``trainer.epochs=3``, the
+    key of that name (or of that last part), else the nearest key; values, not sections
+    (``--ema`` is no ``ema=...``)."""
+    keys = [key for key in schema_keys() if not any(k.startswith(f"{key}.") for k in schema_keys())]
     if name in keys:
         return f"write {name}={value}"
     same_leaf = sorted(key for key in keys if key.rsplit(".", 1)[-1] == name)
@@ -116,10 +158,12 @@ def _parse(text: str) -> Override:
     try:
         return OverridesParser.create().parse_override(text)
     except HydraException as err:  # OverrideParseException, or the grammar's own
-        reason = str(err).splitlines()[0]
-        raise ConfigError(
-            f"cannot parse the override {text!r} ({reason}); write key=value"
-        ) from err
+        raise _unparsable(text, err) from err
+
+
+def _unparsable(text: str, err: Exception) -> ConfigError:
+    reason = getattr(err, "problem", None) or str(err).strip().splitlines()[0]  # YAML's, Hydra's
+    return ConfigError(f"cannot parse the override {text!r} ({reason}); write key=value")
 
 
 def _values(override: Override) -> Iterator[Any]:
@@ -198,24 +242,32 @@ def _option_hint(group: str, option: str, options: tuple[str, ...]) -> str:
 
 
 def _check_key(override: Override, groups: dict[str, tuple[str, ...]]) -> None:
-    key = override.key_or_group
+    values = [] if override.is_delete() else _values(override)  # a key removed: no value
+    _check_field(override.key_or_group, _text(override), values, groups)
+
+
+def _check_field(
+    key: str, text: str, values: Iterable[Any], groups: dict[str, tuple[str, ...]]
+) -> None:
+    """``key`` is in the schema (else the nearest key) and its type takes each value."""
     field = _schema_field(key)
     if field is None:
         raise ConfigError(_unknown_key(key, groups))
+    values = list(values)  # parsed, and refused if unparsable, under an open dict too
     owner, name = field
-    if owner is None or override.is_delete():
-        return  # under an open dict (model.kwargs), or a key removed
+    if owner is None:
+        return  # under an open dict (model.kwargs)
     node = OmegaConf.structured(owner)
-    for value in _values(override):
+    for value in values:
         try:
             OmegaConf.update(node, name, value, merge=True)
         except OmegaConfBaseException as err:
             reason = str(err).splitlines()[0]
-            raise ConfigError(f"{key}={_text(override)} is refused: {reason}") from err
+            raise ConfigError(f"{key}={text} is refused: {reason}") from err
 
 
 def _text(override: Override) -> str:
-    return override.input_line.split("=", 1)[1] if override.input_line else "?"
+    return (override.input_line or "=?").partition("=")[2]  # "" for a removal (~key)
 
 
 def _unknown_key(key: str, groups: dict[str, tuple[str, ...]]) -> str:

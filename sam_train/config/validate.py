@@ -19,7 +19,6 @@ from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
 
-from sam_train.config.overrides import closest
 from sam_train.config.schema import (
     CIFAR_DATASETS,
     CIFAR_IMAGE_SIZE,
@@ -38,7 +37,7 @@ from sam_train.config.schema import (
     TrainConfig,
     transform_options,
 )
-from sam_train.errors import ConfigError
+from sam_train.errors import ConfigError, closest
 from sam_train.paths import expect_file
 
 _BRACKETS = {"ge": "[", "gt": "(", "le": "]", "lt": ")"}
