@@ -61,8 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_intermixed_args(argv)
-    args.overrides = [item for item in args.items if is_override(item)]
-    args.checkpoints = [Path(item) for item in args.items if item not in args.overrides]
+    args.overrides, args.checkpoints = split_items(args.items)
     if not args.checkpoints:
         parser.error("give at least one checkpoint")
     out = [expect_folder(args.out, "a folder for the results", exists=False)] if args.out else []
@@ -75,6 +74,12 @@ def overrides_problem(overrides: Sequence[str], prog: str) -> str | None:
     """Why a checkpoint command's ``key=value`` overrides cannot apply (sam-train's own check
     and "did you mean"), before the checkpoint is read; None when they can."""
     return checkpoint_overrides_problem(overrides, config_dir(), prog)
+
+
+def split_items(items: Sequence[str]) -> tuple[list[str], list[Path]]:
+    """(the ``key=value`` overrides, the paths) among a checkpoint command's arguments."""
+    overrides = [item for item in items if is_override(item)]
+    return overrides, [Path(item) for item in items if item not in overrides]
 
 
 def is_override(item: str) -> bool:

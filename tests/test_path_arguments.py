@@ -134,3 +134,71 @@ def test_a_device_torch_does_not_know_is_one_line_before_any_work(module, run_fo
     assert code == 2
     (line,) = err.splitlines()
     assert line.endswith("error: device 'gpu' is not one of auto, cpu, cuda or cuda:N")
+
+
+# A near miss of each entry point's own flags, choices and overrides: the nearest one named, by
+# the one implementation (errors.closest; the overrides through sam-train's own check).
+NEAR_MISSES = [
+    ("sam_train.evaluate", ["{ckpt}", "--pre-class"], "unrecognized arguments: --pre-class; "),
+    ("sam_train.analysis.cli", ["{ckpt}", "--batchs", "4"], "unrecognized arguments: --batchs 4; "),
+    (
+        "sam_train.analysis.cli",
+        ["{ckpt}", "--norm-statistics", "bach"],
+        "argument --norm-statistics: invalid choice: 'bach'; ",
+    ),
+    (
+        "sam_train.analysis.cli",
+        ["{ckpt}", "trainer.bach_size=8"],
+        "unknown key trainer.bach_size; ",
+    ),
+    ("sam_train.compare", ["{run}", "--fromat", "csv"], "unrecognized arguments: --fromat csv; "),
+    ("sam_train.compare", ["{run}", "--format", "markdwn"], "argument --format: invalid choice: "),
+    ("plot_runs", ["{run}", "--out", "{run}/x.png", "--colmun", "x"], "unrecognized arguments: "),
+    ("paper_table", ["{run}", "--sedes"], "unrecognized arguments: --sedes; "),
+    ("reproduce", ["cifar1O", "--dry-run"], "argument table: invalid choice: 'cifar1O'; "),
+    ("reproduce", ["noisy_digits", "--dry-rn"], "unrecognized arguments: --dry-rn; "),
+    (
+        "reproduce",
+        ["noisy_digits", "--dry-run", "trainer.epohcs=3"],
+        "unknown key trainer.epohcs; ",
+    ),
+    ("reproduce", ["noisy_digits", "--dry-run", "sam=sma"], "sam=sma is not an option; "),
+    ("efficiency", ["tabel"], "argument action: invalid choice: 'tabel'; "),
+    ("gpu_check", ["--devcie", "cpu"], "unrecognized arguments: --devcie cpu; "),
+    ("bench.main", ["--quik"], "unrecognized arguments: --quik; "),
+]
+NEAREST = [
+    "did you mean --per-class?",
+    "did you mean --batches?",
+    "did you mean 'batch'?",
+    "did you mean trainer.batch_size?",
+    "did you mean --format?",
+    "did you mean 'markdown'?",
+    "did you mean --column?",
+    "did you mean --seeds?",
+    "did you mean 'cifar10'?",
+    "did you mean --dry-run?",
+    "did you mean trainer.epochs?",
+    "did you mean sam=sam?",
+    "did you mean 'table'?",
+    "did you mean --device?",
+    "did you mean --quick?",
+]
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "start", "nearest"),
+    [(*case, near) for case, near in zip(NEAR_MISSES, NEAREST, strict=True)],
+    ids=[f"{m} {' '.join(a)}" for m, a, _ in NEAR_MISSES],
+)
+def test_every_entry_point_names_the_nearest_flag_choice_or_key(
+    module, argv, start, nearest, run_folder, capsys
+):
+    main = importlib.import_module(module).main
+    fill = {"ckpt": run_folder / "checkpoints" / "last.pt", "run": run_folder}
+    code, err = _exit(main, [arg.format(**fill) for arg in argv], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    message = line.split(": error: ", 1)[1]
+    assert message.startswith(start) and nearest in message, line
+    assert sorted(p.name for p in run_folder.iterdir()) == ["checkpoints"], "nothing written"
