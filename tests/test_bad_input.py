@@ -367,6 +367,7 @@ TYPOS = [
         ["--multirn", "seed=1,2"],
         "--multirn is not an option of sam-train: did you mean --multirun?",
     ),
+    (["hydra.sweep.dri=x"], "unknown key hydra.sweep.dri; did you mean hydra.sweep.dir?"),
 ]
 
 
@@ -390,6 +391,13 @@ def test_typos_get_one_line_with_the_fix(cli_in_process, tmp_path, args, line):
         ["--info", "defaults"],
         ["-sc", "install=bash"],
         ["--help", "trainer.epohcs=3"],  # help is Hydra's, whatever follows
+        [  # Hydra's own keys: its schema's, and those of the plugins it leaves open
+            "hydra.launcher.partition=gpu",
+            "hydra.sweeper.n_trials=3",
+            "+hydra.job.env_set.FOO=1",
+            "hydra.job_logging.root.level=DEBUG",
+            "hydra.output_subdir=null",
+        ],
     ],
 )
 def test_valid_command_lines_pass_the_check(args):

@@ -19,6 +19,7 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+from hydra.conf import HydraConf
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
 from hydra.errors import HydraException
@@ -59,8 +60,12 @@ def check_command_line(argv: list[str], config_dir: str | Path) -> None:
     chosen = _chosen_groups(folder, overrides, groups)
     for override in overrides:
         name = override.key_or_group
+        if name.startswith("hydra.") and _schema_field(name, hydra_keys()) is None:
+            near = closest(name, hydra_keys())
+            hint = f"did you mean {near}?" if near else "sam-train --cfg hydra lists them"
+            raise ConfigError(f"unknown key {name}; {hint}")
         if name.startswith("hydra") or override.package is not None:
-            continue  # Hydra's own settings, or a config placed at another package
+            continue  # Hydra's own settings (their values Hydra's), or a config placed elsewhere
         if name in groups and not override.is_delete():
             _check_add(override, chosen)
             _check_options(name, _values(override), groups[name])
@@ -298,9 +303,19 @@ def _walk(cls: type, prefix: str) -> Iterator[tuple[str, tuple[type | None, str]
             yield from _walk(kind, f"{key}.")
 
 
-def _schema_field(key: str) -> tuple[type | None, str] | None:
-    """(dataclass, field) of ``key``; (None, key) below an open dict field (model.kwargs)."""
-    keys = schema_keys()
+@cache
+def hydra_keys() -> dict[str, tuple[type | None, str]]:
+    """Every key of Hydra's own schema (``hydra.run.dir``, ...); its launcher and sweeper are
+    open (their keys are the chosen plugin's)."""
+    return dict(_walk(HydraConf, "hydra."))
+
+
+def _schema_field(
+    key: str, keys: dict[str, tuple[type | None, str]] | None = None
+) -> tuple[type | None, str] | None:
+    """(dataclass, field) of ``key`` in ``keys`` (default: the schema's); (None, key) below an
+    open field: a dict (``model.kwargs``) or ``Any`` (Hydra's ``launcher``)."""
+    keys = schema_keys() if keys is None else keys
     if key in keys:
         return keys[key]
     parts = key.split(".")
@@ -309,7 +324,7 @@ def _schema_field(key: str) -> tuple[type | None, str] | None:
         if parent is not None:
             owner, name = parent
             kind = _unwrap(get_type_hints(owner)[name]) if owner else None
-            return (None, key) if get_origin(kind) is dict or kind is dict else None
+            return (None, key) if get_origin(kind) is dict or kind in (dict, Any) else None
     return None
 
 
