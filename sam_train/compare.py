@@ -82,21 +82,22 @@ def run_folder_problem(path: Path) -> str | None:
         if not jobs:
             return f"{path} holds no sam-train run (no {RUN_MARKER} under it)"
         log = job_log(jobs[0])
-        return (
-            f"{path} holds {len(jobs)} sweep job(s), none of which started a run; {log} ends: "
-            f"{_last_line(log)}"
-        )
+        found = f"{path} holds {len(jobs)} sweep job(s), none of which started a run"
+        if jobs == [path]:
+            found = f"{path} is a sweep job that ended before its run started"
+        return f"{found}; {log} ends: {_last_line(log)}"
     return problem
 
 
 def unstarted_jobs(path: Path) -> list[Path]:
     """The folders under ``path`` of sweep jobs that ended before their run started (a value
-    the check refused, a busy folder): Hydra's job log, a sweep record above, no ``.hydra/``."""
+    the check refused, a busy folder): Hydra's job log, a sweep record above, no ``.hydra/``
+    (``path`` may be such a job's folder itself)."""
     jobs = set()
     for log in path.rglob(JOB_LOG_GLOB):
-        chain = _up_to(log.parent, path)
-        in_sweep = any((folder / SWEEP_RECORD).is_file() for folder in chain)
-        if in_sweep and not any((folder / RUN_MARKER).is_file() for folder in chain):
+        in_sweep = any((folder / SWEEP_RECORD).is_file() for folder in log.parents)
+        in_run = any((folder / RUN_MARKER).is_file() for folder in _up_to(log.parent, path))
+        if in_sweep and not in_run:
             jobs.add(log.parent)
     return sorted(jobs)
 

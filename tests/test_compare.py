@@ -170,6 +170,12 @@ def test_a_sweep_whose_jobs_all_failed_says_what_it_holds(failed_sweep, capsys):
         f"sam-compare: error: {failed_sweep} holds 2 sweep job(s), none of which started a run; "
         f"{logs[0]} ends: trainer.epochs must be > 0, got {epochs.split('=')[1]}"
     ]
+    with pytest.raises(SystemExit) as stop:
+        compare.main([str(logs[1].parent)])  # one job's folder
+    assert capsys.readouterr().err.splitlines() == [
+        f"sam-compare: error: {logs[1].parent} is a sweep job that ended before its run "
+        f"started; {logs[1]} ends: trainer.epochs must be > 0, got 0"
+    ]
 
 
 def test_jobs_that_started_no_run_are_named_beside_the_table(failed_sweep, sweep, tmp_path, capsys):
