@@ -166,7 +166,9 @@ def _num(x: float) -> str:
 
 def _not_one_of(key: str, value: Any, choices: Sequence[Any]) -> str:
     if all(isinstance(c, str) for c in choices):
-        return f"{key}={value!r} is not one of: {', '.join(choices)}"
+        near = closest(str(value), choices)
+        hint = f"; did you mean {key}={near}?" if near else ""
+        return f"{key}={value!r} is not one of: {', '.join(choices)}{hint}"
     return f"{key} must be {' or '.join(_num(c) for c in choices)}, got {value}"
 
 
