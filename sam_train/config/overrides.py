@@ -4,8 +4,10 @@ multi-line composition error (which also advises ``+key=`` for a typo).
 Checked here, against the schema (``schema.TrainConfig``) and the files under ``configs/``:
 argparse-style flags (``--epochs 3``), overrides Hydra cannot parse, misspelt keys (with or
 without ``+``), unknown group options (``sam=sma``, presets in subfolders such as
-``experiment=paper/noisy_digits``) and values a field's type refuses (``seed=1.5``). Hydra's own
-flags and ``hydra.*`` overrides pass through untouched. Torch-free and cheap (no composition).
+``experiment=paper/noisy_digits``) and values a field's type refuses (``seed=1.5``); ``hydra.*``
+keys against Hydra's own schema (their values, and Hydra's flags, are Hydra's). The same checks
+answer the overrides of the commands that rebuild a checkpoint's config (sam-eval, sam-export,
+sam-predict, sam-analyze). Torch-free and cheap (no composition).
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ def check_command_line(argv: list[str], config_dir: str | Path) -> None:
 def checkpoint_overrides_problem(
     overrides: Iterable[str], config_dir: str | Path, prog: str
 ) -> str | None:
-    """Why ``key=value`` overrides of a checkpoint's config (sam-eval, sam-export, sam-predict)
-    cannot apply, in one line (None: they can): the same answers as sam-train's for a misspelt
+    """Why ``key=value`` overrides of a checkpoint's config (sam-eval, sam-export, sam-predict,
+    sam-analyze) cannot apply, in one line (None: they can): sam-train's answers for a misspelt
     key, a group option or a value the key's type refuses. The checkpoint's config is rebuilt
     as it was trained, so a group is not chosen again and nothing is added (``+``) or removed."""
     groups = config_groups(Path(config_dir))
