@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,13 +40,18 @@ import yaml
 from sam_train.errors import ArgumentParser
 from sam_train.paths import exit_on_problems, expect_folder, expect_new_file
 from sam_train.run_files import METRICS_NAME, RESULTS_NAME
-from sam_train.run_folder import CHECKPOINTS_DIR, LOCK_NAME, SWEEP_RECORD
+from sam_train.run_folder import (
+    CHECKPOINTS_DIR,
+    LOCK_NAME,
+    RUN_MARKER,
+    job_log,
+    unstarted_jobs,
+    unstarted_jobs_problem,
+)
 
 VIEW_MARKER = ".sam-compare-view"  # a --tensorboard folder that the next call may rebuild
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files (SummaryWriter's names)
-RUN_MARKER = Path(".hydra") / "config.yaml"  # what makes a folder a run (Hydra writes it first)
 OVERRIDES = Path(".hydra") / "overrides.yaml"
-JOB_LOG_GLOB = "*.log"  # Hydra's job log, <hydra.job.name>.log (configs/hydra/job_logging)
 FORMATS = ("text", "markdown", "csv")
 #: column -> heading in text and markdown (csv uses the column names)
 HEADINGS: dict[str, str] = {
@@ -78,47 +82,9 @@ def run_folder_problem(path: Path) -> str | None:
     """Why ``path`` is not a run or a folder holding runs (None: it is)."""
     problem = expect_folder(path, "a run or sweep folder")
     if problem is None and not runs_under(path):
-        jobs = unstarted_jobs(path)
-        if not jobs:
-            return f"{path} holds no sam-train run (no {RUN_MARKER} under it)"
-        log = job_log(jobs[0])
-        found = f"{path} holds {len(jobs)} sweep job(s), none of which started a run"
-        if jobs == [path]:
-            found = f"{path} is a sweep job that ended before its run started"
-        return f"{found}; {log} ends: {_last_line(log)}"
+        no_run = f"{path} holds no sam-train run (no {RUN_MARKER} under it)"
+        return unstarted_jobs_problem(path) or no_run
     return problem
-
-
-def unstarted_jobs(path: Path) -> list[Path]:
-    """The folders under ``path`` of sweep jobs that ended before their run started (a value
-    the check refused, a busy folder): Hydra's job log, a sweep record above, no ``.hydra/``
-    (``path`` may be such a job's folder itself)."""
-    jobs = set()
-    for log in path.rglob(JOB_LOG_GLOB):
-        in_sweep = any((folder / SWEEP_RECORD).is_file() for folder in log.parents)
-        in_run = any((folder / RUN_MARKER).is_file() for folder in _up_to(log.parent, path))
-        if in_sweep and not in_run:
-            jobs.add(log.parent)
-    return sorted(jobs)
-
-
-def job_log(job: Path) -> Path:
-    """A sweep job's log file."""
-    return min(job.glob(JOB_LOG_GLOB))
-
-
-def _up_to(folder: Path, top: Path) -> list[Path]:
-    """``folder`` and the folders above it, up to ``top``."""
-    chain = [folder]
-    while chain[-1] != top and chain[-1].parent != chain[-1]:
-        chain.append(chain[-1].parent)
-    return chain
-
-
-def _last_line(log: Path) -> str:
-    """A log's last line without its ``[time][logger][LEVEL] - `` prefix: why the job ended."""
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return re.sub(r"^(\[[^]]*\])+ - ", "", lines[-1]) if lines else "(empty)"
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:

@@ -202,3 +202,20 @@ def test_every_entry_point_names_the_nearest_flag_choice_or_key(
     message = line.split(": error: ", 1)[1]
     assert message.startswith(start) and nearest in message, line
     assert sorted(p.name for p in run_folder.iterdir()) == ["checkpoints"], "nothing written"
+
+
+def test_the_scripts_name_a_sweep_job_that_never_started_a_run(tmp_path, capsys):
+    """paper_table.py and plot_runs.py skip it saying so, as sam-compare refuses it: with its
+    log's last line, not 'no results.json' (the job folder as a refused job leaves it)."""
+    from sam_train.run_folder import SWEEP_RECORD
+
+    job = tmp_path / "sweep" / "seed=1"
+    job.mkdir(parents=True)
+    (tmp_path / "sweep" / SWEEP_RECORD).write_text("hydra: {}\n")
+    log = job / "train.log"
+    log.write_text("[2026-12-06 06:39:57,920][sam_train][ERROR] - trainer.epochs must be > 0\n")
+    why = f"{job} is a sweep job that ended before its run started; {log} ends: trainer.epochs "
+    code, err = _exit(paper_table.main, [str(job)], capsys)
+    assert code == 2 and err.splitlines()[0] == f"paper_table: skipping {why}must be > 0"
+    code, err = _exit(plot_runs.main, [str(job), "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 2 and err.splitlines()[0] == f"skipping {why}must be > 0"
