@@ -24,7 +24,8 @@ CPU = torch.device("cpu")
 #: What SAMStep dispatches beyond the minimal loop, per step, in build.py's default
 #: configuration (fp32, fused SGD, non-finite steps skipped, one chunk, one micro-batch).
 EXTRA_OPS = {
-    "top-1 hits for the train accuracy (detach, argmax, eq, sum)": 4,
+    "top-1 hits for the train accuracy (argmax, eq, sum)": 3,
+    "the loss summed over the batch (mul, against the minimal loop's detach and add_)": -1,
     "non-finite check of the applied gradient (zero the flag, GradScaler's check, as bool)": 3,
     "skipped steps counted on the device (add, mul, maximum)": 3,
     "running statistics put back if skipped (snapshot; gather, where per dtype, scatter)": 5,

@@ -307,9 +307,10 @@ class SAMStep:
                 self.precision.scale(weighted).backward()
             self.count_pass(size)
             if track:
-                summed = loss.detach().float() * size
-                labels = targets.argmax(dim=1) if targets.dim() > 1 else targets
-                hits = (logits.detach().argmax(dim=1) == labels).sum()
+                with torch.no_grad():  # no graph, and no detach op per value
+                    summed = loss.float() * size
+                    labels = targets.argmax(dim=1) if targets.dim() > 1 else targets
+                    hits = (logits.argmax(dim=1) == labels).sum()
                 loss_sum, correct = _add(loss_sum, summed), _add(correct, hits)
         return loss_sum, correct
 
