@@ -150,7 +150,7 @@ def _hot_path_target(row: dict, t: dict) -> list[str]:
         f"{row['sam_largest_temporary_bytes']} B; {row['param_tensors']} parameter tensors) | "
         f"<= {t['sam_peak_extra_over_params']} | {_met(_scalar_temporaries(row))} |",
         _row(
-            "SAM bookkeeping / step (CPU time: ascent, restore, statistics snapshots, norm)",
+            "SAM bookkeeping / step (CPU time: ascent, restore, stats snapshots, finite check)",
             row["workload"],
             f"{100 * row['sam_bookkeeping_share']:.1f}%",
             "<= 5% (ResNet-50)",
