@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,6 +152,79 @@ def run_in_process(args: list[str]) -> tuple[int, str]:
 @pytest.fixture
 def cli_in_process():
     return run_in_process
+
+
+class ForkedRun:
+    """``fn()`` in a forked child of this test process, its stdout and stderr on one pipe
+    (``.stdout``): a real process (its own signals, exit code and global state) that skips a
+    new interpreter's imports, 6 s of CPU for sam-train. ``fn``'s SystemExit is the exit
+    code; ``returncode`` is -N for a child killed by signal N, as ``subprocess.Popen`` says."""
+
+    def __init__(self, fn: Callable[[], object], cwd: Path) -> None:
+        read_end, write_end = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()  # or the child would write this process's buffers again
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(read_end)
+            _forked_child(fn, cwd, write_end)
+        os.close(write_end)
+        self.stdout = os.fdopen(read_end, "r", errors="replace")
+        self.returncode: int | None = None
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def communicate(self) -> str:
+        """The rest of the output, once the child has ended (a hang is pytest's to report)."""
+        with self.stdout:
+            rest = self.stdout.read()
+        self.wait()
+        return rest
+
+
+def _forked_child(fn: Callable[[], object], cwd: Path, output: int) -> None:
+    """The child's side: output to the pipe, ``fn()``, then ``os._exit`` without the test
+    process's exit handlers (pytest's and its plugins' belong to the parent)."""
+    code = 1
+    try:
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (until _exit)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        os.chdir(cwd)
+        try:
+            fn()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        logging.shutdown()  # the run's log handlers: flushed and closed
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def fork_cli(args: list[str], cwd: Path) -> ForkedRun:
+    """``sam-train ARGS`` through its entry point in a forked child (see ForkedRun)."""
+
+    def main() -> None:
+        from sam_train import cli as cli_module
+
+        sys.argv = ["sam-train", *args]
+        cli_module.main()
+
+    return ForkedRun(main, cwd)
 
 
 # (group, option) -> what else it needs to compose and build: options that apply to one kind

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_in_process, sam_train_command, subprocess_env, torchrun_command
+from conftest import ForkedRun, fork_cli, run_in_process, subprocess_env, torchrun_command
 
 # Dropout and label noise make the run depend on every random draw being restored. Two
 # epochs (a warm-up one, then the decay): a stop in the first, a kill in the second.
@@ -51,18 +51,9 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     return _final_weights(run)
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        sam_train_command(args),
-        cwd=cwd,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 300) -> str:
+def _wait_for_step(
+    proc: subprocess.Popen | ForkedRun, global_step: int, timeout: float = 300
+) -> str:
     """Read the progress lines until the run has taken ``global_step`` steps; return them."""
     epoch, step = divmod(global_step - 1, STEPS_PER_EPOCH)
     marker = f"epoch {epoch + 1}/{EPOCHS}  step {step + 1}/{STEPS_PER_EPOCH}"
@@ -79,23 +70,25 @@ def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 30
 @pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     """SIGTERM: checkpoint and exit 75; SIGKILL (possibly inside a checkpoint write): no
-    handler runs; each time ``resume=auto`` continues, and the end equals the reference."""
+    handler runs; each time ``resume=auto`` continues, and the end equals the reference.
+    The runs are forked children of this process: real processes, signals and exit codes
+    (``python -m sam_train`` itself is test_cli's), without 6 s of CPU for imports each."""
     run = tmp_path / "run"
     args = [*RUN, f"hydra.run.dir={run}"]
-    proc = _start(args, tmp_path)
+    proc = fork_cli(args, tmp_path)
     _wait_for_step(proc, 10)
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
+    output = proc.communicate()
     assert proc.returncode == 75, output[-2000:]
     assert "stopped by SIGTERM" in output and "continue with resume=auto" in output
     assert "Traceback" not in output
     stopped_at = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["global_step"]
     assert 10 <= stopped_at <= 11, "a signal is acted on at the next step"
 
-    proc = _start([*args, "resume=auto"], tmp_path)
+    proc = fork_cli([*args, "resume=auto"], tmp_path)
     _wait_for_step(proc, KILL_AT)
     proc.kill()
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     code, err = run_in_process([*args, "resume=auto"])
     assert code == 0, err
     assert not list((run / "checkpoints").glob(".*.tmp")), "a killed save's temp file is removed"
