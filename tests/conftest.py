@@ -31,6 +31,18 @@ TINY_RUN = [
 ]
 # The tests' quick training run: the quickstart preset (digits, CPU) for two epochs, a few seconds.
 QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1"]
+# The quick run the stop-and-resume tests compare bit for bit: dropout and label noise make a
+# resumed run depend on every random draw being restored; a checkpoint after every step.
+# 451 test images: shards of 226 and 225 for two processes, in 2 and 1 batches of 225.
+RESUMABLE = [
+    *QUICK,
+    "trainer.log_every=1",
+    "checkpoint.every_n_steps=1",
+    "model.kwargs.drop_rate=0.2",
+    "dataset.label_noise=0.2",
+    "dataset.test_fraction=0.2505",
+    "trainer.eval_batch_size=225",
+]
 register_configs()
 # In-process runs use one thread like the child processes (subprocess_env): a resumed run is
 # compared bit for bit with its reference, and thread counts change float reductions.
@@ -104,6 +116,20 @@ def torchrun_command(args: list[str], restarts: int = 0) -> list[str]:
         f"--max-restarts={restarts}",
         *args,
     ]
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory) -> Path:
+    """RESUMABLE under torchrun with two workers, launched once per test process (each launch
+    is 15 s of CPU): test_distributed checks its run folder and test set, test_resume's
+    stopped and restarted copies must end with its weights. Microseconds in the folder name:
+    ranks resolving their own clock could never agree on it."""
+    work = tmp_path_factory.mktemp("two_process")
+    folder = "hydra.run.dir=outputs/q/${launch_time:%H-%M-%S-%f}"
+    done = run_process(torchrun_command(["-m", "sam_train", *RESUMABLE, folder]), work, 600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    (run,) = (work / "outputs" / "q").iterdir()
+    return run
 
 
 def run_cli(

@@ -63,24 +63,9 @@ def test_restarted_group_joins_despite_the_previous_attempts_store_keys(tmp_path
     assert sorted(restarted) == [("0", "1"), ("1", "1")], result.stdout
 
 
-def test_two_process_quickstart_one_run_folder_exact_test_set(tmp_path):
-    # 451 test images: shards of 226 and 225, evaluated in 2 and 1 batches of 225.
-    # Microseconds in the folder name: ranks resolving their own clock could never agree.
-    result = torchrun(
-        [
-            "-m",
-            "sam_train",
-            "experiment=quickstart",
-            "trainer.epochs=2",
-            "scheduler.warmup_epochs=1",
-            "dataset.test_fraction=0.2505",
-            "trainer.eval_batch_size=225",
-            "hydra.run.dir=outputs/q/${launch_time:%H-%M-%S-%f}",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    (run,) = (tmp_path / "outputs" / "q").iterdir()
+def test_two_process_quickstart_one_run_folder_exact_test_set(two_process_run):
+    """One run folder (the fixture finds exactly one), the test set split exactly."""
+    run = two_process_run
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["test_images"] == 451
     assert len(list(run.glob("events.out.tfevents.*"))) == 1

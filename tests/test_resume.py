@@ -12,21 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ForkedRun, fork_cli, run_in_process, subprocess_env, torchrun_command
+from conftest import (
+    RESUMABLE,
+    ForkedRun,
+    fork_cli,
+    run_in_process,
+    subprocess_env,
+    torchrun_command,
+)
 
-# Dropout and label noise make the run depend on every random draw being restored. Two
-# epochs (a warm-up one, then the decay): a stop in the first, a kill in the second.
+# QUICK's two epochs (a warm-up one, then the decay): a stop in the first, a kill in the second.
 EPOCHS = 2
-RUN = [
-    "experiment=quickstart",
-    f"trainer.epochs={EPOCHS}",
-    "scheduler.warmup_epochs=1",
-    "trainer.log_every=1",
-    "checkpoint.every_n_steps=1",
-    "model.kwargs.drop_rate=0.2",
-    "dataset.label_noise=0.2",
-]
-STEPS_PER_EPOCH = 21  # 1347 digits // 64
+RUN = RESUMABLE
+STEPS_PER_EPOCH = 21  # 1346 digits // 64
 KILL_AT = STEPS_PER_EPOCH + 9  # a step of the second epoch
 
 
@@ -130,16 +128,14 @@ def _worker_pids(proc: subprocess.Popen, timeout: float = 60) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(tmp_path):
+def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(
+    tmp_path, two_process_run
+):
     """Under torchrun: SIGTERM to one worker stops every rank within a few steps (whatever
     ``log_every``), they checkpoint and exit 0, so torchrun neither reports FAILED nor
     restarts the group; then a killed rank makes torchrun restart the group, which resumes
-    from the last checkpoint. The end equals an uninterrupted two-process run."""
-    reference_run = tmp_path / "reference"
-    proc = _torchrun([*RUN, f"hydra.run.dir={reference_run}"], tmp_path)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-3000:]
-
+    from the last checkpoint. The end equals an uninterrupted two-process run (the one
+    test_distributed checks too)."""
     run = tmp_path / "stopped"
     quiet = [*RUN, "trainer.log_every=1000", f"hydra.run.dir={run}"]
     proc = _torchrun(quiet, tmp_path, restarts=1)
@@ -163,4 +159,4 @@ def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(tmp_p
     output += proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, output[-5000:]
     assert (run / "train.log").read_text().count("resumed from") == 2, output[-5000:]
-    _assert_identical(_final_weights(run), _final_weights(reference_run))
+    _assert_identical(_final_weights(run), _final_weights(two_process_run))
