@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -184,19 +185,38 @@ class ForkedRun:
     """``fn()`` in a forked child of this test process, its stdout and stderr on one pipe
     (``.stdout``): a real process (its own signals, exit code and global state) that skips a
     new interpreter's imports, 6 s of CPU for sam-train. ``fn``'s SystemExit is the exit
-    code; ``returncode`` is -N for a child killed by signal N, as ``subprocess.Popen`` says."""
+    code; ``returncode`` is -N for a child killed by signal N, as ``subprocess.Popen`` says.
+    ``stderr_only``: stdout goes to /dev/null; ``new_session``: as Popen's
+    ``start_new_session`` (a signal sent to the child reaches it alone)."""
 
-    def __init__(self, fn: Callable[[], object], cwd: Path) -> None:
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        cwd: Path,
+        *,
+        stderr_only: bool = False,
+        new_session: bool = False,
+    ) -> None:
         read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()  # or the child would write this process's buffers again
         self.pid = os.fork()
         if self.pid == 0:
             os.close(read_end)
-            _forked_child(fn, cwd, write_end)
+            if new_session:
+                os.setsid()
+            stdout = os.open(os.devnull, os.O_WRONLY) if stderr_only else write_end
+            _forked_child(fn, cwd, stdout, write_end)
         os.close(write_end)
         self.stdout = os.fdopen(read_end, "r", errors="replace")
         self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
     def send_signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -209,21 +229,28 @@ class ForkedRun:
             self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
         return self.returncode
 
-    def communicate(self) -> str:
-        """The rest of the output, once the child has ended (a hang is pytest's to report)."""
-        with self.stdout:
-            rest = self.stdout.read()
+    def communicate(self, timeout: float = 600) -> str:
+        """The rest of the output once the child has ended; a guard against a hang only: past
+        ``timeout`` seconds the child is killed and TimeoutError raised."""
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.append(self.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if reader.is_alive():
+            self.kill()
+            raise TimeoutError(f"the forked run was still writing after {timeout} s")
+        self.stdout.close()
         self.wait()
-        return rest
+        return rest[0]
 
 
-def _forked_child(fn: Callable[[], object], cwd: Path, output: int) -> None:
-    """The child's side: output to the pipe, ``fn()``, then ``os._exit`` without the test
-    process's exit handlers (pytest's and its plugins' belong to the parent)."""
+def _forked_child(fn: Callable[[], object], cwd: Path, stdout: int, stderr: int) -> None:
+    """The child's side: its output to the given descriptors, ``fn()``, then ``os._exit``
+    without the test process's exit handlers (pytest's and its plugins' are the parent's)."""
     code = 1
     try:
-        os.dup2(output, 1)
-        os.dup2(output, 2)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (until _exit)
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         os.chdir(cwd)
@@ -241,7 +268,7 @@ def _forked_child(fn: Callable[[], object], cwd: Path, output: int) -> None:
         os._exit(code)
 
 
-def fork_cli(args: list[str], cwd: Path) -> ForkedRun:
+def fork_cli(args: list[str], cwd: Path, **options: bool) -> ForkedRun:
     """``sam-train ARGS`` through its entry point in a forked child (see ForkedRun)."""
 
     def main() -> None:
@@ -250,7 +277,7 @@ def fork_cli(args: list[str], cwd: Path) -> ForkedRun:
         sys.argv = ["sam-train", *args]
         cli_module.main()
 
-    return ForkedRun(main, cwd)
+    return ForkedRun(main, cwd, **options)
 
 
 # (group, option) -> what else it needs to compose and build: options that apply to one kind
