@@ -108,15 +108,32 @@ def sam_train_command(args: list[str]) -> list[str]:
 
 def torchrun_command(args: list[str], restarts: int = 0) -> list[str]:
     """``torchrun --standalone`` with two CPU workers; ``args`` as after torchrun's options."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        f"--max-restarts={restarts}",
-        *args,
-    ]
+    return [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(args, restarts)]
+
+
+def _torchrun_args(args: list[str], restarts: int) -> list[str]:
+    return ["--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}", *args]
+
+
+def start_torchrun(args: list[str], cwd: Path, restarts: int = 0) -> ForkedRun:
+    """torchrun_command's launch with the agent in a forked child of this process (its
+    imports, 2 s of CPU, are not paid again); the workers are new interpreters with the
+    tests' child environment, as under a torchrun of their own."""
+
+    def agent() -> None:
+        from torch.distributed.run import main
+
+        os.environ.update(subprocess_env())
+        main(_torchrun_args(args, restarts))
+
+    return ForkedRun(agent, cwd)
+
+
+def torchrun(args: list[str], cwd: Path, restarts: int = 0) -> tuple[int, str]:
+    """start_torchrun to its end: (exit code, the agent's and the workers' output)."""
+    launch = start_torchrun(args, cwd, restarts)
+    output = launch.communicate()
+    return launch.returncode, output
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +144,8 @@ def two_process_run(tmp_path_factory) -> Path:
     ranks resolving their own clock could never agree on it."""
     work = tmp_path_factory.mktemp("two_process")
     folder = "hydra.run.dir=outputs/q/${launch_time:%H-%M-%S-%f}"
-    done = run_process(torchrun_command(["-m", "sam_train", *RESUMABLE, folder]), work, 600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    code, output = torchrun(["-m", "sam_train", *RESUMABLE, folder], work)
+    assert code == 0, output[-5000:]
     (run,) = (work / "outputs" / "q").iterdir()
     return run
 

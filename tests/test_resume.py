@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    RESUMABLE,
-    ForkedRun,
-    fork_cli,
-    run_in_process,
-    subprocess_env,
-    torchrun_command,
-)
+from conftest import RESUMABLE, ForkedRun, fork_cli, run_in_process, start_torchrun
 
 # QUICK's two epochs (a warm-up one, then the decay): a stop in the first, a kill in the second.
 EPOCHS = 2
@@ -49,9 +41,7 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     return _final_weights(run)
 
 
-def _wait_for_step(
-    proc: subprocess.Popen | ForkedRun, global_step: int, timeout: float = 300
-) -> str:
+def _wait_for_step(proc: ForkedRun, global_step: int, timeout: float = 300) -> str:
     """Read the progress lines until the run has taken ``global_step`` steps; return them."""
     epoch, step = divmod(global_step - 1, STEPS_PER_EPOCH)
     marker = f"epoch {epoch + 1}/{EPOCHS}  step {step + 1}/{STEPS_PER_EPOCH}"
@@ -107,18 +97,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> subprocess.Popen:
-    return subprocess.Popen(
-        torchrun_command(["-m", "sam_train", *args], restarts),
-        cwd=cwd,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> ForkedRun:
+    return start_torchrun(["-m", "sam_train", *args], cwd, restarts)
 
 
-def _worker_pids(proc: subprocess.Popen, timeout: float = 60) -> list[int]:
+def _worker_pids(proc: ForkedRun, timeout: float = 60) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(workers := _children(proc.pid)) < 2:
         assert time.monotonic() < deadline, "torchrun started no workers"
@@ -145,7 +128,7 @@ def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(
         assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint written"
         time.sleep(0.2)
     os.kill(workers[-1], signal.SIGTERM)  # rank 1: rank 0 must hear of it from rank 1
-    output = proc.communicate(timeout=300)[0]
+    output = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-5000:]
     log = (run / "train.log").read_text()
     assert "another process received a stop signal" in log and "signal None" not in log
@@ -156,7 +139,7 @@ def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(
     proc = _torchrun([*RUN, "resume=auto", f"hydra.run.dir={run}"], tmp_path, restarts=1)
     output = _wait_for_step(proc, KILL_AT)
     os.kill(_worker_pids(proc)[-1], signal.SIGKILL)  # one rank dies; torchrun restarts
-    output += proc.communicate(timeout=600)[0]
+    output += proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-5000:]
     assert (run / "train.log").read_text().count("resumed from") == 2, output[-5000:]
     _assert_identical(_final_weights(run), _final_weights(two_process_run))
