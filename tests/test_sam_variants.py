@@ -532,7 +532,8 @@ def test_bad_sam_options_fail_with_one_line(overrides, message):
 @pytest.mark.distributed
 def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_path):
     """Steps without a second pass, and GSAM/LookSAM's combination of the gradient at w with
-    the perturbed one, must use the all-reduced first gradient or the replicas drift apart."""
+    the perturbed one, must use the all-reduced first gradient or the replicas drift apart.
+    Under DDP too, trading the weights' storage with SAM's backup trains as copying does."""
     result = subprocess.run(
         torchrun_command([str(Path(__file__).with_name("variants_ddp_worker.py"))]),
         capture_output=True,

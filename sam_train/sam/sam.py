@@ -428,7 +428,7 @@ class SAM(Optimizer):
             raise RuntimeError("inner_steps > 1 needs an ascent_closure to recompute gradients")
         params = self._step_params
         backup = self._kept(self._backup, params)
-        swap = self.swap_weights and self.inner_steps == 1 and not is_sharded(params[0])
+        swap = self.swap_weights and self.inner_steps == 1 and not any(map(is_sharded, params[:1]))
         if not swap:
             copy_all(backup, params)
         if self.combines_gradients:
