@@ -70,6 +70,8 @@ Groups = list[tuple[dict[str, Any], list[torch.Tensor]]]
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None
 #: The base optimizer: a class built on the same groups, or an instance to wrap.
 BaseOptimizer = type[Optimizer] | Optimizer
+#: An ascent step, per group: the directions and the factor that scales them to eps.
+Moves = list[tuple[list[torch.Tensor], torch.Tensor | float]]
 
 
 def non_negative(variant: str, **values: float) -> None:
@@ -119,15 +121,22 @@ def trade_storage(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         x.data, y.data = y.data, x.data
 
 
-def _swap_in(
-    params: list[torch.Tensor], eps: list[torch.Tensor], backup: list[torch.Tensor]
-) -> None:
-    """w + eps written into ``backup`` (the same sum as ``w += eps``, bit for bit), then each
-    parameter trades storage with its buffer: the model runs at w + eps while w lies untouched
-    in the backup until ``restore`` trades back. One pass over the weights instead of three
-    (copy w out, add eps, copy w back)."""
-    for w, e, out in zip(params, eps, backup, strict=True):
-        torch.add(w, e, out=out)
+def _add_in_place(params: list[torch.Tensor], moves: Moves) -> None:
+    """w += eps in fused multi-tensor ops (the copy path: FSDP's shards, several ascent steps)."""
+    for step, factor in moves:
+        torch._foreach_mul_(step, factor)
+    torch._foreach_add_(params, [e for step, _ in moves for e in step])
+
+
+def _swap_in(params: list[torch.Tensor], moves: Moves, backup: list[torch.Tensor]) -> None:
+    """w + eps written into ``backup``, then each parameter trades storage with its buffer: the
+    model runs at w + eps while w lies untouched in the backup until ``restore`` trades back.
+    One pass over the weights instead of three (copy w out, add eps, copy w back); eps and the
+    sum are ``_add_in_place``'s products and sums, bit for bit, each direction scaled just
+    before it is added (still in the cache)."""
+    scaled = ((e, factor) for step, factor in moves for e in step)
+    for w, (e, factor), out in zip(params, scaled, backup, strict=True):
+        torch.add(w, e.mul_(factor), out=out)
     trade_storage(params, backup)
 
 
@@ -371,11 +380,9 @@ class SAM(Optimizer):
                     t.fill_(1.0)
         return scale
 
-    def _ascent_step(
-        self, groups: Groups, inner_step: int
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One ascent step of length rho / inner_steps: its norm, and eps for every parameter
-        of ``groups`` in order (the caller moves the weights).
+    def _ascent_step(self, groups: Groups, inner_step: int) -> tuple[torch.Tensor, Moves]:
+        """One ascent step of length rho / inner_steps: its norm, and per group the directions
+        and the factor that makes them eps (the caller scales them and moves the weights).
 
         The step is computed in the storage of the ascent gradients (``.grad``, zeroed or
         restored by ``first_step``, or a variant's own temporaries), so the only
@@ -390,6 +397,7 @@ class SAM(Optimizer):
             steps.append(grads)
             scales.append(scale)
         norm = global_norm([g for grads in steps for g in grads])
+        moves: Moves = []
         for (group, _), step, scale in zip(groups, steps, scales, strict=True):
             if self.p != 2:
                 torch._foreach_sign_(step)  # sign(T g) = sign(g): T > 0
@@ -397,8 +405,8 @@ class SAM(Optimizer):
                 torch._foreach_mul_(step, scale)  # T^2 g, or T sign(g)
             # ESAM's 1/beta: S carries about beta of the gradient (1 otherwise, exactly)
             radius = self._group_rho(group) / self.inner_steps / self.perturb_fraction
-            torch._foreach_mul_(step, radius / (norm + _NORM_EPS) if self.p == 2 else radius)
-        return norm, [eps for step in steps for eps in step]
+            moves.append((step, radius / (norm + _NORM_EPS) if self.p == 2 else radius))
+        return norm, moves
 
     @torch.no_grad()
     def first_step(
@@ -440,11 +448,11 @@ class SAM(Optimizer):
                 with torch.enable_grad():
                     ascent_closure()
             kept = None if zero_grad else [p.grad.clone() for p in params]
-            norm, eps = self._ascent_step(groups, inner_step)
+            norm, moves = self._ascent_step(groups, inner_step)
             if swap:
-                _swap_in(params, eps, backup)
+                _swap_in(params, moves, backup)
             else:
-                torch._foreach_add_(params, eps)
+                _add_in_place(params, moves)
             if kept is not None:  # the caller keeps the gradient: put it back
                 copy_all([p.grad for p in params], kept)
             if inner_step == 0:
