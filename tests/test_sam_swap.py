@@ -6,6 +6,7 @@ exactly the pre-step weights in the parameters' own storage."""
 from __future__ import annotations
 
 import copy
+import operator
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from sam_reference import batches, bn_mlp, mlp, sam_step
 from torch import nn
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from variants_ddp_worker import CASES as DDP_CASES
 
 from sam_train.sam import SAM, VARIANTS
 
@@ -62,31 +64,17 @@ def test_the_perturbed_pass_runs_on_the_backup_storage_and_restore_trades_back_w
         sam.zero_grad(), copying.zero_grad()
         assert all(map(torch.equal, params, twin_params))
     # the same Parameter objects throughout: the model's, the optimizer's, its state's keys
-    assert all(map(operator_is, params, model.parameters()))
-    assert all(map(operator_is, params, sam.param_groups[0]["params"]))
+    assert all(map(operator.is_, params, model.parameters()))
+    assert all(map(operator.is_, params, sam.param_groups[0]["params"]))
     assert set(map(id, sam.state)) == set(map(id, params))
 
 
-def operator_is(a: object, b: object) -> bool:
-    return a is b
-
-
-#: every variant, with arguments that make each take its distinctive path in a few steps
+#: every variant: the DDP test's, with its arguments, and the rest
 VARIANT_ARGUMENTS = {
-    "sam": {},
-    "gsam": {},
-    "looksam": {"k": 2},
-    "interval": {"k": 2},
+    **DDP_CASES,
     "fsam": {},
-    "msam": {},
-    "rst": {"seed": 5},
-    "aesam": {"threshold_start": 0.0, "threshold_end": 0.0},
-    "wsam": {},
-    "esam": {},
-    "ksam": {},
-    "mesa": {"ema_decay": 0.5},
     "saf": {"num_examples": 64, "steps_per_epoch": 1, "start_epoch": 1, "past_epochs": 1},
-    "bsam": {"num_examples": 100, "seed": 1, "momentum": 0.0},
+    "bsam": {**DDP_CASES["bsam"], "momentum": 0.0},  # bSAM's SGD has no momentum
 }
 #: SAM's options and the step's, each on SAM
 OPTION_CASES = {
@@ -100,7 +88,7 @@ OPTION_CASES = {
     "clipping": ({}, {"clip_grad_norm": 0.1}),
     "bf16": ({}, {"precision": "bf16"}),
 }
-CASES = {
+SWAP_CASES = {
     **{name: (name, arguments, {}) for name, arguments in VARIANT_ARGUMENTS.items()},
     **{name: ("sam", arguments, step) for name, (arguments, step) in OPTION_CASES.items()},
 }
@@ -118,9 +106,12 @@ def _trained(variant: str, arguments: dict, step_options: dict, swap: bool):
     return [t.detach().clone() for t in tensors if isinstance(t, torch.Tensor)]
 
 
-@pytest.mark.parametrize(("variant", "arguments", "step_options"), CASES.values(), ids=CASES)
+@pytest.mark.parametrize(
+    ("variant", "arguments", "step_options"), SWAP_CASES.values(), ids=SWAP_CASES
+)
 def test_swapping_trains_bit_identically_to_copying(variant, arguments, step_options):
     """Weights, running statistics and optimizer state after four steps, swap against copy."""
+    assert set(VARIANT_ARGUMENTS) == set(VARIANTS)  # every variant is among the cases
     swapped = _trained(variant, arguments, step_options, swap=True)
     copied = _trained(variant, arguments, step_options, swap=False)
     assert len(swapped) == len(copied) > len(list(bn_mlp().parameters()))
