@@ -314,31 +314,12 @@ def test_looksam_matches_pytorch_optimizer_on_a_small_network():
     """pytorch_optimizer 4.1's LookSAM (per-tensor g_v, as sam-train's default), same model,
     data and momentum SGD, SAM steps and reused ones: the same weights."""
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    gen = torch.Generator().manual_seed(0)
-    data = [
-        (torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
-        for _ in range(5)
-    ]
-    models = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        models.append(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)))
+    models = [_tiny_model(), _tiny_model()]
     same = {"rho": 0.1, "k": 2, "alpha": 0.7, "lr": 0.05, "momentum": 0.9}
-    optimizers = [
-        LookSAM(models[0].parameters(), torch.optim.SGD, **same),
-        pytorch_optimizer.LookSAM(models[1].parameters(), torch.optim.SGD, **same),
-    ]
-    for model, opt in zip(models, optimizers, strict=True):
-        for x, y in data:
-
-            def closure(model=model, x=x, y=y):
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                return loss
-
-            opt.zero_grad()
-            closure()
-            opt.step(closure)
+    ours = LookSAM(models[0].parameters(), torch.optim.SGD, **same)
+    theirs = pytorch_optimizer.LookSAM(models[1].parameters(), torch.optim.SGD, **same)
+    for model, opt in zip(models, (ours, theirs), strict=True):
+        closure_steps(model, opt, 5, seed=0)
     for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
