@@ -45,22 +45,20 @@ from sam_train.sam.sharded import is_sharded, replicated_value
 Scale = torch.Tensor | list[torch.Tensor]
 
 
-def tensor_dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
-    """<a_i, b_i> for each pair of tensors, 0-d tensors on the device (each over every shard,
+def tensor_dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """<a_i, b_i> for each pair of tensors, one vector on the device (each over every shard,
     one all-reduce for all of them): the per-tensor counterpart of ``global_dot``."""
     pairs = zip(a, b, strict=True)
     if a and is_sharded(a[0]):
-        dots = replicated_value(torch.stack([(x * y).sum() for x, y in pairs]))
-    else:
-        dots = torch.stack([torch.vdot(x.flatten(), y.flatten()) for x, y in pairs])
-    return list(dots.unbind())
+        return replicated_value(torch.stack([(x * y).sum() for x, y in pairs]))
+    return torch.stack([torch.vdot(x.flatten(), y.flatten()) for x, y in pairs])
 
 
-def tensor_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each tensor's 2-norm (over every shard), 0-d tensors on the device."""
+def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Each tensor's 2-norm (over every shard), one vector on the device."""
     if tensors and is_sharded(tensors[0]):
-        return list(torch._foreach_sqrt(tensor_dots(tensors, tensors)))
-    return list(torch._foreach_norm(tensors))
+        return tensor_dots(tensors, tensors).sqrt()
+    return torch.stack(torch._foreach_norm(tensors))
 
 
 class LookSAM(IntervalSAM):
@@ -91,20 +89,15 @@ class LookSAM(IntervalSAM):
 
     def _projection(self, g_s: list[torch.Tensor], g: list[torch.Tensor]) -> Scale:
         """c in g_v = g_s - c g: <g_s, g> / ||g||^2."""
-        if self.per_tensor:
-            return torch._foreach_div(
-                tensor_dots(g_s, g), [d + _NORM_EPS for d in tensor_dots(g, g)]
-            )
+        if self.per_tensor:  # one vector, then views of it: no kernel per tensor
+            return list((tensor_dots(g_s, g) / (tensor_dots(g, g) + _NORM_EPS)).unbind())
         return global_dot(g_s, g) / (global_dot(g, g) + _NORM_EPS)
 
     def _reuse_scale(self, grads: list[torch.Tensor], g_v: list[torch.Tensor]) -> Scale:
         """alpha * ||g|| / ||g_v||: the stored direction at the current gradient's scale."""
         if self.per_tensor:
-            norms = tensor_norms(g_v)
-            torch._foreach_add_(norms, _NORM_EPS)
-            scale = torch._foreach_div(tensor_norms(grads), norms)
-            torch._foreach_mul_(scale, self.alpha)
-            return scale
+            scale = self.alpha * tensor_norms(grads) / (tensor_norms(g_v) + _NORM_EPS)
+            return list(scale.unbind())
         return self.alpha * global_norm(grads) / (global_norm(g_v) + _NORM_EPS)
 
     def _combine_gradients(self, perturbed: bool) -> None:
@@ -120,6 +113,8 @@ class LookSAM(IntervalSAM):
             torch._foreach_sub_([self._g_v[p] for p in params], g)
             return
         params = [p for p in params if p in self._g_v]
+        if not params:
+            return
         grads = [p.grad for p in params]
         g_v = [self._g_v[p] for p in params]
         torch._foreach_add_(grads, torch._foreach_mul(g_v, self._reuse_scale(grads, g_v)))
