@@ -30,6 +30,11 @@ from sam_train.config import (
         ([f"seed={2**64}"], "seed must be in [0, "),
         ([f"seed={MAX_SEED + 1}"], "seed must be in [0, "),
         (["trainer.device=mps"], "trainer.device='mps' is not one of: auto, cpu, cuda"),
+        (
+            ["optimizer.name=sdg"],  # a near miss: the nearest choice, as for a key
+            "optimizer.name='sdg' is not one of: sgd, adamw; did you mean optimizer.name=sgd?",
+        ),
+        (["trainer.amp=bf61"], "; did you mean trainer.amp=bf16?"),
         (["trainer.device=gpu"], "trainer.device='gpu' is not one of"),
         (["trainer.device=cuda:x"], "trainer.device='cuda:x' is not one of"),
         (["optimizer.momentum=-1"], "optimizer.momentum must be >= 0, got -1"),
