@@ -284,6 +284,14 @@ def _escape_unencodable_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
+def checked_arguments(args: list[str]) -> list[str]:
+    """sam-train's arguments as Hydra reads them (paths quoted), once checked: ConfigError, one
+    line, for the first bad one. For ``main`` and for the scripts that launch sam-train."""
+    quoted = quote_path_overrides(args, multirun=bool({"-m", "--multirun"} & set(args)))
+    check_command_line(quoted, config_dir())
+    return quoted
+
+
 def main() -> None:
     """Under torchrun or srun: join the process group first, so rank 0 can name the run
     folder for everyone before Hydra creates it; then run as a single process would, and
@@ -291,10 +299,8 @@ def main() -> None:
     _escape_unencodable_output()
     nproc, args = split_nproc(sys.argv[1:])
     args = flags_first(args)
-    multirun = bool({"-m", "--multirun"} & set(args))
-    quoted = quote_path_overrides(args, multirun=multirun)
     try:  # before Hydra and before any worker starts: one line for a typo
-        check_command_line(quoted, config_dir())
+        quoted = checked_arguments(args)
     except SamTrainError as err:
         fail(str(err))
     if nproc is not None and not _launched_distributed():

@@ -40,11 +40,17 @@ import yaml
 from sam_train.errors import ArgumentParser
 from sam_train.paths import exit_on_problems, expect_folder, expect_new_file
 from sam_train.run_files import METRICS_NAME, RESULTS_NAME
-from sam_train.run_folder import CHECKPOINTS_DIR, LOCK_NAME
+from sam_train.run_folder import (
+    CHECKPOINTS_DIR,
+    LOCK_NAME,
+    RUN_MARKER,
+    job_log,
+    unstarted_jobs,
+    unstarted_jobs_problem,
+)
 
 VIEW_MARKER = ".sam-compare-view"  # a --tensorboard folder that the next call may rebuild
 EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files (SummaryWriter's names)
-RUN_MARKER = Path(".hydra") / "config.yaml"  # what makes a folder a run (Hydra writes it first)
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 FORMATS = ("text", "markdown", "csv")
 #: column -> heading in text and markdown (csv uses the column names)
@@ -76,7 +82,8 @@ def run_folder_problem(path: Path) -> str | None:
     """Why ``path`` is not a run or a folder holding runs (None: it is)."""
     problem = expect_folder(path, "a run or sweep folder")
     if problem is None and not runs_under(path):
-        return f"{path} holds no sam-train run (no {RUN_MARKER} under it)"
+        no_run = f"{path} holds no sam-train run (no {RUN_MARKER} under it)"
+        return unstarted_jobs_problem(path) or no_run
     return problem
 
 
@@ -303,6 +310,13 @@ def main(argv: list[str] | None = None) -> None:
         problems.append(view_folder_problem(args.tensorboard))
     exit_on_problems("sam-compare", problems)
     runs = find_runs(args.paths)
+    for path in args.paths:  # jobs the table cannot show, in a sweep with runs
+        if jobs := unstarted_jobs(path):
+            print(
+                f"sam-compare: {len(jobs)} sweep job(s) under {path} started no run (not in the "
+                f"table): see {job_log(jobs[0])}",
+                file=sys.stderr,
+            )
     rows, shared = compare(runs)
     sys.stdout.write(render(rows, shared, args.format))
     if args.tensorboard is not None:

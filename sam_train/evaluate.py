@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sam_train.cli import config_dir
+from sam_train.config.overrides import checkpoint_overrides_problem, flag_hint
 from sam_train.errors import ArgumentParser, run_entry_point
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 from sam_train.run_files import EVAL_DIR
@@ -41,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="sam-eval",
         description="Loss, top-1 and top-5 of sam-train checkpoints on their test sets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        flag_hint=flag_hint,
     )
     parser.add_argument(
         "items",
@@ -58,19 +61,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_intermixed_args(argv)
-    args.overrides = [item for item in args.items if _is_override(item)]
-    args.checkpoints = [Path(item) for item in args.items if item not in args.overrides]
+    args.overrides, args.checkpoints = split_items(args.items)
     if not args.checkpoints:
         parser.error("give at least one checkpoint")
     out = [expect_folder(args.out, "a folder for the results", exists=False)] if args.out else []
-    exit_on_problems(parser.prog, [*map(expect_file, args.checkpoints), *out])
+    problems = [*map(expect_file, args.checkpoints), *out]
+    exit_on_problems(parser.prog, [*problems, overrides_problem(args.overrides, parser.prog)])
     return args
 
 
-def _is_override(item: str) -> bool:
+def overrides_problem(overrides: Sequence[str], prog: str) -> str | None:
+    """Why a checkpoint command's ``key=value`` overrides cannot apply (sam-train's own check
+    and "did you mean"), before the checkpoint is read; None when they can."""
+    return checkpoint_overrides_problem(overrides, config_dir(), prog)
+
+
+def split_items(items: Sequence[str]) -> tuple[list[str], list[Path]]:
+    """(the ``key=value`` overrides, the paths) among a checkpoint command's arguments."""
+    overrides = [item for item in items if is_override(item)]
+    return overrides, [Path(item) for item in items if item not in overrides]
+
+
+def is_override(item: str) -> bool:
     """``key=value``, unless it is a path: one that exists, one whose ``=`` comes after a
     folder (``sweep/sam=sam,seed=1/checkpoints/last.pt``, a sweep job's) or a ``.pt`` file, so
-    that a mistyped checkpoint is answered as a missing file, not as a bad override."""
+    that a mistyped checkpoint or image is answered as a missing file, not as a bad override."""
     key = item.split("=", 1)[0]
     return "=" in item and "/" not in key and not item.endswith(".pt") and not Path(item).exists()
 

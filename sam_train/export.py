@@ -26,7 +26,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sam_train.config.overrides import flag_hint
 from sam_train.errors import ArgumentParser, CheckpointError, exit_on_user_error
+from sam_train.evaluate import overrides_problem
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 WEIGHTS_NAME = "model.safetensors"  # timm's HF_SAFE_WEIGHTS_NAME
@@ -92,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="sam-export",
         description="A sam-train checkpoint as safetensors weights and timm's config.json.",
+        flag_hint=flag_hint,
     )
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -102,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    exit_on_problems("sam-export", [expect_file(args.checkpoint), out_problem(args.out)])
+    paths = [expect_file(args.checkpoint), out_problem(args.out)]
+    exit_on_problems("sam-export", [*paths, overrides_problem(args.overrides, "sam-export")])
 
     def run() -> None:
         out = export(args.checkpoint, args.out, ema=args.ema, overrides=args.overrides)

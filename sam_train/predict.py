@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sam_train.config.overrides import flag_hint
 from sam_train.errors import ArgumentParser, CheckpointError, exit_on_user_error
+from sam_train.evaluate import overrides_problem, split_items
 from sam_train.paths import exit_on_problems, expect_file, expect_new_file
 
 BATCH = 64
@@ -109,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="sam-predict",
         description="Top-k classes of image files by a sam-train checkpoint, into a CSV.",
+        flag_hint=flag_hint,
     )
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     parser.add_argument(
@@ -118,8 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--ema", action="store_true", help="predict with the EMA weights")
     args = parser.parse_intermixed_args(argv)
-    args.overrides = [item for item in args.items if "=" in item and not Path(item).exists()]
-    args.images = [Path(item) for item in args.items if item not in args.overrides]
+    args.overrides, args.images = split_items(args.items)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     return args
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             expect_file(args.checkpoint),
             expect_new_file(args.out, "the .csv file to write (--out)"),
             *map(image_problem, args.images),
+            overrides_problem(args.overrides, "sam-predict"),
         ],
     )
 

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from sam_train.config import register_resolvers
 from sam_train.paper import describe, optimizer_label
+from sam_train.run_folder import RUN_MARKER, unstarted_jobs_problem
 
 SHORT = 12  # runs of at most this many epochs get a marker on each point
 
@@ -50,10 +51,11 @@ def collect(run_dirs: list[Path], column: str) -> dict[str, dict[str, list[Curve
     register_resolvers()
     curves: dict[str, dict[str, list[Curve]]] = defaultdict(lambda: defaultdict(list))
     for run_dir in run_dirs:
-        config_file = run_dir / ".hydra" / "config.yaml"
+        config_file = run_dir / RUN_MARKER
         epochs, values = read_curve(run_dir, column) if config_file.is_file() else ([], [])
         if not len(values):
-            print(f"skipping {run_dir}: no {column} in metrics.csv", file=sys.stderr)
+            why = unstarted_jobs_problem(run_dir) or f"{run_dir}: no {column} in metrics.csv"
+            print(f"skipping {why}", file=sys.stderr)
             continue
         cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
         curve = Curve(epochs, values, int(cfg["trainer"]["epochs"]))

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import itertools
 import os
+import re
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -185,3 +186,53 @@ def keep_sweep_record(sweep_dir: Path) -> Path | None:
             record.unlink()
             return kept
     raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------- a sweep's jobs
+RUN_MARKER = Path(".hydra") / "config.yaml"  # a run: the CLI writes it once the folder is its own
+JOB_LOG_GLOB = "*.log"  # Hydra's job log, <hydra.job.name>.log (configs/hydra/job_logging)
+
+
+def unstarted_jobs(path: Path) -> list[Path]:
+    """The folders under ``path`` of sweep jobs that ended before their run started (a value
+    the check refused, a busy folder): Hydra's job log, a sweep record above, no ``.hydra/``
+    (``path`` may be such a job's folder itself). Sorted."""
+    jobs = set()
+    for log in path.rglob(JOB_LOG_GLOB):
+        in_sweep = any((folder / SWEEP_RECORD).is_file() for folder in log.parents)
+        in_run = any((folder / RUN_MARKER).is_file() for folder in _up_to(log.parent, path))
+        if in_sweep and not in_run:
+            jobs.add(log.parent)
+    return sorted(jobs)
+
+
+def job_log(job: Path) -> Path:
+    """A sweep job's log file."""
+    return min(job.glob(JOB_LOG_GLOB))
+
+
+def unstarted_jobs_problem(path: Path) -> str | None:
+    """Why ``path`` holds no run, where it holds sweep jobs that never started one, in one
+    line: how many, the first one's log and its last line (None: it holds none such)."""
+    jobs = unstarted_jobs(path)
+    if not jobs:
+        return None
+    log = job_log(jobs[0])
+    found = f"{path} holds {len(jobs)} sweep job(s), none of which started a run"
+    if jobs == [path]:
+        found = f"{path} is a sweep job that ended before its run started"
+    return f"{found}; {log} ends: {_last_line(log)}"
+
+
+def _up_to(folder: Path, top: Path) -> list[Path]:
+    """``folder`` and the folders above it, up to ``top``."""
+    chain = [folder]
+    while chain[-1] != top and chain[-1].parent != chain[-1]:
+        chain.append(chain[-1].parent)
+    return chain
+
+
+def _last_line(log: Path) -> str:
+    """A log's last line without its ``[time][logger][LEVEL] - `` prefix: why the job ended."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return re.sub(r"^(\[[^]]*\])+ - ", "", lines[-1]) if lines else "(empty)"

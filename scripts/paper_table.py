@@ -34,6 +34,7 @@ from sam_train.config import register_resolvers  # noqa: E402
 from sam_train.errors import ArgumentParser  # noqa: E402
 from sam_train.paper import TABLE_TITLES, Setting, describe, optimizer_family, optimizer_label  # noqa: E402
 from sam_train.paths import exit_on_problems, expect_folder  # noqa: E402
+from sam_train.run_folder import RUN_MARKER, unstarted_jobs_problem  # noqa: E402
 
 
 @dataclass
@@ -48,11 +49,10 @@ class Run:
 
 def load_run(path: Path, metric: str = "final") -> Run | None:
     """A finished run folder, or None (with a note on stderr) when it has no results yet."""
-    results_file, config_file = path / "results.json", path / ".hydra" / "config.yaml"
+    results_file, config_file = path / "results.json", path / RUN_MARKER
     if not results_file.is_file() or not config_file.is_file():
-        print(
-            f"paper_table: skipping {path}: no results.json or .hydra/config.yaml", file=sys.stderr
-        )
+        why = unstarted_jobs_problem(path) or f"{path}: no results.json or {RUN_MARKER}"
+        print(f"paper_table: skipping {why}", file=sys.stderr)
         return None
     results = json.loads(results_file.read_text())
     cfg: Any = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)

@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sam_train.errors import ArgumentParser
+from sam_train.cli import checked_arguments
+from sam_train.errors import ArgumentParser, ConfigError
 from sam_train.paths import exit_on_problems, expect_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     command = build_command(
         args.table, seeds=args.seeds, launcher=args.launcher, out=args.out, extra=args.overrides
     )
+    try:  # sam-train's own check (a typo's "did you mean"), before anything is printed or run
+        checked_arguments(command[command.index("sam_train") + 1 :])
+    except ConfigError as err:
+        exit_on_problems("reproduce", [str(err)])
     print(shlex.join(command), flush=True)
     if args.dry_run:
         return 0

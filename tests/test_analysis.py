@@ -283,3 +283,14 @@ def test_sam_analyze_names_the_keys_of_a_checkpoint_of_another_model(quickstart_
 def test_sam_analyze_is_an_installed_console_script():
     (script,) = [s for s in entry_points(group="console_scripts") if s.name == "sam-analyze"]
     assert script.load() is main
+
+
+def test_sam_analyze_applies_overrides_and_data_root_to_the_rebuilt_config(quickstart_checkpoint):
+    """``key=value`` is an override, as sam-eval's (it was read as a second checkpoint), and
+    ``--data-root`` a string whatever it looks like in YAML (``[x`` ended in a traceback)."""
+    from sam_train.analysis.cli import _load, parse_args
+
+    args = parse_args([str(quickstart_checkpoint), "trainer.batch_size=8", "--data-root", "[x"])
+    assert args.checkpoints == [quickstart_checkpoint]
+    _, cfg, _ = _load(quickstart_checkpoint, args, torch.device("cpu"))
+    assert cfg.trainer.batch_size == 8 and cfg.dataset.root == "[x"

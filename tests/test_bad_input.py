@@ -363,6 +363,11 @@ TYPOS = [
         "--trainer.epochs=3 is not an option of sam-train: write trainer.epochs=3",
     ),
     (["seed=1", "--lr", "0.1"], "--lr is not an option of sam-train: write optimizer.lr=0.1"),
+    (
+        ["--multirn", "seed=1,2"],
+        "--multirn is not an option of sam-train: did you mean --multirun?",
+    ),
+    (["hydra.sweep.dri=x"], "unknown key hydra.sweep.dri; did you mean hydra.sweep.dir?"),
 ]
 
 
@@ -386,6 +391,13 @@ def test_typos_get_one_line_with_the_fix(cli_in_process, tmp_path, args, line):
         ["--info", "defaults"],
         ["-sc", "install=bash"],
         ["--help", "trainer.epohcs=3"],  # help is Hydra's, whatever follows
+        [  # Hydra's own keys: its schema's, and those of the plugins it leaves open
+            "hydra.launcher.partition=gpu",
+            "hydra.sweeper.n_trials=3",
+            "+hydra.job.env_set.FOO=1",
+            "hydra.job_logging.root.level=DEBUG",
+            "hydra.output_subdir=null",
+        ],
     ],
 )
 def test_valid_command_lines_pass_the_check(args):
@@ -447,3 +459,109 @@ def test_user_error_fails_in_a_real_process_before_torch_is_imported(cli, tmp_pa
     expected = f"sam-train: error: {expected}"
     assert [line for line in lines if not line.startswith("import time:")] == [expected]
     assert "hydra" in imported and "torch" not in imported
+
+
+# The checkpoint commands' overrides and flags: sam-train's answers (one implementation), read
+# before the checkpoint is (the file here is no checkpoint, so reading it would fail otherwise).
+CHECKPOINT_COMMANDS = ("sam-eval", "sam-export", "sam-predict")
+CHECKPOINT_TYPOS = [  # (commands, arguments, the line)
+    (
+        CHECKPOINT_COMMANDS,
+        ["trainer.bach_size=8"],
+        "unknown key trainer.bach_size; did you mean trainer.batch_size?",
+    ),
+    (
+        CHECKPOINT_COMMANDS,
+        ["+trainer.bach_size=8"],
+        "unknown key trainer.bach_size; did you mean trainer.batch_size?",
+    ),
+    (
+        CHECKPOINT_COMMANDS,
+        ["+trainer.eval_batch_size=8"],
+        "+trainer.eval_batch_size=8: the checkpoint's config has trainer.eval_batch_size: "
+        "write trainer.eval_batch_size=8 (no +)",
+    ),
+    (
+        CHECKPOINT_COMMANDS,
+        ["dataset=cifa10"],
+        "dataset=cifa10 (did you mean dataset=cifar10?): {prog} rebuilds the checkpoint's config "
+        "as it was trained, without choosing config groups or presets again; override single "
+        "keys (dataset.KEY=VALUE)",
+    ),
+    (
+        CHECKPOINT_COMMANDS,
+        ["experiment=quickstrat"],
+        "experiment=quickstrat (did you mean experiment=quickstart?): {prog} rebuilds the "
+        "checkpoint's config as it was trained, without choosing config groups or presets "
+        "again; override single keys (KEY=VALUE)",
+    ),
+    (
+        CHECKPOINT_COMMANDS,
+        ["trainer.eval_batch_size=abc"],
+        "trainer.eval_batch_size=abc is refused: Value 'abc' of type 'str' could not be "
+        "converted to Integer",
+    ),
+    (
+        CHECKPOINT_COMMANDS,
+        ["model.kwargs.width=[1,"],  # YAML's error, which ended in a traceback
+        "cannot parse the override 'model.kwargs.width=[1,' (expected the node content, but "
+        "found '<stream end>'); write key=value",
+    ),
+    (
+        CHECKPOINT_COMMANDS,
+        ["--batch-size", "8"],
+        "unrecognized arguments: --batch-size 8; write trainer.batch_size=8 (see --help)",
+    ),
+    (
+        ["sam-eval"],
+        ["--devcie", "cpu"],
+        "unrecognized arguments: --devcie cpu; did you mean --device? (see --help)",
+    ),
+    (
+        ["sam-eval"],
+        ["--pre-class"],
+        "unrecognized arguments: --pre-class; did you mean --per-class? (see --help)",
+    ),
+    (
+        ["sam-export"],
+        ["--emma"],
+        "unrecognized arguments: --emma; did you mean --ema? (see --help)",
+    ),
+    (
+        ["sam-predict"],
+        ["--top_k", "3"],
+        "unrecognized arguments: --top_k 3; did you mean --top-k? (see --help)",
+    ),
+]
+
+
+def _checkpoint_command(prog: str, tmp_path: Path) -> tuple[object, list[str]]:
+    """(the command's module, its valid arguments but the overrides) on a file that only
+    looks like a checkpoint."""
+    from sam_train import evaluate, export, predict
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not read")
+    image = tmp_path / "digit.png"
+    image.write_bytes(b"not read either")
+    return {
+        "sam-eval": (evaluate, [str(checkpoint), "--out", str(tmp_path / "eval")]),
+        "sam-export": (export, [str(checkpoint), "--out", str(tmp_path / "exported")]),
+        "sam-predict": (predict, [str(checkpoint), str(image), "--out", str(tmp_path / "p.csv")]),
+    }[prog]
+
+
+@pytest.mark.parametrize(
+    ("prog", "args", "line"),
+    [(prog, args, line) for progs, args, line in CHECKPOINT_TYPOS for prog in progs],
+    ids=[f"{prog} {' '.join(args)}" for progs, args, _ in CHECKPOINT_TYPOS for prog in progs],
+)
+def test_checkpoint_commands_answer_typos_as_sam_train_does(prog, args, line, tmp_path, capsys):
+    module, argv = _checkpoint_command(prog, tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        module.main([*argv, *args])
+    out = capsys.readouterr()
+    assert stop.value.code == 2 and not out.out
+    assert out.err.splitlines() == [f"{prog}: error: {line.format(prog=prog)}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "run"], "nothing written"

@@ -144,3 +144,47 @@ def test_a_path_that_is_not_a_run_is_one_line_and_exit_2(tmp_path, capsys, make,
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and err.startswith("sam-compare: error:")
+
+
+@pytest.fixture(scope="module")
+def failed_sweep(tmp_path_factory) -> Path:
+    """What a multirun leaves when the config check refuses every job: a job log each, and no
+    ``.hydra/`` (the run never started)."""
+    root = tmp_path_factory.mktemp("failed") / "sweep"
+    args = ["experiment=quickstart", "-m", "trainer.epochs=0,-1", f"hydra.sweep.dir={root}"]
+    code, err = run_in_process(args)
+    assert code == 1, err
+    return root
+
+
+def test_a_sweep_whose_jobs_all_failed_says_what_it_holds(failed_sweep, capsys):
+    """Not "holds no sam-train run": how many jobs, and the first one's log and last line."""
+    logs = sorted(failed_sweep.glob("*/train.log"))
+    assert len(logs) == 2 and not list(failed_sweep.rglob(".hydra"))
+    with pytest.raises(SystemExit) as stop:
+        compare.main([str(failed_sweep)])
+    out = capsys.readouterr()
+    epochs = logs[0].parent.name.split(",")[0]  # trainer.epochs=-1 (the sorted first)
+    assert stop.value.code == 2 and not out.out
+    assert out.err.splitlines() == [
+        f"sam-compare: error: {failed_sweep} holds 2 sweep job(s), none of which started a run; "
+        f"{logs[0]} ends: trainer.epochs must be > 0, got {epochs.split('=')[1]}"
+    ]
+    with pytest.raises(SystemExit) as stop:
+        compare.main([str(logs[1].parent)])  # one job's folder
+    assert capsys.readouterr().err.splitlines() == [
+        f"sam-compare: error: {logs[1].parent} is a sweep job that ended before its run "
+        f"started; {logs[1]} ends: trainer.epochs must be > 0, got 0"
+    ]
+
+
+def test_jobs_that_started_no_run_are_named_beside_the_table(failed_sweep, sweep, tmp_path, capsys):
+    mixed = Path(shutil.copytree(failed_sweep, tmp_path / "mixed"))
+    shutil.copytree(sweep / "sam", mixed / "sam")
+    compare.main([str(mixed)])
+    out = capsys.readouterr()
+    assert [line.split()[:2] for line in out.out.splitlines()[-1:]] == [["sam", "finished"]]
+    log = mixed / min(failed_sweep.glob("*/train.log")).relative_to(failed_sweep)
+    assert out.err.splitlines() == [
+        f"sam-compare: 2 sweep job(s) under {mixed} started no run (not in the table): see {log}"
+    ]

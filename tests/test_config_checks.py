@@ -30,6 +30,11 @@ from sam_train.config import (
         ([f"seed={2**64}"], "seed must be in [0, "),
         ([f"seed={MAX_SEED + 1}"], "seed must be in [0, "),
         (["trainer.device=mps"], "trainer.device='mps' is not one of: auto, cpu, cuda"),
+        (
+            ["optimizer.name=sdg"],  # a near miss: the nearest choice, as for a key
+            "optimizer.name='sdg' is not one of: sgd, adamw; did you mean optimizer.name=sgd?",
+        ),
+        (["trainer.amp=bf61"], "; did you mean trainer.amp=bf16?"),
         (["trainer.device=gpu"], "trainer.device='gpu' is not one of"),
         (["trainer.device=cuda:x"], "trainer.device='cuda:x' is not one of"),
         (["optimizer.momentum=-1"], "optimizer.momentum must be >= 0, got -1"),
@@ -154,6 +159,7 @@ def test_variant_options_are_declared_on_the_schema_fields():
             "start_epoch": "2",
             "past_epochs": "2",
             "decouple": "true",
+            "per_tensor": "false",
             "probability_schedule": "linear",
         }.get(option, "0.5")
         assert f"sam.{option} applies to sam={variants[0]}" in config_refusal(

@@ -179,7 +179,7 @@ def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, ki
         "garbage": "corrupt or not a torch file",
         "truncated": "corrupt or not a torch file",
         "state_dict": "is not a sam-train checkpoint",
-        "override": "Key 'nmae' not in",
+        "override": "unknown key dataset.nmae; did you mean dataset.name?",
         "folder": "is a folder, expected a checkpoint file",
         "out_is_file": "is a file, expected a folder for the results",
     }[kind]

@@ -134,3 +134,88 @@ def test_a_device_torch_does_not_know_is_one_line_before_any_work(module, run_fo
     assert code == 2
     (line,) = err.splitlines()
     assert line.endswith("error: device 'gpu' is not one of auto, cpu, cuda or cuda:N")
+
+
+# A near miss of each entry point's own flags, choices and overrides: the nearest one named, by
+# the one implementation (errors.closest; the overrides through sam-train's own check).
+NEAR_MISSES = [
+    ("sam_train.evaluate", ["{ckpt}", "--pre-class"], "unrecognized arguments: --pre-class; "),
+    ("sam_train.analysis.cli", ["{ckpt}", "--batchs", "4"], "unrecognized arguments: --batchs 4; "),
+    (
+        "sam_train.analysis.cli",
+        ["{ckpt}", "--norm-statistics", "bach"],
+        "argument --norm-statistics: invalid choice: 'bach'; ",
+    ),
+    (
+        "sam_train.analysis.cli",
+        ["{ckpt}", "trainer.bach_size=8"],
+        "unknown key trainer.bach_size; ",
+    ),
+    ("sam_train.compare", ["{run}", "--fromat", "csv"], "unrecognized arguments: --fromat csv; "),
+    ("sam_train.compare", ["{run}", "--format", "markdwn"], "argument --format: invalid choice: "),
+    ("plot_runs", ["{run}", "--out", "{run}/x.png", "--colmun", "x"], "unrecognized arguments: "),
+    ("paper_table", ["{run}", "--sedes"], "unrecognized arguments: --sedes; "),
+    ("reproduce", ["cifar1O", "--dry-run"], "argument table: invalid choice: 'cifar1O'; "),
+    ("reproduce", ["noisy_digits", "--dry-rn"], "unrecognized arguments: --dry-rn; "),
+    (
+        "reproduce",
+        ["noisy_digits", "--dry-run", "trainer.epohcs=3"],
+        "unknown key trainer.epohcs; ",
+    ),
+    ("reproduce", ["noisy_digits", "--dry-run", "sam=sma"], "sam=sma is not an option; "),
+    ("efficiency", ["tabel"], "argument action: invalid choice: 'tabel'; "),
+    ("gpu_check", ["--devcie", "cpu"], "unrecognized arguments: --devcie cpu; "),
+    ("bench.main", ["--quik"], "unrecognized arguments: --quik; "),
+]
+NEAREST = [
+    "did you mean --per-class?",
+    "did you mean --batches?",
+    "did you mean 'batch'?",
+    "did you mean trainer.batch_size?",
+    "did you mean --format?",
+    "did you mean 'markdown'?",
+    "did you mean --column?",
+    "did you mean --seeds?",
+    "did you mean 'cifar10'?",
+    "did you mean --dry-run?",
+    "did you mean trainer.epochs?",
+    "did you mean sam=sam?",
+    "did you mean 'table'?",
+    "did you mean --device?",
+    "did you mean --quick?",
+]
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "start", "nearest"),
+    [(*case, near) for case, near in zip(NEAR_MISSES, NEAREST, strict=True)],
+    ids=[f"{m} {' '.join(a)}" for m, a, _ in NEAR_MISSES],
+)
+def test_every_entry_point_names_the_nearest_flag_choice_or_key(
+    module, argv, start, nearest, run_folder, capsys
+):
+    main = importlib.import_module(module).main
+    fill = {"ckpt": run_folder / "checkpoints" / "last.pt", "run": run_folder}
+    code, err = _exit(main, [arg.format(**fill) for arg in argv], capsys)
+    assert code == 2
+    (line,) = err.splitlines()
+    message = line.split(": error: ", 1)[1]
+    assert message.startswith(start) and nearest in message, line
+    assert sorted(p.name for p in run_folder.iterdir()) == ["checkpoints"], "nothing written"
+
+
+def test_the_scripts_name_a_sweep_job_that_never_started_a_run(tmp_path, capsys):
+    """paper_table.py and plot_runs.py skip it saying so, as sam-compare refuses it: with its
+    log's last line, not 'no results.json' (the job folder as a refused job leaves it)."""
+    from sam_train.run_folder import SWEEP_RECORD
+
+    job = tmp_path / "sweep" / "seed=1"
+    job.mkdir(parents=True)
+    (tmp_path / "sweep" / SWEEP_RECORD).write_text("hydra: {}\n")
+    log = job / "train.log"
+    log.write_text("[2026-12-06 06:39:57,920][sam_train][ERROR] - trainer.epochs must be > 0\n")
+    why = f"{job} is a sweep job that ended before its run started; {log} ends: trainer.epochs "
+    code, err = _exit(paper_table.main, [str(job)], capsys)
+    assert code == 2 and err.splitlines()[0] == f"paper_table: skipping {why}must be > 0"
+    code, err = _exit(plot_runs.main, [str(job), "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 2 and err.splitlines()[0] == f"skipping {why}must be > 0"

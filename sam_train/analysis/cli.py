@@ -2,6 +2,7 @@
 
     sam-analyze outputs/run/checkpoints/last.pt
     sam-analyze sgd/checkpoints/last.pt sam/checkpoints/last.pt --labels SGD SAM --out cmp
+    sam-analyze run/checkpoints/last.pt dataset.root=/data      # key=value: as sam-eval's
 
 Each checkpoint holds its resolved config, from which the model and the training set are
 rebuilt (same split, same noisy labels). The measures use the first ``--batches`` training
@@ -19,18 +20,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sam_train.config.overrides import flag_hint
 from sam_train.errors import ArgumentParser, run_entry_point
+from sam_train.evaluate import overrides_problem, split_items
 from sam_train.paths import exit_on_problems, expect_file, expect_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(
+        flag_hint=flag_hint,
         prog="sam-analyze",
         description="Flatness of trained sam-train checkpoints: SAM sharpness, top Hessian "
         "eigenvalue, Hessian trace, 1-D and 2-D loss landscapes (filter-normalised).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="sam-train checkpoint files")
+    parser.add_argument(
+        "items",
+        nargs="+",
+        metavar="CHECKPOINT|key=value",
+        help="checkpoint files, and overrides of their configs (e.g. dataset.root=data)",
+    )
     parser.add_argument("--labels", nargs="+", help="a name per checkpoint (default: sam=...)")
     parser.add_argument(
         "--out", type=Path, help="output folder (default: <run>/analysis for one checkpoint)"
@@ -66,7 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", help="override dataset.root of the checkpoints")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="batches, directions, vectors")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    args.overrides, args.checkpoints = split_items(args.items)
+    _check_options(parser, args)
+    _check_paths(parser.prog, args)
+    return args
+
+
+def _check_options(parser: ArgumentParser, args: argparse.Namespace) -> None:
+    """Numbers in range, a label per checkpoint, ``--out`` for several: argparse's one line."""
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         parser.error(f"--labels needs {len(args.checkpoints)} names, got {len(args.labels)}")
     if args.out is None and len(args.checkpoints) > 1:
@@ -78,13 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be >= 1")
     if args.trace_samples < 0 or args.span <= 0 or any(r <= 0 for r in args.rho):
         parser.error("--trace-samples must be >= 0, --span and --rho > 0")
-    _check_paths(parser.prog, args)
-    return args
 
 
 def _check_paths(prog: str, args: argparse.Namespace) -> None:
-    """Before any work: checkpoint files, and folders where ``--out`` and ``--data-root``
-    name something that is not one."""
+    """Before any work: checkpoint files, folders where ``--out`` and ``--data-root`` name
+    something that is not one, and overrides that cannot apply."""
     folders = {"out": "an output folder", "data_root": "a data folder (--data-root)"}
     given = {key: value for key in folders if (value := getattr(args, key))}
     exit_on_problems(
@@ -92,6 +107,7 @@ def _check_paths(prog: str, args: argparse.Namespace) -> None:
         [
             *map(expect_file, args.checkpoints),
             *(expect_folder(value, folders[key], exists=False) for key, value in given.items()),
+            overrides_problem(args.overrides, prog),
         ],
     )
 
@@ -102,8 +118,8 @@ def _load(path: Path, args: argparse.Namespace, device):
     from sam_train.build import model_from_checkpoint
     from sam_train.strategy import SingleProcess
 
-    overrides = [] if args.data_root is None else [f"dataset.root={args.data_root}"]
-    return model_from_checkpoint(path, SingleProcess(device=device), overrides)
+    root = [] if args.data_root is None else [f"dataset.root={json.dumps(args.data_root)}"]
+    return model_from_checkpoint(path, SingleProcess(device=device), [*args.overrides, *root])
 
 
 def _training_batches(cfg, args: argparse.Namespace, device) -> list:

@@ -4,13 +4,14 @@ multi-line composition error (which also advises ``+key=`` for a typo).
 Checked here, against the schema (``schema.TrainConfig``) and the files under ``configs/``:
 argparse-style flags (``--epochs 3``), overrides Hydra cannot parse, misspelt keys (with or
 without ``+``), unknown group options (``sam=sma``, presets in subfolders such as
-``experiment=paper/noisy_digits``) and values a field's type refuses (``seed=1.5``). Hydra's own
-flags and ``hydra.*`` overrides pass through untouched. Torch-free and cheap (no composition).
+``experiment=paper/noisy_digits``) and values a field's type refuses (``seed=1.5``); ``hydra.*``
+keys against Hydra's own schema (their values, and Hydra's flags, are Hydra's). The same checks
+answer the overrides of the commands that rebuild a checkpoint's config (sam-eval, sam-export,
+sam-predict, sam-analyze). Torch-free and cheap (no composition).
 """
 
 from __future__ import annotations
 
-import difflib
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
@@ -18,7 +19,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
+import yaml
 from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+from hydra.conf import HydraConf
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
 from hydra.errors import HydraException
@@ -26,7 +29,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sam_train.config.schema import TrainConfig
-from sam_train.errors import ConfigError
+from sam_train.errors import ConfigError, closest, closest_flag
 
 MAX_LISTED = 12  # options named when none is close
 
@@ -59,8 +62,12 @@ def check_command_line(argv: list[str], config_dir: str | Path) -> None:
     chosen = _chosen_groups(folder, overrides, groups)
     for override in overrides:
         name = override.key_or_group
+        if name.startswith("hydra.") and _schema_field(name, hydra_keys()) is None:
+            near = closest(name, hydra_keys())
+            hint = f"did you mean {near}?" if near else "sam-train --cfg hydra lists them"
+            raise ConfigError(f"unknown key {name}; {hint}")
         if name.startswith("hydra") or override.package is not None:
-            continue  # Hydra's own settings, or a config placed at another package
+            continue  # Hydra's own settings (their values Hydra's), or a config placed elsewhere
         if name in groups and not override.is_delete():
             _check_add(override, chosen)
             _check_options(name, _values(override), groups[name])
@@ -68,10 +75,47 @@ def check_command_line(argv: list[str], config_dir: str | Path) -> None:
             _check_key(override, groups)
 
 
-def closest(word: str, candidates: Iterable[str]) -> str | None:
-    """The candidate nearest to ``word`` (difflib, as Python's own "did you mean"), if any."""
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
+def checkpoint_overrides_problem(
+    overrides: Iterable[str], config_dir: str | Path, prog: str
+) -> str | None:
+    """Why ``key=value`` overrides of a checkpoint's config (sam-eval, sam-export, sam-predict,
+    sam-analyze) cannot apply, in one line (None: they can): sam-train's answers for a misspelt
+    key, a group option or a value the key's type refuses. The checkpoint's config is rebuilt
+    as it was trained, so a group is not chosen again and nothing is added (``+``) or removed."""
+    groups = config_groups(Path(config_dir))
+    try:
+        for text in overrides:
+            given, _, value = text.partition("=")
+            key = given.lstrip("+~")
+            if key in groups:
+                return _group_choice(prog, key, value, groups[key])
+            _check_field(key, value, _dotlist_values(f"{key}={value}", key), groups)
+            if given.startswith("~"):
+                return f"{text}: {prog} cannot remove a key of the checkpoint's config"
+            if given != key:
+                return f"{text}: the checkpoint's config has {key}: write {key}={value} (no +)"
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def _dotlist_values(text: str, key: str) -> Iterator[Any]:
+    """The value of ``key=value`` as the checkpoint commands read it (``OmegaConf.from_dotlist``,
+    YAML), only once the key is known."""
+    try:
+        yield OmegaConf.select(OmegaConf.from_dotlist([text]), key)
+    except (yaml.YAMLError, OmegaConfBaseException) as err:
+        raise _unparsable(text, err) from err
+
+
+def _group_choice(prog: str, group: str, option: str, options: tuple[str, ...]) -> str:
+    """A group option (``dataset=cifar10``, ``experiment=...``) given to a checkpoint command."""
+    near = "" if option in options else f" ({_option_hint(group, option, options)})"
+    example = f"{group}.KEY=VALUE" if group in schema_keys() else "KEY=VALUE"
+    return (
+        f"{group}={option}{near}: {prog} rebuilds the checkpoint's config as it was trained, "
+        f"without choosing config groups or presets again; override single keys ({example})"
+    )
 
 
 def _check_flags(argv: list[str], parser: Any) -> None:
@@ -88,7 +132,9 @@ def _check_flags(argv: list[str], parser: Any) -> None:
         else:
             value = "..."
         name = flag.lstrip("-").replace("-", "_")
-        raise ConfigError(f"{arg} is not an option of sam-train: {_flag_hint(name, value)}")
+        near = closest_flag(flag, known)
+        hint = f"did you mean {near}?" if near else flag_hint(name, value)
+        raise ConfigError(f"{arg} is not an option of sam-train: {hint}")
 
 
 def _is_known_flag(flag: str, known: set[str]) -> bool:
@@ -99,8 +145,11 @@ def _is_known_flag(flag: str, known: set[str]) -> bool:
     return flag.startswith("--") and len(longer) == 1
 
 
-def _flag_hint(name: str, value: str) -> str:
-    keys = schema_keys()
+def flag_hint(name: str, value: str) -> str:
+    """What to write for a flag ``--name value`` that no command has: ``trainer.epochs=3``, the
+    key of that name (or of that last part), else the nearest key; values, not sections
+    (``--ema`` is no ``ema=...``)."""
+    keys = [key for key in schema_keys() if not any(k.startswith(f"{key}.") for k in schema_keys())]
     if name in keys:
         return f"write {name}={value}"
     same_leaf = sorted(key for key in keys if key.rsplit(".", 1)[-1] == name)
@@ -116,10 +165,12 @@ def _parse(text: str) -> Override:
     try:
         return OverridesParser.create().parse_override(text)
     except HydraException as err:  # OverrideParseException, or the grammar's own
-        reason = str(err).splitlines()[0]
-        raise ConfigError(
-            f"cannot parse the override {text!r} ({reason}); write key=value"
-        ) from err
+        raise _unparsable(text, err) from err
+
+
+def _unparsable(text: str, err: Exception) -> ConfigError:
+    reason = getattr(err, "problem", None) or str(err).strip().splitlines()[0]  # YAML's, Hydra's
+    return ConfigError(f"cannot parse the override {text!r} ({reason}); write key=value")
 
 
 def _values(override: Override) -> Iterator[Any]:
@@ -198,24 +249,32 @@ def _option_hint(group: str, option: str, options: tuple[str, ...]) -> str:
 
 
 def _check_key(override: Override, groups: dict[str, tuple[str, ...]]) -> None:
-    key = override.key_or_group
+    values = [] if override.is_delete() else _values(override)  # a key removed: no value
+    _check_field(override.key_or_group, _text(override), values, groups)
+
+
+def _check_field(
+    key: str, text: str, values: Iterable[Any], groups: dict[str, tuple[str, ...]]
+) -> None:
+    """``key`` is in the schema (else the nearest key) and its type takes each value."""
     field = _schema_field(key)
     if field is None:
         raise ConfigError(_unknown_key(key, groups))
+    values = list(values)  # parsed, and refused if unparsable, under an open dict too
     owner, name = field
-    if owner is None or override.is_delete():
-        return  # under an open dict (model.kwargs), or a key removed
+    if owner is None:
+        return  # under an open dict (model.kwargs)
     node = OmegaConf.structured(owner)
-    for value in _values(override):
+    for value in values:
         try:
             OmegaConf.update(node, name, value, merge=True)
         except OmegaConfBaseException as err:
             reason = str(err).splitlines()[0]
-            raise ConfigError(f"{key}={_text(override)} is refused: {reason}") from err
+            raise ConfigError(f"{key}={text} is refused: {reason}") from err
 
 
 def _text(override: Override) -> str:
-    return override.input_line.split("=", 1)[1] if override.input_line else "?"
+    return (override.input_line or "=?").partition("=")[2]  # "" for a removal (~key)
 
 
 def _unknown_key(key: str, groups: dict[str, tuple[str, ...]]) -> str:
@@ -246,9 +305,19 @@ def _walk(cls: type, prefix: str) -> Iterator[tuple[str, tuple[type | None, str]
             yield from _walk(kind, f"{key}.")
 
 
-def _schema_field(key: str) -> tuple[type | None, str] | None:
-    """(dataclass, field) of ``key``; (None, key) below an open dict field (model.kwargs)."""
-    keys = schema_keys()
+@cache
+def hydra_keys() -> dict[str, tuple[type | None, str]]:
+    """Every key of Hydra's own schema (``hydra.run.dir``, ...); its launcher and sweeper are
+    open (their keys are the chosen plugin's)."""
+    return dict(_walk(HydraConf, "hydra."))
+
+
+def _schema_field(
+    key: str, keys: dict[str, tuple[type | None, str]] | None = None
+) -> tuple[type | None, str] | None:
+    """(dataclass, field) of ``key`` in ``keys`` (default: the schema's); (None, key) below an
+    open field: a dict (``model.kwargs``) or ``Any`` (Hydra's ``launcher``)."""
+    keys = schema_keys() if keys is None else keys
     if key in keys:
         return keys[key]
     parts = key.split(".")
@@ -257,7 +326,7 @@ def _schema_field(key: str) -> tuple[type | None, str] | None:
         if parent is not None:
             owner, name = parent
             kind = _unwrap(get_type_hints(owner)[name]) if owner else None
-            return (None, key) if get_origin(kind) is dict or kind is dict else None
+            return (None, key) if get_origin(kind) is dict or kind in (dict, Any) else None
     return None
 
 

@@ -19,7 +19,6 @@ from typing import Any, get_args, get_type_hints
 
 from omegaconf import OmegaConf, read_write
 
-from sam_train.config.overrides import closest
 from sam_train.config.schema import (
     CIFAR_DATASETS,
     CIFAR_IMAGE_SIZE,
@@ -38,7 +37,7 @@ from sam_train.config.schema import (
     TrainConfig,
     transform_options,
 )
-from sam_train.errors import ConfigError
+from sam_train.errors import ConfigError, closest
 from sam_train.paths import expect_file
 
 _BRACKETS = {"ge": "[", "gt": "(", "le": "]", "lt": ")"}
@@ -192,7 +191,9 @@ def _num(x: float) -> str:
 
 def _not_one_of(key: str, value: Any, choices: Sequence[Any]) -> str:
     if all(isinstance(c, str) for c in choices):
-        return f"{key}={value!r} is not one of: {', '.join(choices)}"
+        near = closest(str(value), choices)
+        hint = f"; did you mean {key}={near}?" if near else ""
+        return f"{key}={value!r} is not one of: {', '.join(choices)}{hint}"
     return f"{key} must be {' or '.join(_num(c) for c in choices)}, got {value}"
 
 
