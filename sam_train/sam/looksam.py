@@ -38,7 +38,7 @@ from sam_train.sam.sam import (
     global_norm,
     non_negative,
 )
-from sam_train.sam.sharded import is_sharded, replicated_value
+from sam_train.sam.sharded import is_sharded, local, replicated_value
 
 #: What the reused direction's scale and the projection's coefficient are: one 0-d tensor
 #: (over all weights) or one per parameter tensor.
@@ -59,6 +59,15 @@ def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     if tensors and is_sharded(tensors[0]):
         return tensor_dots(tensors, tensors).sqrt()
     return torch.stack(torch._foreach_norm(tensors))
+
+
+def _zero_if_nonfinite(g_v: list[torch.Tensor]) -> None:
+    """A SAM step whose gradients overflowed (fp16) is skipped, and a g_v computed from them
+    would make the next k - 1 steps non-finite too (each halving GradScaler's scale): zero it
+    on the device instead (no host read), so those steps apply the plain gradient."""
+    finite = torch.isfinite(global_norm(g_v))
+    for tensor in g_v:
+        local(tensor).masked_fill_(~finite, 0.0)
 
 
 class LookSAM(IntervalSAM):
@@ -110,7 +119,9 @@ class LookSAM(IntervalSAM):
             # g_v = g_s - c g; g (the kept first gradient) is scaled in place: a tensor alpha
             # would be read back to the host, and g is not needed after this step
             torch._foreach_mul_(g, c)
-            torch._foreach_sub_([self._g_v[p] for p in params], g)
+            g_v = [self._g_v[p] for p in params]
+            torch._foreach_sub_(g_v, g)
+            _zero_if_nonfinite(g_v)
             return
         params = [p for p in params if p in self._g_v]
         if not params:
