@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 
 from sam_train import callbacks as cb
 from sam_train.checkpoint import MODEL, load_checkpoint, load_model_state, saved_config
-from sam_train.config import SAM_VARIANT_OPTIONS
+from sam_train.config import SAM_VARIANT_OPTIONS, mixes, per_device_batch
 from sam_train.config.schema import (
     DEVICE_PATTERN,
     INDEXED_VARIANTS,
@@ -109,24 +109,6 @@ def build_precision(amp: str, device: torch.device, *, training: bool = True) ->
             "than fp32; use trainer.amp=bf16 or trainer.amp=none for a CPU run"
         )
     return Precision(amp, device, scaler)
-
-
-def per_device_batch(cfg: DictConfig, world_size: int) -> int:
-    """The per-device batch, which accumulation and m-sharpness must divide."""
-    batch = cfg.trainer.batch_size
-    if batch % world_size:
-        raise ConfigError(
-            f"trainer.batch_size={batch} (global) must be divisible by the {world_size} processes"
-        )
-    per_device = batch // world_size
-    where = f"the per-device batch {per_device} (trainer.batch_size={batch} over {world_size}"
-    if per_device % cfg.trainer.accum_steps:
-        raise ConfigError(f"trainer.accum_steps={cfg.trainer.accum_steps} must divide {where})")
-    if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
-        raise ConfigError(f"sam.m={cfg.sam.m} must divide {where} processes)")
-    if mixes(cfg) and per_device % 2:
-        raise ConfigError(f"Mixup/CutMix pairs images: {where} processes) must be even")
-    return per_device
 
 
 # ---------------------------------------------------------------------------- data
@@ -360,11 +342,6 @@ def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, updates_
         optimizer, **scheduler_kwargs(cfg, epochs, updates_per_epoch)
     )
     return scheduler
-
-
-def mixes(cfg: DictConfig) -> bool:
-    """Mixup or CutMix is on (either alpha above 0)."""
-    return bool(cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha)
 
 
 def build_mixup(cfg: DictConfig) -> timm.data.Mixup | None:

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sam_train.config import adjust, register_configs, validate
+from sam_train.config import adjust, per_device_batch, register_configs, validate
 from sam_train.config.overrides import check_command_line, flags_first
 from sam_train.console import to_log_files
 from sam_train.errors import (
@@ -98,6 +98,7 @@ def config_dir() -> str:
 register_configs()
 
 _launch_time: float | None = None
+_world_size = 1  # the processes of a launch, from the process group main() joins
 
 
 def launch_time(pattern: str) -> str:
@@ -187,6 +188,7 @@ def _train_job(cfg: DictConfig) -> float | None:
     """One job: check, adjust, train. Returns best_acc1 (the value Hydra sweepers optimise)."""
     global _task_config
     validate(cfg)
+    per_device_batch(cfg, _world_size)  # the batch's split: a launch's workers stop before torch
     for warning in adjust(cfg):
         log.warning("%s", warning)
     _task_config = cfg
@@ -307,7 +309,7 @@ def main() -> None:
     if not _launched_distributed():
         _run_and_summarise()
         return
-    global _launch_time
+    global _launch_time, _world_size
     from sam_train.strategy import process_group
 
     try:
@@ -316,7 +318,7 @@ def main() -> None:
         print(f"sam-train: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     with process_group.exits_worker():
-        _launch_time = process_group.shared_time()
+        _launch_time, _world_size = process_group.shared_time(), info.world_size
         if not info.is_main:
             sys.argv += _follower_overrides(sys.argv[1:])
         _run_and_summarise()  # Hydra turns every failure of the job into SystemExit

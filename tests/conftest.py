@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +33,18 @@ TINY_RUN = [
 ]
 # The tests' quick training run: the quickstart preset (digits, CPU) for two epochs, a few seconds.
 QUICK = ["experiment=quickstart", "trainer.epochs=2", "scheduler.warmup_epochs=1"]
+# The quick run the stop-and-resume tests compare bit for bit: dropout and label noise make a
+# resumed run depend on every random draw being restored; a checkpoint after every step.
+# 451 test images: shards of 226 and 225 for two processes, in 2 and 1 batches of 225.
+RESUMABLE = [
+    *QUICK,
+    "trainer.log_every=1",
+    "checkpoint.every_n_steps=1",
+    "model.kwargs.drop_rate=0.2",
+    "dataset.label_noise=0.2",
+    "dataset.test_fraction=0.2505",
+    "trainer.eval_batch_size=225",
+]
 register_configs()
 # In-process runs use one thread like the child processes (subprocess_env): a resumed run is
 # compared bit for bit with its reference, and thread counts change float reductions.
@@ -102,15 +119,46 @@ def sam_train_command(args: list[str]) -> list[str]:
 
 def torchrun_command(args: list[str], restarts: int = 0) -> list[str]:
     """``torchrun --standalone`` with two CPU workers; ``args`` as after torchrun's options."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        f"--max-restarts={restarts}",
-        *args,
-    ]
+    return [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(args, restarts)]
+
+
+def _torchrun_args(args: list[str], restarts: int) -> list[str]:
+    return ["--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}", *args]
+
+
+def start_torchrun(args: list[str], cwd: Path, restarts: int = 0) -> ForkedRun:
+    """torchrun_command's launch with the agent in a forked child of this process (its
+    imports, 2 s of CPU, are not paid again); the workers are new interpreters with the
+    tests' child environment, as under a torchrun of their own."""
+
+    def agent() -> None:
+        from torch.distributed.run import main
+
+        os.environ.update(subprocess_env())
+        main(_torchrun_args(args, restarts))
+
+    return ForkedRun(agent, cwd)
+
+
+def torchrun(args: list[str], cwd: Path, restarts: int = 0) -> tuple[int, str]:
+    """start_torchrun to its end: (exit code, the agent's and the workers' output)."""
+    launch = start_torchrun(args, cwd, restarts)
+    output = launch.communicate()
+    return launch.returncode, output
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory) -> Path:
+    """RESUMABLE under torchrun with two workers, launched once per test process (each launch
+    is 15 s of CPU): test_distributed checks its run folder and test set, test_resume's
+    stopped and restarted copies must end with its weights. Microseconds in the folder name:
+    ranks resolving their own clock could never agree on it."""
+    work = tmp_path_factory.mktemp("two_process")
+    folder = "hydra.run.dir=outputs/q/${launch_time:%H-%M-%S-%f}"
+    code, output = torchrun(["-m", "sam_train", *RESUMABLE, folder], work)
+    assert code == 0, output[-5000:]
+    (run,) = (work / "outputs" / "q").iterdir()
+    return run
 
 
 def run_cli(
@@ -159,6 +207,105 @@ def run_in_process(args: list[str]) -> tuple[int, str]:
 @pytest.fixture
 def cli_in_process():
     return run_in_process
+
+
+class ForkedRun:
+    """``fn()`` in a forked child of this test process, its stdout and stderr on one pipe
+    (``.stdout``): a real process (its own signals, exit code and global state) that skips a
+    new interpreter's imports, 6 s of CPU for sam-train. ``fn``'s SystemExit is the exit
+    code; ``returncode`` is -N for a child killed by signal N, as ``subprocess.Popen`` says.
+    ``stderr_only``: stdout goes to /dev/null; ``new_session``: as Popen's
+    ``start_new_session`` (a signal sent to the child reaches it alone)."""
+
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        cwd: Path,
+        *,
+        stderr_only: bool = False,
+        new_session: bool = False,
+    ) -> None:
+        read_end, write_end = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()  # or the child would write this process's buffers again
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(read_end)
+            if new_session:
+                os.setsid()
+            stdout = os.open(os.devnull, os.O_WRONLY) if stderr_only else write_end
+            _forked_child(fn, cwd, stdout, write_end)
+        os.close(write_end)
+        self.stdout = os.fdopen(read_end, "r", errors="replace")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def communicate(self, timeout: float = 600) -> str:
+        """The rest of the output once the child has ended; a guard against a hang only: past
+        ``timeout`` seconds the child is killed and TimeoutError raised."""
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.append(self.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if reader.is_alive():
+            self.kill()
+            raise TimeoutError(f"the forked run was still writing after {timeout} s")
+        self.stdout.close()
+        self.wait()
+        return rest[0]
+
+
+def _forked_child(fn: Callable[[], object], cwd: Path, stdout: int, stderr: int) -> None:
+    """The child's side: its output to the given descriptors, ``fn()``, then ``os._exit``
+    without the test process's exit handlers (pytest's and its plugins' are the parent's)."""
+    code = 1
+    try:
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (until _exit)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        os.chdir(cwd)
+        try:
+            fn()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        logging.shutdown()  # the run's log handlers: flushed and closed
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def fork_cli(args: list[str], cwd: Path, **options: bool) -> ForkedRun:
+    """``sam-train ARGS`` through its entry point in a forked child (see ForkedRun)."""
+
+    def main() -> None:
+        from sam_train import cli as cli_module
+
+        sys.argv = ["sam-train", *args]
+        cli_module.main()
+
+    return ForkedRun(main, cwd, **options)
 
 
 # (group, option) -> what else it needs to compose and build: options that apply to one kind

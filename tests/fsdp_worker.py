@@ -40,7 +40,8 @@ CASES = {
     "sam": (SAM, {}),
     "asam": (SAM, {"adaptive": True}),
     "gsam": (GSAM, {"alpha": 0.3}),
-    "looksam": (VARIANTS["looksam"], {"k": 2}),
+    "looksam": (VARIANTS["looksam"], {"k": 2}),  # per tensor
+    "looksam all weights": (VARIANTS["looksam"], {"k": 2, "per_tensor": False}),
     "interval": (VARIANTS["interval"], {"k": 2}),
     "fsam": (VARIANTS["fsam"], {}),
     "p=inf": (SAM, {"p": float("inf")}),

@@ -1,7 +1,8 @@
-"""``python tests/sigkill_worker.py STEP ARGS...``: sam-train ARGS, SIGKILLed right after the
-callbacks of step STEP (a checkpoint written at that step included), with every child process
-(wandb's service): no handler, atexit or flush runs, as when a scheduler or the OOM killer ends
-the job."""
+"""``kill_at(STEP)``: callbacks that SIGKILL this process right after the callbacks of step
+STEP (a checkpoint written at that step included), with every child process (wandb's
+service): no handler, atexit or flush runs, as when a scheduler or the OOM killer ends the job.
+``python tests/sigkill_worker.py STEP ARGS...`` runs sam-train ARGS so; test_logger_resume.py
+calls :func:`main` in a forked child of the test process instead (no second import of torch)."""
 
 import contextlib
 import os
@@ -30,13 +31,14 @@ class KillAt(Callback):
                     os.kill(pid, signal.SIGKILL)
 
 
-def main() -> None:
-    kill = KillAt(int(sys.argv[1]))
+def main(step: int, args: list[str]) -> None:
+    """``sam-train ARGS``, killed after step ``step`` (in this process: patches the factory)."""
+    kill = KillAt(step)
     original = train_module.build_callbacks
     train_module.build_callbacks = lambda *a, **k: [*original(*a, **k), kill]
-    sys.argv = ["sam-train", *sys.argv[2:]]
+    sys.argv = ["sam-train", *args]
     cli.main()
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]), sys.argv[2:])

@@ -436,12 +436,17 @@ def test_hydra_flags_may_follow_the_overrides(cli_in_process, tmp_path):
     [
         (["--epochs", "3"], "--epochs is not an option of sam-train: write trainer.epochs=3"),
         (["experiment=quickstart", "trainer.epochs=0"], "trainer.epochs must be > 0, got 0"),
+        (
+            ["experiment=quickstart", "sam.m=5"],
+            "sam.m=5 must divide the per-device batch 64 (trainer.batch_size=64 over 1 processes)",
+        ),
     ],
-    ids=["typo", "bad value"],
+    ids=["typo", "bad value", "batch split"],
 )
 def test_user_error_fails_in_a_real_process_before_torch_is_imported(cli, tmp_path, args, expected):
     """``python -m sam_train --epochs 3`` (the command-line check) or ``trainer.epochs=0``
-    (Hydra, then the validator): one line, exit 2, and torch never imported (Python's own
+    (Hydra, then the validator) or a batch m-sharpness cannot split (the CLI's check, as
+    it is in a launch's workers): one line, exit 2, and torch never imported (Python's own
     import log, ``PYTHONPROFILEIMPORTTIME``, lists every module the process loaded). Each
     worker of a launch with a bad value saves the import of torchvision and timm too."""
     args = [*args, f"hydra.run.dir={tmp_path / 'run'}"]

@@ -159,6 +159,7 @@ def test_variant_options_are_declared_on_the_schema_fields():
             "start_epoch": "2",
             "past_epochs": "2",
             "decouple": "true",
+            "per_tensor": "false",
             "probability_schedule": "linear",
         }.get(option, "0.5")
         assert f"sam.{option} applies to sam={variants[0]}" in config_refusal(

@@ -1,4 +1,5 @@
-"""Two processes on CPU (gloo), launched with torchrun as a user would.
+"""Two processes on CPU (gloo), launched with torchrun as a user would (the agent forked from
+the test process: see conftest.start_torchrun).
 
 Few launches (each pays ~15 s of imports): tests/ddp_worker.py runs the step-level checks
 (perturbation modes against hand-computed SAM, m-sharpness, all-reduce counts, fp16 skips,
@@ -9,12 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, subprocess_env, torchrun_command
+from conftest import REPO, torchrun
 from torch.utils.data import DataLoader
 
 from sam_train.data import build_datasets
@@ -24,23 +23,10 @@ from sam_train.step import evaluate
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
-def torchrun(
-    args: list[str], cwd: Path, timeout: float = 600, restarts: int = 0
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        torchrun_command(args, restarts),
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_step_under_ddp_matches_single_process_references(tmp_path):
-    result = torchrun([str(REPO / "tests" / "ddp_worker.py")], cwd=tmp_path)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    code, output = torchrun([str(REPO / "tests" / "ddp_worker.py")], tmp_path)
+    assert code == 0, output[-5000:]
+    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
     counts = json.loads(line.removeprefix("RESULT "))
     # One bucket (the models are far below DDP's 25 MB cap): per-replica eps syncs once per
     # step, sync_perturbation twice; accumulation and m-sharpness add nothing.
@@ -57,30 +43,15 @@ def test_step_under_ddp_matches_single_process_references(tmp_path):
 
 def test_restarted_group_joins_despite_the_previous_attempts_store_keys(tmp_path):
     """torchrun reuses one store across restarts; a restart must not dial the dead attempt."""
-    result = torchrun([str(REPO / "tests" / "restart_worker.py")], cwd=tmp_path, restarts=1)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    restarted = re.findall(r"RESTARTED rank (\d) attempt (\d)", result.stdout)
-    assert sorted(restarted) == [("0", "1"), ("1", "1")], result.stdout
+    code, output = torchrun([str(REPO / "tests" / "restart_worker.py")], tmp_path, restarts=1)
+    assert code == 0, output[-5000:]
+    restarted = re.findall(r"RESTARTED rank (\d) attempt (\d)", output)
+    assert sorted(restarted) == [("0", "1"), ("1", "1")], output
 
 
-def test_two_process_quickstart_one_run_folder_exact_test_set(tmp_path):
-    # 451 test images: shards of 226 and 225, evaluated in 2 and 1 batches of 225.
-    # Microseconds in the folder name: ranks resolving their own clock could never agree.
-    result = torchrun(
-        [
-            "-m",
-            "sam_train",
-            "experiment=quickstart",
-            "trainer.epochs=2",
-            "scheduler.warmup_epochs=1",
-            "dataset.test_fraction=0.2505",
-            "trainer.eval_batch_size=225",
-            "hydra.run.dir=outputs/q/${launch_time:%H-%M-%S-%f}",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    (run,) = (tmp_path / "outputs" / "q").iterdir()
+def test_two_process_quickstart_one_run_folder_exact_test_set(two_process_run):
+    """One run folder (the fixture finds exactly one), the test set split exactly."""
+    run = two_process_run
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["test_images"] == 451
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
@@ -100,11 +71,10 @@ def test_two_process_quickstart_one_run_folder_exact_test_set(tmp_path):
 
 
 def test_user_error_under_torchrun_stops_every_rank_with_exit_2(tmp_path):
-    result = torchrun(
-        ["-m", "sam_train", "experiment=quickstart", "trainer.batch_size=63"], cwd=tmp_path
+    code, output = torchrun(
+        ["-m", "sam_train", "experiment=quickstart", "trainer.batch_size=63"], tmp_path
     )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    assert code != 0
     assert "must be divisible by the 2 processes" in output, output[-3000:]
     assert re.search(r"exitcode\s*:\s*2\b", output), output[-3000:]  # not a crash (-6)
     assert not re.search(r'File ".*sam_train/', output), output[-3000:]  # no worker traceback

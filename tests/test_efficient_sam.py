@@ -7,15 +7,22 @@ The problems are quadratics L(w) = 1/2 w^T A w (gradient A w), as in test_sam_va
 from __future__ import annotations
 
 import copy
+import multiprocessing
+import os
+import signal
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, config_refusal
+from conftest import compose_config, config_refusal, run_in_process
 from sam_reference import CPU, sam_step, sgd_step, train
 from test_lifecycle import BASE, _Act, _assert_same_weights, _last, inject  # noqa: F401
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
+import sam_train.train as train_module
 from sam_train.config import ConfigError
 from sam_train.config.schema import RST_SCHEDULES, WEIGHT_PERTURBATION_VARIANTS
 from sam_train.sam import (
@@ -937,6 +944,18 @@ def test_efficient_variants_refuse_what_they_cannot_do_in_one_line(overrides, me
 
 
 # --------------------------------------------------------------------------- crash and resume
+CHECKPOINT_EVERY = 4  # steps: a crash after step 25 resumes from step 24's, mid-epoch
+
+
+def _resumes_like_the_whole_run(args: list[str], crashed: Path, whole: Path, at: int) -> None:
+    """``args`` crashed into ``crashed`` after step ``at``: resumed from the checkpoint before,
+    it ends with the weights of the uninterrupted run in ``whole``."""
+    assert _last(crashed)["global_step"] == at - at % CHECKPOINT_EVERY
+    code, err = run_in_process([*args, "resume=auto"])
+    assert code == 0, err
+    _assert_same_weights(_last(crashed)["model"], _last(whole)["model"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
@@ -971,15 +990,53 @@ def test_a_crashed_run_resumes_bit_identically(cli_in_process, inject, tmp_path,
         raise RuntimeError("simulated crash")
 
     inject(_Act(25, crash))
-    args = [*BASE, *variant, "checkpoint.every_n_steps=4", f"hydra.run.dir={crashed}"]
+    args = [*BASE, *variant, f"checkpoint.every_n_steps={CHECKPOINT_EVERY}"]
+    args.append(f"hydra.run.dir={crashed}")
     code, err = cli_in_process(args)
     assert code == 1 and "simulated crash" in err
-    assert _last(crashed)["global_step"] == 24
-    code, err = cli_in_process([*args, "resume=auto"])
-    assert code == 0, err
-    _assert_same_weights(_last(crashed)["model"], _last(whole)["model"])
+    _resumes_like_the_whole_run(args, crashed, whole, 25)
     ours, theirs = _last(crashed)["optimizer"]["sam"], _last(whole)["optimizer"]["sam"]
     assert str(ours) == str(theirs)  # counters, statistics, generator states, EMA
+
+
+def _killed_after(step: int, args: list[str]) -> int | None:
+    """``sam-train ARGS`` in a forked child of this process (a process of its own, without
+    importing torch again), SIGKILLed right after step ``step``'s callbacks: no handler,
+    flush or atexit runs. Returns the child's exit code."""
+
+    def child() -> None:
+        kill = _Act(step, lambda: os.kill(os.getpid(), signal.SIGKILL))
+        original = train_module.build_callbacks
+        train_module.build_callbacks = lambda *a, **k: [*original(*a, **k), kill]
+        run_in_process(args)
+
+    sys.stdout.flush()
+    sys.stderr.flush()  # or the child would write this process's buffers again
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join()
+    return process.exitcode
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["msam", "wsam", "ksam"])
+def test_a_killed_process_resumes_bit_identically(tmp_path, variant):
+    """A real process killed mid-run (SIGKILL after step 13 of one 21-step epoch: half the
+    steps of the test above) and resumed from its step-12 checkpoint ends with the
+    uninterrupted run's weights and optimizer state: MSAM's momentum (its perturbation's
+    direction), WSAM's and K-SAM's base optimizer."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run = [*BASE, "trainer.epochs=1", "scheduler.warmup_epochs=0", f"sam={variant}"]
+    code, err = run_in_process([*run, f"hydra.run.dir={whole}"])
+    assert code == 0, err
+    args = [*run, f"checkpoint.every_n_steps={CHECKPOINT_EVERY}", f"hydra.run.dir={killed}"]
+    assert _killed_after(13, args) == -signal.SIGKILL
+    _resumes_like_the_whole_run(args, killed, whole, 13)
+    ours, ours_spec = tree_flatten(_last(killed)["optimizer"])
+    theirs, theirs_spec = tree_flatten(_last(whole)["optimizer"])
+    assert ours_spec == theirs_spec
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def test_weight_grad_fraction_is_one_for_sgd_and_two_for_sam():

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, REPO, run_in_process, subprocess_env, torchrun_command
+from conftest import QUICK, REPO, run_in_process, torchrun
 
 from sam_train import evaluate as sam_eval
 from sam_train.build import build_run, build_strategy
@@ -192,19 +191,12 @@ def test_sam_eval_refuses_a_bad_file_with_one_line(trained, tmp_path, capsys, ki
 def test_sam_eval_under_torchrun_scores_every_test_image_once(trained, tmp_path):
     best = trained / "checkpoints" / "best.pt"
     out = tmp_path / "ddp"
-    result = subprocess.run(
-        torchrun_command(["-m", "sam_train.evaluate", str(best), "--out", str(out)]),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=subprocess_env(),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, output = torchrun(["-m", "sam_train.evaluate", str(best), "--out", str(out)], REPO)
+    assert code == 0, output[-3000:]
     (scored,) = _results(out)
     results = json.loads((trained / "results.json").read_text())
     assert scored["count"] == 450 and scored["acc1"] == results["best_acc1"]
-    assert result.stdout.count(f"{best}:") == 1  # rank 0 prints
+    assert output.count(f"{best}:") == 1  # rank 0 prints
 
 
 # ---------------------------------------------------------------------------- init_from

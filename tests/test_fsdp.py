@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from conftest import REPO, run_process, torchrun_command
+from conftest import REPO, torchrun
 from torch import nn
 
 from sam_train.config import validate
@@ -80,9 +80,9 @@ def test_one_process_with_fsdp_asked_is_a_single_process(compose_cfg):
 @pytest.mark.distributed
 def test_two_fsdp_ranks_match_one_process_and_resume_exactly(tmp_path, cli_in_process):
     worker = [str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path)]
-    result = run_process(torchrun_command(worker), tmp_path, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    code, output = torchrun(worker, tmp_path)
+    assert code == 0, output[-5000:]
+    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
     measured = json.loads(line.removeprefix("RESULT "))
     assert {"sam", "asam", "gsam"} <= set(measured["gaps"])
     assert all(gap < 1e-5 for gap in measured["gaps"].values()), measured

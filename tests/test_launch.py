@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import sam_train_command, subprocess_env
+from conftest import ForkedRun, fork_cli
 from test_resume import _children
 
 from sam_train.launch import exit_code, split_nproc
@@ -29,26 +28,25 @@ LONG = [
 TIMEOUT = 600  # two workers importing torch on a loaded 2-core machine
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+def _start(args: list[str], cwd: Path) -> ForkedRun:
     """The launcher in a session of its own: a signal sent to it reaches the agent only,
-    as a scheduler's does (a terminal's Ctrl-C too: the workers run in their own session)."""
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
-    return subprocess.Popen(
-        sam_train_command(args), cwd=cwd, env=subprocess_env(), start_new_session=True, **quiet
-    )
+    as a scheduler's does (a terminal's Ctrl-C too: the workers run in their own session).
+    A forked child of this process: the launcher's imports (2.4 s of CPU) are not paid
+    again; its workers are new interpreters, as always."""
+    return fork_cli(args, cwd, stderr_only=True, new_session=True)
 
 
-def _wait_for_training(run: Path, proc: subprocess.Popen) -> None:
+def _wait_for_training(run: Path, proc: ForkedRun) -> None:
     deadline = time.monotonic() + TIMEOUT
     log = run / "train.log"
     while not (log.is_file() and "step " in log.read_text(errors="replace")):
-        assert proc.poll() is None, proc.communicate()[1]
+        assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no training step logged"
         time.sleep(0.5)
 
 
-def _finish(proc: subprocess.Popen) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=TIMEOUT)
+def _finish(proc: ForkedRun) -> tuple[int, str]:
+    err = proc.communicate(timeout=TIMEOUT)
     return proc.returncode, err
 
 

@@ -4,7 +4,7 @@ callback copies the run folder at the step of the "kill" (the files as a SIGKILL
 what the loggers flushed, not what they buffer), and the run goes on to the end as the
 uninterrupted reference. The copy is then resumed with ``resume=auto``. W&B writes from its own
 service process, so its test SIGKILLs a real process and the service
-(``tests/sigkill_worker.py``).
+(``tests/sigkill_worker.py``, in a forked child).
 
 Digits with SGD, 7 steps per epoch, 2 epochs; scalars every 3 steps (3, 6, 7, 10, 13, 14),
 checkpoints every 6 (6, 7, 12, 14): killed after step 13, the copy resumes from step 12, and
@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import run_in_process, subprocess_env
+import sigkill_worker
+from conftest import ForkedRun, run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_outputs import BASE as OUTPUTS_BASE
 from test_outputs import _needs, _rows, finished_wandb_logs
@@ -35,7 +34,6 @@ from sam_train.callbacks import Callback
 from sam_train.callbacks.wandb_records import history, records
 
 KILLED_AT = 13
-SIGKILL_WORKER = Path(__file__).with_name("sigkill_worker.py")
 RESUMED_AT = 12
 BASE = [*OUTPUTS_BASE, "checkpoint.every_n_steps=6"]  # digits, SGD, 2 epochs, log every 3
 #: Values that are measured, not computed: they differ between two sessions.
@@ -141,18 +139,14 @@ def test_wandb_offline_rows_survive_a_real_sigkill_and_are_written_once(monkeypa
         monkeypatch.setenv(f"WANDB_{name}", value)
     args = [*BASE, "logger=wandb", "checkpoint.keep_last=2"]
     killed, reference, older = tmp_path / "killed", tmp_path / "reference", tmp_path / "older"
-    command = [sys.executable, str(SIGKILL_WORKER), str(RESUMED_AT), *args]
-    proc = subprocess.Popen(
-        [*command, f"hydra.run.dir={killed}"],
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # a forked child of this process: a real process to kill, without 6 s of imports
+    proc = ForkedRun(
+        lambda: sigkill_worker.main(RESUMED_AT, [*args, f"hydra.run.dir={killed}"]), tmp_path
     )
-    code, err = run_in_process([*args, f"hydra.run.dir={reference}"])  # while it starts
+    code, err = run_in_process([*args, f"hydra.run.dir={reference}"])  # while it runs
     assert code == 0, err
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    output = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, output[-3000:]
 
     def rows(logs: list[Path]) -> Counter:
         return Counter(_comparable(*row) for log in logs for row in history(log))

@@ -6,27 +6,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_in_process, sam_train_command, subprocess_env, torchrun_command
+from conftest import RESUMABLE, ForkedRun, fork_cli, run_in_process, start_torchrun
 
-# Dropout and label noise make the run depend on every random draw being restored. Two
-# epochs (a warm-up one, then the decay): a stop in the first, a kill in the second.
+# QUICK's two epochs (a warm-up one, then the decay): a stop in the first, a kill in the second.
 EPOCHS = 2
-RUN = [
-    "experiment=quickstart",
-    f"trainer.epochs={EPOCHS}",
-    "scheduler.warmup_epochs=1",
-    "trainer.log_every=1",
-    "checkpoint.every_n_steps=1",
-    "model.kwargs.drop_rate=0.2",
-    "dataset.label_noise=0.2",
-]
-STEPS_PER_EPOCH = 21  # 1347 digits // 64
+RUN = RESUMABLE
+STEPS_PER_EPOCH = 21  # 1346 digits // 64
 KILL_AT = STEPS_PER_EPOCH + 9  # a step of the second epoch
 
 
@@ -51,18 +41,7 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     return _final_weights(run)
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        sam_train_command(args),
-        cwd=cwd,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 300) -> str:
+def _wait_for_step(proc: ForkedRun, global_step: int, timeout: float = 300) -> str:
     """Read the progress lines until the run has taken ``global_step`` steps; return them."""
     epoch, step = divmod(global_step - 1, STEPS_PER_EPOCH)
     marker = f"epoch {epoch + 1}/{EPOCHS}  step {step + 1}/{STEPS_PER_EPOCH}"
@@ -79,23 +58,25 @@ def _wait_for_step(proc: subprocess.Popen, global_step: int, timeout: float = 30
 @pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     """SIGTERM: checkpoint and exit 75; SIGKILL (possibly inside a checkpoint write): no
-    handler runs; each time ``resume=auto`` continues, and the end equals the reference."""
+    handler runs; each time ``resume=auto`` continues, and the end equals the reference.
+    The runs are forked children of this process: real processes, signals and exit codes
+    (``python -m sam_train`` itself is test_cli's), without 6 s of CPU for imports each."""
     run = tmp_path / "run"
     args = [*RUN, f"hydra.run.dir={run}"]
-    proc = _start(args, tmp_path)
+    proc = fork_cli(args, tmp_path)
     _wait_for_step(proc, 10)
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
+    output = proc.communicate()
     assert proc.returncode == 75, output[-2000:]
     assert "stopped by SIGTERM" in output and "continue with resume=auto" in output
     assert "Traceback" not in output
     stopped_at = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["global_step"]
     assert 10 <= stopped_at <= 11, "a signal is acted on at the next step"
 
-    proc = _start([*args, "resume=auto"], tmp_path)
+    proc = fork_cli([*args, "resume=auto"], tmp_path)
     _wait_for_step(proc, KILL_AT)
     proc.kill()
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     code, err = run_in_process([*args, "resume=auto"])
     assert code == 0, err
     assert not list((run / "checkpoints").glob(".*.tmp")), "a killed save's temp file is removed"
@@ -116,18 +97,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> subprocess.Popen:
-    return subprocess.Popen(
-        torchrun_command(["-m", "sam_train", *args], restarts),
-        cwd=cwd,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def _torchrun(args: list[str], cwd: Path, restarts: int = 0) -> ForkedRun:
+    return start_torchrun(["-m", "sam_train", *args], cwd, restarts)
 
 
-def _worker_pids(proc: subprocess.Popen, timeout: float = 60) -> list[int]:
+def _worker_pids(proc: ForkedRun, timeout: float = 60) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(workers := _children(proc.pid)) < 2:
         assert time.monotonic() < deadline, "torchrun started no workers"
@@ -137,16 +111,14 @@ def _worker_pids(proc: subprocess.Popen, timeout: float = 60) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(tmp_path):
+def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(
+    tmp_path, two_process_run
+):
     """Under torchrun: SIGTERM to one worker stops every rank within a few steps (whatever
     ``log_every``), they checkpoint and exit 0, so torchrun neither reports FAILED nor
     restarts the group; then a killed rank makes torchrun restart the group, which resumes
-    from the last checkpoint. The end equals an uninterrupted two-process run."""
-    reference_run = tmp_path / "reference"
-    proc = _torchrun([*RUN, f"hydra.run.dir={reference_run}"], tmp_path)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-3000:]
-
+    from the last checkpoint. The end equals an uninterrupted two-process run (the one
+    test_distributed checks too)."""
     run = tmp_path / "stopped"
     quiet = [*RUN, "trainer.log_every=1000", f"hydra.run.dir={run}"]
     proc = _torchrun(quiet, tmp_path, restarts=1)
@@ -156,7 +128,7 @@ def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(tmp_p
         assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint written"
         time.sleep(0.2)
     os.kill(workers[-1], signal.SIGTERM)  # rank 1: rank 0 must hear of it from rank 1
-    output = proc.communicate(timeout=300)[0]
+    output = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-5000:]
     log = (run / "train.log").read_text()
     assert "another process received a stop signal" in log and "signal None" not in log
@@ -167,7 +139,7 @@ def test_torchrun_preempted_then_rank_killed_and_restarted_resumes_exactly(tmp_p
     proc = _torchrun([*RUN, "resume=auto", f"hydra.run.dir={run}"], tmp_path, restarts=1)
     output = _wait_for_step(proc, KILL_AT)
     os.kill(_worker_pids(proc)[-1], signal.SIGKILL)  # one rank dies; torchrun restarts
-    output += proc.communicate(timeout=600)[0]
+    output += proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-5000:]
     assert (run / "train.log").read_text().count("resumed from") == 2, output[-5000:]
-    _assert_identical(_final_weights(run), _final_weights(reference_run))
+    _assert_identical(_final_weights(run), _final_weights(two_process_run))

@@ -233,16 +233,22 @@ def test_gsam_reads_the_peak_learning_rate_a_scheduler_records():
 
 
 # --------------------------------------------------------------------------- LookSAM
-def _looksam_reference(a, w0, rho, lr, k, alpha, steps):
+def _looksam_reference(a, w0, rho, lr, k, alpha, steps, parts=(slice(None),)):
+    """``parts``: the slices of w projected and rescaled on their own (one: all weights)."""
     w, g_v = w0.copy(), None
     for t in range(steps):
         g = a @ w
         if t % k == 0:
             g_s = a @ (w + rho * _unit(g))
-            g_v = g_s - (g_s @ g) / (g @ g) * g
+            g_v = np.concatenate([g_s[s] - (g_s[s] @ g[s]) / (g[s] @ g[s]) * g[s] for s in parts])
             update = g_s
         else:
-            update = g + alpha * np.linalg.norm(g) / np.linalg.norm(g_v) * g_v
+            update = np.concatenate(
+                [
+                    g[s] + alpha * np.linalg.norm(g[s]) / np.linalg.norm(g_v[s]) * g_v[s]
+                    for s in parts
+                ]
+            )
         w = w - lr * update
     return w
 
@@ -256,6 +262,66 @@ def test_looksam_reuses_the_orthogonal_direction_between_sam_steps():
     expected = _looksam_reference(a, w0, rho, lr, k, alpha, steps)
     np.testing.assert_allclose(got, expected, rtol=1e-9)
     assert calls == steps + 3  # one pass per step, a second one on steps 0, 3 and 6
+
+
+def _run_split(opt_factory, a, w0, split: int, steps: int):
+    """``_run`` with the weights in two tensors, w[:split] and w[split:]."""
+    ws = [
+        torch.tensor(w0[:split], requires_grad=True),
+        torch.tensor(w0[split:], requires_grad=True),
+    ]
+    opt, a_t = opt_factory(ws), torch.tensor(a)
+
+    def closure():
+        w = torch.cat(ws)
+        loss = 0.5 * w @ a_t @ w
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.zero_grad()
+        closure()
+        opt.step(closure)
+    return torch.cat(ws).detach().numpy()
+
+
+@pytest.mark.parametrize("per_tensor", [True, False], ids=["per tensor", "all weights"])
+def test_looksam_projects_and_rescales_each_tensor_or_all_weights_as_one(per_tensor):
+    """Two tensors: per tensor (the default, as the public implementations), each tensor's
+    reused term is alpha times its own gradient's norm; over all weights (the paper's vectors)
+    alpha ||g|| is shared by both. The two rules give different weights here."""
+    a, w0 = _quadratic(3)
+    rho, lr, k, alpha, steps, split = 0.3, 0.02, 3, 0.7, 7, 2
+    got = _run_split(
+        lambda p: LookSAM(
+            p, torch.optim.SGD, rho=rho, k=k, alpha=alpha, lr=lr, per_tensor=per_tensor
+        ),
+        a,
+        w0,
+        split,
+        steps,
+    )
+    tensors = (slice(0, split), slice(split, None))
+    expected, other = (
+        _looksam_reference(a, w0, rho, lr, k, alpha, steps, parts)
+        for parts in ((tensors, (slice(None),)) if per_tensor else ((slice(None),), tensors))
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert not np.allclose(got, other, rtol=1e-6)
+
+
+def test_looksam_matches_pytorch_optimizer_on_a_small_network():
+    """pytorch_optimizer 4.1's LookSAM (per-tensor g_v, as sam-train's default), same model,
+    data and momentum SGD, SAM steps and reused ones: the same weights."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    models = [_tiny_model(), _tiny_model()]
+    same = {"rho": 0.1, "k": 2, "alpha": 0.7, "lr": 0.05, "momentum": 0.9}
+    ours = LookSAM(models[0].parameters(), torch.optim.SGD, **same)
+    theirs = pytorch_optimizer.LookSAM(models[1].parameters(), torch.optim.SGD, **same)
+    for model, opt in zip(models, (ours, theirs), strict=True):
+        closure_steps(model, opt, 5, seed=0)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- interval
@@ -532,7 +598,8 @@ def test_bad_sam_options_fail_with_one_line(overrides, message):
 @pytest.mark.distributed
 def test_replicas_stay_identical_when_a_variant_skips_or_combines_passes(tmp_path):
     """Steps without a second pass, and GSAM/LookSAM's combination of the gradient at w with
-    the perturbed one, must use the all-reduced first gradient or the replicas drift apart."""
+    the perturbed one, must use the all-reduced first gradient or the replicas drift apart.
+    Under DDP too, trading the weights' storage with SAM's backup trains as copying does."""
     result = subprocess.run(
         torchrun_command([str(Path(__file__).with_name("variants_ddp_worker.py"))]),
         capture_output=True,

@@ -10,6 +10,7 @@ import timm.layers
 import torch
 from sam_reference import (
     CPU,
+    LR,
     MaskRecorder,
     RunningMeanTracker,
     batches,
@@ -21,7 +22,7 @@ from sam_reference import (
 from torch import nn
 
 from sam_train.errors import NonFiniteError
-from sam_train.sam import SAM, RunningStatsGuard
+from sam_train.sam import SAM, LookSAM, RunningStatsGuard
 from sam_train.step import SAMStep, evaluate
 
 
@@ -185,6 +186,27 @@ def test_nonfinite_step_is_skipped_and_weights_untouched(bad_pass):
     assert not step(*_batch()).finite
     with pytest.raises(NonFiniteError, match="2 consecutive steps"):
         step(*_batch())
+
+
+def test_looksam_steps_after_a_skipped_sam_step_are_taken():
+    """A LookSAM SAM step with a NaN second pass is skipped; the g_v it would store is
+    dropped (zeroed on the device), so the k - 1 steps after it apply their plain gradient
+    instead of being skipped too (each would halve fp16's scale)."""
+    model = NaNAtCalls({1})  # the SAM step's second pass
+    step = sam_step(model, LookSAM, optimizer={"k": 3, "momentum": 0.0}, max_bad_steps=5)
+    assert not step(*_batch()).finite
+    assert all(not g_v.any() for g_v in step.optimizer._g_v.values())
+    reference = copy.deepcopy(model.linear)
+    for _ in range(2):  # the reused steps: exactly plain SGD steps now
+        x, y = _batch()
+        assert step(x, y).finite
+        reference.zero_grad()
+        nn.functional.cross_entropy(reference(x), y).backward()
+        with torch.no_grad():
+            for q in reference.parameters():
+                q -= LR * q.grad
+    for p, q in zip(model.linear.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
 
 
 @pytest.mark.parametrize("precision", ["none", "fp16"])  # skip_nonfinite, or fp16's scaler

@@ -41,7 +41,15 @@ from sam_train.config.schema import (
     register_resolvers,
     scale_lr,
 )
-from sam_train.config.validate import adjust, check_fields, check_known_keys, check_value, validate
+from sam_train.config.validate import (
+    adjust,
+    check_fields,
+    check_known_keys,
+    check_value,
+    mixes,
+    per_device_batch,
+    validate,
+)
 from sam_train.errors import ConfigError
 
 __all__ = [
@@ -78,6 +86,8 @@ __all__ = [
     "checked",
     "checks",
     "dataset_channels",
+    "mixes",
+    "per_device_batch",
     "register_configs",
     "register_resolvers",
     "scale_lr",

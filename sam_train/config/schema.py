@@ -245,6 +245,8 @@ class SAMConfig:
     alpha: float | None = checked(None, ge=0, variants=("gsam", "looksam"))  # gap/reuse weight
     rho_min: float | None = checked(None, ge=0, variants=("gsam",))  # rho at scheduler.min_lr
     k: int | None = checked(None, gt=0, variants=("looksam", "interval"))  # SAM every k steps
+    # looksam: g_v projected and rescaled per parameter tensor (public code) or over all weights
+    per_tensor: bool | None = checked(None, variants=("looksam",))
     sigma: float | None = checked(None, ge=0, variants=("fsam",))  # EMA share removed
     # fsam: the gradient EMA's lambda; aesam: delta, the forgetting rate of ||g||^2's statistics
     # mesa: the EMA model's decay per step

@@ -82,6 +82,31 @@ def adjust(cfg: Any) -> list[str]:
     ]
 
 
+def per_device_batch(cfg: Any, world_size: int) -> int:
+    """The per-device batch, which accumulation and m-sharpness must divide. Torch-free: the
+    CLI checks it before importing torch (a launch's workers with a batch that does not split
+    stop at once), and build derives the batch from it."""
+    batch = cfg.trainer.batch_size
+    if batch % world_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch} (global) must be divisible by the {world_size} processes"
+        )
+    per_device = batch // world_size
+    where = f"the per-device batch {per_device} (trainer.batch_size={batch} over {world_size}"
+    if per_device % cfg.trainer.accum_steps:
+        raise ConfigError(f"trainer.accum_steps={cfg.trainer.accum_steps} must divide {where})")
+    if cfg.sam.m is not None and cfg.sam.name != "none" and per_device % cfg.sam.m:
+        raise ConfigError(f"sam.m={cfg.sam.m} must divide {where} processes)")
+    if mixes(cfg) and per_device % 2:
+        raise ConfigError(f"Mixup/CutMix pairs images: {where} processes) must be even")
+    return per_device
+
+
+def mixes(cfg: Any) -> bool:
+    """Mixup or CutMix is on (either alpha above 0)."""
+    return bool(cfg.augment.mixup_alpha or cfg.augment.cutmix_alpha)
+
+
 @cache
 def _nested(cls: type) -> dict[str, type]:
     """The fields of dataclass ``cls`` that are dataclasses themselves (config groups)."""

@@ -11,8 +11,11 @@ The optimizer follows the de-facto PyTorch convention::
 
 ``param_groups`` are the base optimizer's own list, so LR schedulers attached to the SAM object
 drive the base optimizer, and ``state_dict()`` is the base optimizer's (momentum buffers), plus a
-``"sam"`` entry for the variants that keep state across steps. The saved weights are copied back
-after the second backward pass instead of subtracting eps, so the restore is exact.
+``"sam"`` entry for the variants that keep state across steps. The weights are put back after
+the second backward pass instead of subtracting eps, so the restore is exact: w + eps is written
+into a buffer kept across steps, and each parameter trades storage with its buffer for the
+second pass and back (``swap_weights``; no copy of the weights either way), or, on FSDP's
+shards and with ``inner_steps > 1``, w is copied into the buffer and back.
 
 Options every variant inherits (each defaults to the paper's SAM):
 
@@ -67,6 +70,8 @@ Groups = list[tuple[dict[str, Any], list[torch.Tensor]]]
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | None
 #: The base optimizer: a class built on the same groups, or an instance to wrap.
 BaseOptimizer = type[Optimizer] | Optimizer
+#: An ascent step, per group: the directions and the factor that scales them to eps.
+Moves = list[tuple[list[torch.Tensor], torch.Tensor | float]]
 
 
 def non_negative(variant: str, **values: float) -> None:
@@ -108,6 +113,33 @@ def global_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(dots).sum()
 
 
+def trade_storage(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    """Each ``a[i]`` takes ``b[i]``'s storage and ``b[i]`` takes ``a[i]``'s: the tensor objects
+    stay (parameters keep their identity, their optimizer state and autograd hooks), no byte
+    moves, and no op runs (nothing for a device queue)."""
+    for x, y in zip(a, b, strict=True):
+        x.data, y.data = y.data, x.data
+
+
+def _add_in_place(params: list[torch.Tensor], moves: Moves) -> None:
+    """w += eps in fused multi-tensor ops (the copy path: FSDP's shards, several ascent steps)."""
+    for step, factor in moves:
+        torch._foreach_mul_(step, factor)
+    torch._foreach_add_(params, [e for step, _ in moves for e in step])
+
+
+def _swap_in(params: list[torch.Tensor], moves: Moves, backup: list[torch.Tensor]) -> None:
+    """w + eps written into ``backup``, then each parameter trades storage with its buffer: the
+    model runs at w + eps while w lies untouched in the backup until ``restore`` trades back.
+    One pass over the weights instead of three (copy w out, add eps, copy w back); eps and the
+    sum are ``_add_in_place``'s products and sums, bit for bit, each direction scaled just
+    before it is added (still in the cache)."""
+    scaled = ((e, factor) for step, factor in moves for e in step)
+    for w, (e, factor), out in zip(params, scaled, backup, strict=True):
+        torch.add(w, e.mul_(factor), out=out)
+    trade_storage(params, backup)
+
+
 class SAM(Optimizer):
     """SAM around any base optimizer; ``adaptive=True`` gives ASAM. The base of every variant.
 
@@ -146,6 +178,10 @@ class SAM(Optimizer):
     #: perturbation leaves out the gradients of the tensors it does not perturb, so it is
     #: refused there (``sam_train.config.schema.WEIGHT_PERTURBATION_VARIANTS`` lists the rest).
     samples_weights: bool = True
+    #: Move the weights by trading storage with the backup (one pass over the weights, none to
+    #: restore) rather than copying them there and back; False copies (for comparison: the
+    #: update is bit-identical). FSDP's sharded parameters and ``inner_steps > 1`` always copy.
+    swap_weights: bool = True
 
     def __init__(
         self,
@@ -194,7 +230,8 @@ class SAM(Optimizer):
         self._first_grad: dict[torch.Tensor, torch.Tensor] = {}
         # id(store) -> (store, the parameters, their buffers in store): see _kept
         self._kept_lists: dict[int, tuple[dict, list[torch.Tensor], list[torch.Tensor]]] = {}
-        self._perturbed: list[torch.Tensor] = []
+        self._perturbed: list[torch.Tensor] = []  # moved by the last ascent: restore them
+        self._swapped = False  # ...by trading storage with their backups (else: copy back)
         self._step_params: list[torch.Tensor] = []
         self._did_perturb = False
         self._pending_combine = False
@@ -329,9 +366,13 @@ class SAM(Optimizer):
             if p not in drawn:
                 p.grad = None
 
-    def _adaptive_scale(self, group: dict[str, Any], params: list[torch.Tensor]) -> list:
-        """ASAM's T = |w| + eta, and 1 for the parameters it leaves unscaled."""
-        scale = torch._foreach_abs([self._backup[p] for p in params])
+    def _adaptive_scale(
+        self, group: dict[str, Any], params: list[torch.Tensor], inner_step: int
+    ) -> list:
+        """ASAM's T = |w| + eta, and 1 for the parameters it leaves unscaled (w: the weights
+        before the ascent, in the backup once the first inner step moved them)."""
+        weights = params if inner_step == 0 else [self._backup[p] for p in params]
+        scale = torch._foreach_abs(weights)
         torch._foreach_add_(scale, group["eta"])
         if self._unscaled:
             for p, t in zip(params, scale, strict=True):
@@ -339,8 +380,9 @@ class SAM(Optimizer):
                     t.fill_(1.0)
         return scale
 
-    def _ascent_step(self, groups: Groups, inner_step: int) -> torch.Tensor:
-        """Move the weights by one ascent step of length rho / inner_steps; return its norm.
+    def _ascent_step(self, groups: Groups, inner_step: int) -> tuple[torch.Tensor, Moves]:
+        """One ascent step of length rho / inner_steps: its norm, and per group the directions
+        and the factor that makes them eps (the caller scales them and moves the weights).
 
         The step is computed in the storage of the ascent gradients (``.grad``, zeroed or
         restored by ``first_step``, or a variant's own temporaries), so the only
@@ -349,22 +391,22 @@ class SAM(Optimizer):
         steps, scales = [], []
         for group, params in groups:
             grads = list(self._ascent_gradients(group, params, inner_step))
-            scale = self._adaptive_scale(group, params) if group["adaptive"] else None
+            scale = self._adaptive_scale(group, params, inner_step) if group["adaptive"] else None
             if scale is not None:
                 torch._foreach_mul_(grads, scale)  # T g: its norm normalises
             steps.append(grads)
             scales.append(scale)
         norm = global_norm([g for grads in steps for g in grads])
-        for (group, params), step, scale in zip(groups, steps, scales, strict=True):
+        moves: Moves = []
+        for (group, _), step, scale in zip(groups, steps, scales, strict=True):
             if self.p != 2:
                 torch._foreach_sign_(step)  # sign(T g) = sign(g): T > 0
             if scale is not None:
                 torch._foreach_mul_(step, scale)  # T^2 g, or T sign(g)
             # ESAM's 1/beta: S carries about beta of the gradient (1 otherwise, exactly)
             radius = self._group_rho(group) / self.inner_steps / self.perturb_fraction
-            torch._foreach_mul_(step, radius / (norm + _NORM_EPS) if self.p == 2 else radius)
-            torch._foreach_add_(params, step)
-        return norm
+            moves.append((step, radius / (norm + _NORM_EPS) if self.p == 2 else radius))
+        return norm, moves
 
     @torch.no_grad()
     def first_step(
@@ -393,17 +435,24 @@ class SAM(Optimizer):
         if self.inner_steps > 1 and ascent_closure is None:
             raise RuntimeError("inner_steps > 1 needs an ascent_closure to recompute gradients")
         params = self._step_params
-        self._keep(self._backup, params, params)
+        backup = self._kept(self._backup, params)
+        swap = self.swap_weights and self.inner_steps == 1 and not any(map(is_sharded, params[:1]))
+        if not swap:
+            copy_all(backup, params)
         if self.combines_gradients:
             self._keep(self._first_grad, params, [p.grad for p in params])
-        self._perturbed = params
+        self._perturbed, self._swapped = params, swap
         for inner_step in range(self.inner_steps):
             if inner_step:
                 self.zero_grad(set_to_none=False)
                 with torch.enable_grad():
                     ascent_closure()
             kept = None if zero_grad else [p.grad.clone() for p in params]
-            norm = self._ascent_step(groups, inner_step)
+            norm, moves = self._ascent_step(groups, inner_step)
+            if swap:
+                _swap_in(params, moves, backup)
+            else:
+                _add_in_place(params, moves)
             if kept is not None:  # the caller keeps the gradient: put it back
                 copy_all([p.grad for p in params], kept)
             if inner_step == 0:
@@ -449,14 +498,18 @@ class SAM(Optimizer):
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Copy the saved weights back (exact, unlike w + eps - eps).
+        """Put the saved weights back (exact, unlike w + eps - eps): trade storage back, or copy.
 
         Afterwards ``.grad`` holds what the base optimizer must apply; variants that combine
         gradients (GSAM, LookSAM) do so here, once per ``first_step``.
         """
         if self._perturbed:
-            copy_all(self._perturbed, self._kept(self._backup, self._perturbed))
-        self._perturbed = []
+            backup = self._kept(self._backup, self._perturbed)
+            if self._swapped:
+                trade_storage(self._perturbed, backup)
+            else:
+                copy_all(self._perturbed, backup)
+        self._perturbed, self._swapped = [], False
         if self._pending_combine:
             self._pending_combine = False
             self._combine_gradients(self._did_perturb)
