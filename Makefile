@@ -62,6 +62,7 @@ format: install
 bench: install
 	$(VENV)/bin/python -m scripts.bench --quick
 	$(VENV)/bin/python -m scripts.bench --quick --sections hot_path --workloads resnet50 --out outputs/bench/resnet50  # SAM's bookkeeping share
+	$(VENV)/bin/python -m scripts.bench --quick --sections ratio --reps 21 --out outputs/bench/ratio21  # SAM/base within 1.5%: 7 pairs cannot resolve it on the small workloads
 
 clean:
 	rm -rf $(VENV) $(UV_BOOTSTRAP) outputs multirun .pytest_cache .ruff_cache
