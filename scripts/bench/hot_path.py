@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -99,12 +100,14 @@ def _timed(owner: Any, name: str, total: list[float]) -> Iterator[None]:
         setattr(owner, name, original)
 
 
-def bookkeeping_share(opts: Options, work: Workload, steps: int = 3) -> float:
-    """CPU time in SAM's bookkeeping over the step's CPU time, after one warm-up step."""
+def bookkeeping_share(opts: Options, work: Workload) -> float:
+    """CPU time in SAM's bookkeeping over the step's CPU time: the median over ``opts.reps``
+    steps of each step's share, after one warm-up step (one step's share moves with the
+    allocator's page faults and frees, so a total over a few steps is not a stable reading)."""
     run = bench_run(compose(opts.run_overrides(work)))
     images, targets = make_batch(work, opts.device)
     run.step(images, targets)
-    total = [0.0]
+    total, shares = [0.0], []
     with contextlib.ExitStack() as stack:
         for owner, name in [
             (run.optimizer, "first_step"),
@@ -115,11 +118,11 @@ def bookkeeping_share(opts: Options, work: Workload, steps: int = 3) -> float:
             (GradientCheck, "__call__"),
         ]:
             stack.enter_context(_timed(owner, name, total))
-        start = time.process_time()
-        for _ in range(steps):
+        for _ in range(max(opts.reps, 1)):
+            total[0], start = 0.0, time.process_time()
             run.step(images, targets)
-        step_s = time.process_time() - start
-    return total[0] / step_s
+            shares.append(total[0] / (time.process_time() - start))
+    return statistics.median(shares)
 
 
 def bench_hot_path(opts: Options) -> list[dict[str, Any]]:
