@@ -38,12 +38,20 @@ from sam_train.run_folder import CHECKPOINTS_DIR
 ANNOTATED = 20  # confusion matrices of at most this many classes get their counts written
 
 
+def evaluation_flag_hint(name: str, value: str) -> str:
+    """``flag_hint``, except that sam-eval's batches are the test loader's: ``--batch-size 8``
+    means ``trainer.eval_batch_size=8`` here (``trainer.batch_size`` is training's)."""
+    if name == "batch_size":
+        return f"write trainer.eval_batch_size={value}"
+    return flag_hint(name, value)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="sam-eval",
         description="Loss, top-1 and top-5 of sam-train checkpoints on their test sets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        flag_hint=flag_hint,
+        flag_hint=evaluation_flag_hint,
     )
     parser.add_argument(
         "items",

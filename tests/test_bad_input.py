@@ -508,9 +508,14 @@ CHECKPOINT_TYPOS = [  # (commands, arguments, the line)
         "found '<stream end>'); write key=value",
     ),
     (
-        CHECKPOINT_COMMANDS,
+        ["sam-export", "sam-predict"],
         ["--batch-size", "8"],
         "unrecognized arguments: --batch-size 8; write trainer.batch_size=8 (see --help)",
+    ),
+    (  # sam-eval's batches are the test loader's
+        ["sam-eval"],
+        ["--batch-size", "8"],
+        "unrecognized arguments: --batch-size 8; write trainer.eval_batch_size=8 (see --help)",
     ),
     (
         ["sam-eval"],
