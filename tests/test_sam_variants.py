@@ -20,6 +20,7 @@ from variants_ddp_worker import CASES
 
 from sam_train.build import build_optimizer
 from sam_train.config import SAM_VARIANTS, validate
+from sam_train.profiling import Allocations
 from sam_train.sam import GSAM, SAM, VARIANTS, FriendlySAM, IntervalSAM, LookSAM
 from sam_train.step import SAMStep
 from sam_train.train import train
@@ -322,6 +323,30 @@ def test_looksam_matches_pytorch_optimizer_on_a_small_network():
         closure_steps(model, opt, 5, seed=0)
     for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_tensor", [True, False], ids=["per tensor", "all weights"])
+def test_looksam_reuse_steps_allocate_nothing_of_the_weights_size(per_tensor):
+    """Between SAM steps, alpha ||g|| / ||g_v|| g_v is formed in the buffers LookSAM already
+    holds: no new tensor larger than one float per parameter tensor (the norms)."""
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 3))
+    opt = LookSAM(model.parameters(), torch.optim.SGD, rho=0.1, k=3, lr=0.05, per_tensor=per_tensor)
+    x, y = torch.randn(8, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+    def backward():
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    backward()
+    assert opt.first_step(zero_grad=True)  # the SAM step: g_v and the buffers exist after it
+    backward()
+    opt.second_step(zero_grad=True)
+    backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with Allocations() as reuse:
+        assert not opt.first_step(zero_grad=True)
+        opt.second_step(zero_grad=True)
+    assert not all(map(torch.equal, before, model.parameters()))  # the step was taken
+    assert reuse.largest <= 4 * len(before), reuse.largest
 
 
 # --------------------------------------------------------------------------- interval

@@ -22,7 +22,8 @@ network predicts the uniform distribution (loss ln 10, README "LookSAM at 60% no
 
 Defaults: k = 5, alpha = 0.7 (the paper's ViT settings). Extra cost per step: on average 1/k
 forward-backward passes over the base optimizer's one (SAM: 1); memory: two gradient-sized
-buffers (g during a SAM step, g_v across steps, saved in ``state_dict()["sam"]``).
+buffers (g during a SAM step and the scaled g_v between them, g_v across steps, saved in
+``state_dict()["sam"]``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sam_train.sam.sam import (
     global_norm,
     non_negative,
 )
-from sam_train.sam.sharded import is_sharded, local, replicated_value
+from sam_train.sam.sharded import copy_all, is_sharded, local, replicated_value
 
 #: What the reused direction's scale and the projection's coefficient are: one 0-d tensor
 #: (over all weights) or one per parameter tensor.
@@ -128,7 +129,12 @@ class LookSAM(IntervalSAM):
             return
         grads = [p.grad for p in params]
         g_v = [self._g_v[p] for p in params]
-        torch._foreach_add_(grads, torch._foreach_mul(g_v, self._reuse_scale(grads, g_v)))
+        # the scaled g_v in the first-gradient buffers, idle between SAM steps: no temporary
+        # of the weights' size (a tensor scale cannot be _foreach_add_'s alpha without a read)
+        scaled = self._kept(self._first_grad, params, g_v)
+        copy_all(scaled, g_v)
+        torch._foreach_mul_(scaled, self._reuse_scale(grads, g_v))
+        torch._foreach_add_(grads, scaled)
 
     def _extra_state(self) -> dict[str, Any]:
         return {**super()._extra_state(), "g_v": self._buffers_to_state(self._g_v)}
