@@ -368,6 +368,15 @@ TYPOS = [
         "--multirn is not an option of sam-train: did you mean --multirun?",
     ),
     (["hydra.sweep.dri=x"], "unknown key hydra.sweep.dri; did you mean hydra.sweep.dir?"),
+    (  # Hydra's groups: its own, the plugins' and configs/hydra's options
+        ["hydra/launcher=basik"],
+        "hydra/launcher=basik is not an option; did you mean hydra/launcher=basic?",
+    ),
+    (["hydra/launchr=basic"], "hydra/launchr is not a config group; did you mean hydra/launcher?"),
+    (
+        ["hydra/sweeper/sampler=tp"],
+        "hydra/sweeper/sampler=tp is not an option; did you mean hydra/sweeper/sampler=tpe?",
+    ),
 ]
 
 
@@ -385,6 +394,7 @@ def test_typos_get_one_line_with_the_fix(cli_in_process, tmp_path, args, line):
     [
         ["-m", "sam.rho=0.05,0.1", "trainer.epochs=range(1,3)"],
         ["--multirun", "hparams_search=optuna", "hydra/launcher=basic"],
+        ["hydra/launcher=submitit_local", "hydra/job_logging=sam_train", "~hydra/help"],
         ["+recipe=sam_finetune", "experiment=paper/noisy_digits", "logger=[tensorboard,csv]"],
         ["model.kwargs.drop_rate=0.1", "~resume", "++seed=3", "hydra.run.dir=x"],
         ["--cfg", "job", "-p", "sam"],

@@ -5,7 +5,8 @@ Checked here, against the schema (``schema.TrainConfig``) and the files under ``
 argparse-style flags (``--epochs 3``), overrides Hydra cannot parse, misspelt keys (with or
 without ``+``), unknown group options (``sam=sma``, presets in subfolders such as
 ``experiment=paper/noisy_digits``) and values a field's type refuses (``seed=1.5``); ``hydra.*``
-keys against Hydra's own schema (their values, and Hydra's flags, are Hydra's). The same checks
+keys against Hydra's own schema and ``hydra/`` groups against its config repository (their
+values, and Hydra's flags, are Hydra's). The same checks
 answer the overrides of the commands that rebuild a checkpoint's config (sam-eval, sam-export,
 sam-predict, sam-analyze). Torch-free and cheap (no composition).
 """
@@ -66,6 +67,9 @@ def check_command_line(argv: list[str], config_dir: str | Path) -> None:
             near = closest(name, hydra_keys())
             hint = f"did you mean {near}?" if near else "sam-train --cfg hydra lists them"
             raise ConfigError(f"unknown key {name}; {hint}")
+        if name.startswith("hydra/") and not override.is_delete():
+            _check_hydra_group(name, _values(override), folder)
+            continue
         if name.startswith("hydra") or override.package is not None:
             continue  # Hydra's own settings (their values Hydra's), or a config placed elsewhere
         if name in groups and not override.is_delete():
@@ -217,6 +221,42 @@ def _chosen_groups(
                 for name in option if isinstance(option, list) else [option]:
                     chosen |= default_groups(folder / override.key_or_group / f"{name}.yaml")
     return frozenset(chosen)
+
+
+def _check_hydra_group(group: str, values: Iterable[Any], folder: Path) -> None:
+    """``hydra/launcher=basik``: Hydra's groups and their options (``configs/hydra`` and the
+    installed plugins' too), as Hydra's own repository lists them."""
+    groups = hydra_groups(str(folder))
+    if group not in groups:
+        near = closest(group, groups)
+        raise ConfigError(f"{group} is not a config group; {_near_or(near, 'Hydra has: ', groups)}")
+    _check_options(group, values, groups[group])
+
+
+def _near_or(near: str | None, prefix: str, names: Iterable[str]) -> str:
+    return f"did you mean {near}?" if near else prefix + ", ".join(sorted(names)[:MAX_LISTED])
+
+
+@cache
+def hydra_groups(config_dir: str) -> dict[str, tuple[str, ...]]:
+    """Every group under ``hydra/`` and its options on Hydra's search path for ``config_dir``:
+    read only for an override that names one (the plugins are imported to list theirs)."""
+    from hydra._internal.config_repository import ConfigRepository  # what hydra.main reads
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.object_type import ObjectType
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # registers the plugins' configs (hydra/launcher=submitit_slurm, ...)
+    repository = ConfigRepository(create_config_search_path(config_dir))
+    groups: dict[str, tuple[str, ...]] = {}
+    todo = ["hydra"]
+    while todo:
+        group = todo.pop()
+        options = repository.get_group_options(group, ObjectType.CONFIG)
+        groups[group] = tuple(sorted(options))
+        todo += [f"{group}/{sub}" for sub in repository.get_group_options(group, ObjectType.GROUP)]
+    del groups["hydra"]  # hydra/config: the primary config's own node, not a choice
+    return groups
 
 
 def _check_add(override: Override, chosen: frozenset[str]) -> None:
