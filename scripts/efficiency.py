@@ -439,7 +439,8 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(NOISES), figsize=(11, 4.2), sharey=False)
+    fig, axes = plt.subplots(1, len(NOISES), figsize=(12, 5.2), sharey=False)
+    labels: list[tuple[Any, str, float, float]] = []
     for ax, noise in zip(axes, NOISES, strict=True):
         if not any(row(label, noise, store)["acc"] for label in VARIANTS):
             ax.text(0.5, 0.5, "nothing reported yet", ha="center", transform=ax.transAxes)
@@ -448,18 +449,50 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
             x = r["x_sgd"] if r["x_sgd"] is not None else r["passes"]
             if not r["acc"] or x is None:
                 continue
+            mean = statistics.mean(r["acc"])
             std = statistics.stdev(r["acc"]) if len(r["acc"]) > 1 else 0.0
             marker = {"SGD": "s", "SAM": "D"}.get(label, "o")
-            ax.errorbar(x, statistics.mean(r["acc"]), yerr=std, fmt=marker, capsize=3)
-            ax.annotate(f"{label} ({len(r['acc'])})", (x, statistics.mean(r["acc"])), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+            ax.errorbar(x, mean, yerr=std, fmt=marker, capsize=3)
+            labels.append((ax, f"{label} ({len(r['acc'])})", x, mean))
         ax.set_xlim(0.9, 2.2)  # SGD's price to SAM's and a little beyond, on both panels
         ax.set_title(f"{noise:.0%} label noise (partial where fewer than 5 seeds)")
         ax.set_xlabel("× SGD CPU time per step (passes/step where not timed)")
         ax.set_ylabel("clean test top-1 (%), mean ± std")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels: their places are measured on the final axes
+    for ax in axes:
+        _label_points(ax, [(text, x, y) for owner, text, x, y in labels if owner is ax])
     fig.savefig(path, dpi=110)
+
+
+#: Label offsets tried in turn (points): beside the point, then further down or up, then the
+#: same on its left; the variants near 2x would stack their labels otherwise.
+_LABEL_OFFSETS = [(side * 5, sign * step) for side in (1, -1) for step in range(0, 90, 10)
+                  for sign in ((1,) if step == 0 else (-1, 1))]  # fmt: skip
+
+
+def _label_points(ax: Any, points: list[tuple[str, float, float]]) -> None:
+    """Each point's label at the first offset where it overlaps no label placed before and
+    stays inside the axes; a label moved off its point gets a thin leader line."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame, placed = ax.get_window_extent(renderer), []
+    for text, x, y in sorted(points, key=lambda point: -point[2]):
+        for tries, (dx, dy) in enumerate([*_LABEL_OFFSETS, (5, 0)], 1):  # last: nowhere free
+            style = {"textcoords": "offset points", "fontsize": 8, "va": "center"}
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), ha="left" if dx > 0 else "right",
+                               **style)  # fmt: skip
+            box = note.get_window_extent(renderer)  # the text's: a leader line would add to it
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= frame.y1
+            free = inside and not any(box.overlaps(other) for other in placed)
+            if free or tries > len(_LABEL_OFFSETS):  # nowhere free: beside it, overlapping
+                placed.append(box)
+                break
+            note.remove()
+        if dy:
+            note.remove()
+            leader = {"arrowstyle": "-", "lw": 0.5, "color": "0.5"}
+            ax.annotate(text, (x, y), xytext=(dx, dy), ha="left" if dx > 0 else "right",
+                        arrowprops=leader, **style)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
