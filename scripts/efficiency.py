@@ -356,21 +356,33 @@ def row(label: str, noise: float, store: dict[str, Any]) -> dict[str, Any]:
     runs = store["runs"]
     point = chosen_point(label, noise, runs)
     tuned = sum(run_key(label, noise, p, s) in runs for p in GRID[label] for s in TUNE_SEEDS)
-    done = (
-        [] if point is None else [runs.get(run_key(label, noise, point, s)) for s in REPORT_SEEDS]
+    found = (
+        {}
+        if point is None
+        else {s: runs.get(run_key(label, noise, point, s)) for s in REPORT_SEEDS}
     )
-    done = [r for r in done if r is not None]
-    acc = [r["final_acc1"] for r in done]
-    passes = [r["passes_per_step"] for r in done if r.get("passes_per_step") is not None]
+    done = {seed: r for seed, r in found.items() if r is not None}
+    by_seed = {seed: r["final_acc1"] for seed, r in done.items()}
+    acc = list(by_seed.values())
+    passes = [r["passes_per_step"] for r in done.values() if r.get("passes_per_step") is not None]
     return {
         "label": label,
         "point": None if point is None else " ".join(point) or "-",
         "tuned": tuned if len(GRID[label]) > 1 else None,
         "grid_runs": len(GRID[label]) * len(TUNE_SEEDS),
         "acc": acc,
+        "by_seed": by_seed,
         "passes": statistics.mean(passes) if passes else None,
         "x_sgd": run_cost(store["costs"].get(label), statistics.mean(passes) if passes else None),
     }
+
+
+def paired_gap(label: str, noise: float, store: dict[str, Any]) -> list[float]:
+    """Top-1 minus SAM's, seed by seed: a seed draws the noisy labels, the split and the
+    initial weights, so the pair differs only by the method (and its spread is the one the
+    goal's 0.5 point is to be read against)."""
+    mine, sam = row(label, noise, store)["by_seed"], row("SAM", noise, store)["by_seed"]
+    return [mine[seed] - sam[seed] for seed in REPORT_SEEDS if seed in mine and seed in sam]
 
 
 def run_cost(timed: dict[str, Any] | None, passes: float | None) -> float | None:
@@ -386,11 +398,11 @@ def run_cost(timed: dict[str, Any] | None, passes: float | None) -> float | None
     return round(1 + (x - 1) * (passes - 1) / (timed_passes - 1), 3)
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], empty: str = "not run", sign: str = "") -> str:
     if not values:
-        return "not run"
+        return empty
     spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values):.1f}{spread}"
+    return f"{statistics.mean(values):{sign}.1f}{spread}"
 
 
 def table(store: dict[str, Any]) -> str:
@@ -402,16 +414,19 @@ def table(store: dict[str, Any]) -> str:
         lines += [
             f"**{noise:.0%} label noise** (seeds {REPORT_SEEDS[0]}-{REPORT_SEEDS[-1]})",
             "",
-            "| variant | chosen (seeds 100-102) | passes / step | × SGD CPU | top-1 (%) | seeds |",
-            "|---|---|---|---|---|---|",
+            "| variant | chosen (seeds 100-102) | passes / step | × SGD CPU | top-1 (%) | seeds "
+            "| − SAM, same seeds |",
+            "|---|---|---|---|---|---|---|",
         ]
         for label in VARIANTS:
             r = row(label, noise, store)
             point = r["point"] or f"tuning: {r['tuned']}/{r['grid_runs']} runs"
             passes = "" if r["passes"] is None else f"{r['passes']:.2f}"
             x_sgd = "" if r["x_sgd"] is None else f"{r['x_sgd']:.2f}"
+            gap = "" if label == "SAM" else _cell(paired_gap(label, noise, store), "", "+")
             lines.append(
-                f"| {label} | {point} | {passes} | {x_sgd} | {_cell(r['acc'])} | {len(r['acc'])} |"
+                f"| {label} | {point} | {passes} | {x_sgd} | {_cell(r['acc'])} | {len(r['acc'])} "
+                f"| {gap} |"
             )
         lines.append("")
     return "\n".join(lines)

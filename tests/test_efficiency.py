@@ -59,8 +59,26 @@ def test_the_store_merges_runs_under_its_lock_and_the_table_reads_them(tmp_path)
         for seed, acc in zip(efficiency.REPORT_SEEDS, [70, 72, 74, 76, 78], strict=True)
     }
     table = efficiency.table({"runs": runs, "costs": {"SGD": {"x_sgd": 1.0}}})
-    assert "| SGD | - | 1.00 | 1.00 | 74.0 ± 3.2 | 5 |" in table
-    assert "| SAM | tuning: 0/9 runs |  |  | not run | 0 |" in table
+    assert "| SGD | - | 1.00 | 1.00 | 74.0 ± 3.2 | 5 |  |" in table
+    assert "| SAM | tuning: 0/9 runs |  |  | not run | 0 |  |" in table
+
+
+def test_the_gap_to_sam_pairs_the_runs_seed_by_seed():
+    """A seed draws the noisy labels, the split and the weights: the gap is taken per seed,
+    over the seeds both variants reported, so its spread is the method's alone."""
+    runs = _tuned("SAM", 0.4, [95.0, 90.0, 90.0])
+    sam, msam = efficiency.GRID["SAM"][0], efficiency.GRID["MSAM"][0]
+    runs.update(_tuned("MSAM", 0.4, [95.0, 90.0, 90.0]))
+    for seed, acc in zip(efficiency.REPORT_SEEDS, [90, 92, 94, 96, 98], strict=True):
+        runs[efficiency.run_key("SAM", 0.4, sam, seed)] = {"final_acc1": acc}
+        if seed != 4:  # MSAM's last seed has not run: SAM's 98 is left out of the pairs
+            runs[efficiency.run_key("MSAM", 0.4, msam, seed)] = {"final_acc1": acc - 0.4 * seed}
+    assert efficiency.paired_gap("MSAM", 0.4, {"runs": runs, "costs": {}}) == pytest.approx(
+        [0, -0.4, -0.8, -1.2]
+    )
+    table = efficiency.table({"runs": runs, "costs": {}})
+    assert "| MSAM | sam.rho=1.0 |  |  | 92.4 ± 2.1 | 4 | -0.6 ± 0.5 |" in table
+    assert "| SAM | sam.rho=0.2 |  |  | 94.0 ± 3.2 | 5 |  |" in table
 
 
 def test_the_work_order_holds_every_variant_at_every_noise_level_once():
