@@ -144,7 +144,9 @@ def locked_store(path: Path = RUNS_JSON) -> Iterator[dict[str, Any]]:
         store.setdefault("runs", {})
         store.setdefault("costs", {})
         yield store
-        path.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+        partial = path.with_suffix(".json.partial")  # a kill mid-write leaves the old file whole
+        partial.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+        os.replace(partial, path)
 
 
 def read_store(path: Path = RUNS_JSON) -> dict[str, Any]:

@@ -63,6 +63,25 @@ def test_the_store_merges_runs_under_its_lock_and_the_table_reads_them(tmp_path)
     assert "| SAM | tuning: 0/9 runs |  |  | not run | 0 |  |" in table
 
 
+def test_a_write_cut_short_leaves_the_stored_runs_whole(tmp_path, monkeypatch):
+    """Killed while writing (here: half the text written, then an error), the store keeps
+    every run it had: the next session continues from it."""
+    path = tmp_path / "runs.json"
+    with efficiency.locked_store(path) as store:
+        store["runs"]["a"] = {"final_acc1": 1.0}
+    write_text = Path.write_text
+
+    def half_then_killed(self: Path, text: str, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_then_killed)
+    with pytest.raises(KeyboardInterrupt), efficiency.locked_store(path) as store:
+        store["runs"]["b"] = {"final_acc1": 2.0}
+    monkeypatch.undo()
+    assert efficiency.read_store(path)["runs"] == {"a": {"final_acc1": 1.0}}
+
+
 def test_the_gap_to_sam_pairs_the_runs_seed_by_seed():
     """A seed draws the noisy labels, the split and the weights: the gap is taken per seed,
     over the seeds both variants reported, so its spread is the method's alone."""
