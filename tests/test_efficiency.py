@@ -83,7 +83,7 @@ def test_a_write_cut_short_leaves_the_stored_runs_whole(tmp_path, monkeypatch):
 
 
 def test_the_gap_to_sam_pairs_the_runs_seed_by_seed():
-    """A seed draws the noisy labels, the split and the weights: the gap is taken per seed,
+    """A seed draws the noisy labels and the initial weights: the gap is taken per seed,
     over the seeds both variants reported, so its spread is the method's alone."""
     runs = _tuned("SAM", 0.4, [95.0, 90.0, 90.0])
     sam, msam = efficiency.GRID["SAM"][0], efficiency.GRID["MSAM"][0]
