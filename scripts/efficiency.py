@@ -381,8 +381,8 @@ def row(label: str, noise: float, store: dict[str, Any]) -> dict[str, Any]:
 
 def paired_gap(label: str, noise: float, store: dict[str, Any]) -> list[float]:
     """Top-1 minus SAM's, seed by seed: a seed draws the noisy labels and the initial weights
-    (the test images are fixed), so the pair differs only by the method (and its spread is the one the
-    goal's 0.5 point is to be read against)."""
+    (the test images are fixed), so the pair differs only by the method, and its spread is the
+    one the goal's 0.5 point is to be read against."""
     mine, sam = row(label, noise, store)["by_seed"], row("SAM", noise, store)["by_seed"]
     return [mine[seed] - sam[seed] for seed in REPORT_SEEDS if seed in mine and seed in sam]
 
