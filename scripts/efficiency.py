@@ -470,9 +470,12 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
             std = statistics.stdev(r["acc"]) if len(r["acc"]) > 1 else 0.0
             marker = {"SGD": "s", "SAM": "D"}.get(label, "o")
             ax.errorbar(x, mean, yerr=std, fmt=marker, capsize=3)
-            labels.append((ax, f"{label} ({len(r['acc'])})", x, mean))
+            seeds = f" ({len(r['acc'])})" if len(r["acc"]) < len(REPORT_SEEDS) else ""
+            labels.append((ax, label + seeds, x, mean))
         ax.set_xlim(0.9, 2.2)  # SGD's price to SAM's and a little beyond, on both panels
-        ax.set_title(f"{noise:.0%} label noise (partial where fewer than 5 seeds)")
+        partial = any(0 < len(row(label, noise, store)["acc"]) < len(REPORT_SEEDS)
+                      for label in VARIANTS)  # fmt: skip
+        ax.set_title(f"{noise:.0%} label noise" + (" (partial: seeds in brackets)" * partial))
         ax.set_xlabel("× SGD CPU time per step (passes/step where not timed)")
         ax.set_ylabel("clean test top-1 (%), mean ± std")
         ax.grid(alpha=0.3)
@@ -480,6 +483,7 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
     for ax in axes:
         _label_points(ax, [(text, x, y) for owner, text, x, y in labels if owner is ax])
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 #: Label offsets tried in turn (points): beside the point, then further down or up, then the
@@ -489,10 +493,16 @@ _LABEL_OFFSETS = [(side * 5, sign * step) for side in (1, -1) for step in range(
 
 
 def _label_points(ax: Any, points: list[tuple[str, float, float]]) -> None:
-    """Each point's label at the first offset where it overlaps no label placed before and
-    stays inside the axes; a label moved off its point gets a thin leader line."""
+    """Each point's label at the first offset where it covers no point and no label placed
+    before, inside the axes; a label moved off its point gets a thin leader line."""
+    from matplotlib.transforms import Bbox
+
     renderer = ax.figure.canvas.get_renderer()
-    frame, placed = ax.get_window_extent(renderer), []
+    frame = ax.get_window_extent(renderer)
+    marker = 3.5 * ax.figure.dpi / 72  # half a marker (6 pt), in pixels: labels keep off it
+    centres = [ax.transData.transform((x, y)) for _, x, y in points]
+    placed = [Bbox.from_extents(cx - marker, cy - marker, cx + marker, cy + marker)
+              for cx, cy in centres]  # fmt: skip
     for text, x, y in sorted(points, key=lambda point: -point[2]):
         for tries, (dx, dy) in enumerate([*_LABEL_OFFSETS, (5, 0)], 1):  # last: nowhere free
             style = {"textcoords": "offset points", "fontsize": 8, "va": "center"}

@@ -135,6 +135,36 @@ def test_the_frontier_charges_a_variant_for_its_runs_mix_of_steps():
     )
 
 
+def test_the_figures_labels_cover_no_point_and_no_other_label():
+    """Eight variants within 0.1x and 3 points of each other, as SAM's neighbours at 2x are:
+    each label is readable (no other label or point under it) and inside the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    points = [(f"variant {i}", 1.95 + 0.015 * i, 95 + 0.4 * (i % 4)) for i in range(8)]
+    ax.plot([x for _, x, _ in points], [y for *_, y in points], "o")
+    ax.set_xlim(0.9, 2.2)
+    ax.set_ylim(50, 100)
+    efficiency._label_points(ax, points)
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text  # the text's own box, without its leader line
+
+    for text in ax.texts:
+        text.update_positions(renderer)
+    boxes = [Text.get_window_extent(text, renderer) for text in ax.texts]
+    frame = ax.get_window_extent(renderer)
+    assert len(boxes) == len(points)
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= frame.y1
+        assert not any(box.overlaps(other) for other in boxes[i + 1 :]), ax.texts[i].get_text()
+        for _, x, y in points:
+            assert not box.contains(*ax.transData.transform((x, y))), ax.texts[i].get_text()
+    plt.close(fig)
+
+
 # One epoch of the preset's SAM at a quarter of its width: seconds (the run's own options).
 TINY = ["trainer.epochs=1", "scheduler.warmup_epochs=0", "+model.kwargs.width=4"]
 TIMINGS = {"train_seconds", "images_per_sec", "wall_time_s"}  # results.json's clock readings
