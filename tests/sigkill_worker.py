@@ -32,7 +32,12 @@ class KillAt(Callback):
 
 
 def main(step: int, args: list[str]) -> None:
-    """``sam-train ARGS``, killed after step ``step`` (in this process: patches the factory)."""
+    """``sam-train ARGS``, killed after step ``step`` (in this process: patches the factory).
+
+    Forked from a process whose wandb already runs, this one would inherit WANDB_SERVICE and
+    register its run with that process's service, which the kill spares: the run would stay
+    "in use" there, and its resume fail. A job killed by a scheduler has its own service."""
+    os.environ.pop("WANDB_SERVICE", None)
     kill = KillAt(step)
     original = train_module.build_callbacks
     train_module.build_callbacks = lambda *a, **k: [*original(*a, **k), kill]
