@@ -6,9 +6,9 @@ argparse-style flags (``--epochs 3``), overrides Hydra cannot parse, misspelt ke
 without ``+``), unknown group options (``sam=sma``, presets in subfolders such as
 ``experiment=paper/noisy_digits``) and values a field's type refuses (``seed=1.5``); ``hydra.*``
 keys against Hydra's own schema and ``hydra/`` groups against its config repository (their
-values, and Hydra's flags, are Hydra's). The same checks
-answer the overrides of the commands that rebuild a checkpoint's config (sam-eval, sam-export,
-sam-predict, sam-analyze). Torch-free and cheap (no composition).
+values, and Hydra's flags, are Hydra's). The same checks answer the overrides of the commands
+that rebuild a checkpoint's config (sam-eval, sam-export, sam-predict, sam-analyze). Torch-free
+and cheap (no composition; Hydra's plugins are imported only for a ``hydra/`` group).
 """
 
 from __future__ import annotations
