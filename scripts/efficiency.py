@@ -459,10 +459,10 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
     fig, axes = plt.subplots(1, len(NOISES), figsize=(12, 5.2), sharey=False)
     labels: list[tuple[Any, str, float, float]] = []
     for ax, noise in zip(axes, NOISES, strict=True):
-        if not any(row(label, noise, store)["acc"] for label in VARIANTS):
+        rows = [row(label, noise, store) for label in VARIANTS]
+        if not any(r["acc"] for r in rows):
             ax.text(0.5, 0.5, "nothing reported yet", ha="center", transform=ax.transAxes)
-        for label in VARIANTS:
-            r = row(label, noise, store)
+        for label, r in zip(VARIANTS, rows, strict=True):
             x = r["x_sgd"] if r["x_sgd"] is not None else r["passes"]
             if not r["acc"] or x is None:
                 continue
@@ -473,8 +473,7 @@ def figure(store: dict[str, Any], path: Path = FIGURE) -> None:
             seeds = f" ({len(r['acc'])})" if len(r["acc"]) < len(REPORT_SEEDS) else ""
             labels.append((ax, label + seeds, x, mean))
         ax.set_xlim(0.9, 2.2)  # SGD's price to SAM's and a little beyond, on both panels
-        partial = any(0 < len(row(label, noise, store)["acc"]) < len(REPORT_SEEDS)
-                      for label in VARIANTS)  # fmt: skip
+        partial = any(0 < len(r["acc"]) < len(REPORT_SEEDS) for r in rows)
         ax.set_title(f"{noise:.0%} label noise" + (" (partial: seeds in brackets)" * partial))
         ax.set_xlabel("× SGD CPU time per step (passes/step where not timed)")
         ax.set_ylabel("clean test top-1 (%), mean ± std")

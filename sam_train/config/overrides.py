@@ -229,12 +229,9 @@ def _check_hydra_group(group: str, values: Iterable[Any], folder: Path) -> None:
     groups = hydra_groups(str(folder))
     if group not in groups:
         near = closest(group, groups)
-        raise ConfigError(f"{group} is not a config group; {_near_or(near, 'Hydra has: ', groups)}")
+        hint = f"did you mean {near}?" if near else f"Hydra has: {', '.join(sorted(groups))}"
+        raise ConfigError(f"{group} is not a config group; {hint}")
     _check_options(group, values, groups[group])
-
-
-def _near_or(near: str | None, prefix: str, names: Iterable[str]) -> str:
-    return f"did you mean {near}?" if near else prefix + ", ".join(sorted(names)[:MAX_LISTED])
 
 
 @cache
